@@ -1,0 +1,127 @@
+"""The app factory: wires the domain packages together, owns nothing itself."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from omnijourney import __version__, errors
+from omnijourney.access import views as access_views
+from omnijourney.access.cache import SourceCache
+from omnijourney.config import Settings
+from omnijourney.ingest import api as ingest_api
+from omnijourney.ingest import views as ingest_views
+from omnijourney.ingest.cors import TrackingCors
+from omnijourney.ingest.writer import EventWriter
+from omnijourney.pipeline import service as pipeline_service
+from omnijourney.pipeline import views as pipeline_views
+from omnijourney.pipeline.monitor import LagMonitor
+from omnijourney.pipeline.worker import PipelineWorker
+from omnijourney.store import db, migrate
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The long-lived parts of one API process, started and stopped with it."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sources = SourceCache(engine)
+        self.worker = PipelineWorker(engine, pipeline_service.default_handlers()) if settings.run_pipeline else None
+        self.writer = EventWriter(
+            engine,
+            max_pending_events=settings.limits.max_pending_events,
+            on_commit=self.worker.wake if self.worker else None,
+        )
+        self.lag_monitor = LagMonitor(engine)
+
+    def start(self) -> None:
+        self.writer.start()
+        if self.worker:
+            self.worker.start()
+        self.lag_monitor.refresh()
+        self.lag_monitor.start()
+
+    def stop(self) -> None:
+        self.writer.stop()  # drains queued writes first
+        if self.worker:
+            self.worker.stop()
+        self.lag_monitor.stop()
+
+
+def create_app(
+    settings: Settings | None = None, *, engine: sa.Engine | None = None, migrate_db: bool = True
+) -> FastAPI:
+    settings = settings or Settings.from_env()
+    engine = engine or db.create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    runtime = Runtime(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate_db:
+            await run_in_threadpool(migrate.upgrade, engine)
+        runtime.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(runtime.stop)
+
+    app = FastAPI(
+        title="omnijourney",
+        version=__version__,
+        description="One customer, one story, across every channel.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.runtime = runtime
+    app.state.sources = runtime.sources
+    app.state.writer = runtime.writer
+    app.state.lag_monitor = runtime.lag_monitor
+    errors.install(app)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> Response:
+        """Liveness: the process answers."""
+        return Response(orjson.dumps({"status": "ok", "version": __version__}), media_type="application/json")
+
+    @app.get("/ready", tags=["health"])
+    async def ready(request: Request) -> Response:
+        """Readiness: the database answers and the processing stage is within its lag bound."""
+
+        def probe() -> dict[str, Any]:
+            with db.read(engine) as conn:
+                conn.execute(sa.text("SELECT 1"))
+                return {"lag": pipeline_service.lag(conn=conn)}
+
+        try:
+            info = await run_in_threadpool(probe)
+        except Exception as exc:
+            log.warning("readiness probe failed: %s", exc)
+            body = {"status": "unavailable", "database": "unreachable"}
+            return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+        lagging = info["lag"] > settings.limits.max_processing_lag
+        body = {
+            "status": "lagging" if lagging else "ready",
+            "database": "ok",
+            "processing_lag": info["lag"],
+            "pending_writes": runtime.writer.pending,
+        }
+        return Response(orjson.dumps(body), status_code=503 if lagging else 200, media_type="application/json")
+
+    app.include_router(ingest_views.router)
+    app.include_router(ingest_api.router)
+    app.include_router(access_views.router)
+    app.include_router(pipeline_views.router)
+    app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
+    return app

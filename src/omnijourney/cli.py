@@ -1,0 +1,204 @@
+"""The `omnijourney` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from omnijourney.config import Settings
+from omnijourney.store import db, migrate
+
+app = typer.Typer(no_args_is_help=True, help="omnijourney: one customer, one story, across every channel.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+sources_app = typer.Typer(no_args_is_help=True, help="Event sources and their write keys.")
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for people and integrations.")
+app.add_typer(db_app, name="db")
+app.add_typer(sources_app, name="sources")
+app.add_typer(tokens_app, name="tokens")
+
+console = Console()
+err = Console(stderr=True)
+
+DatabaseOpt = typer.Option(None, "--database-url", help="overrides OMNIJOURNEY_DATABASE_URL")
+DataDirOpt = typer.Option(None, "--data-dir", help="overrides OMNIJOURNEY_DATA_DIR")
+
+
+def _settings(database_url: str | None = None, data_dir: Path | None = None, **kw: object) -> Settings:
+    return Settings.from_env(database_url=database_url, data_dir=data_dir, **kw)
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    engine = db.create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    migrate.upgrade(engine)
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: str | None = DatabaseOpt, data_dir: Path | None = DataDirOpt) -> None:
+    """Apply all pending migrations."""
+    settings = _settings(database_url, data_dir)
+    engine = db.create_engine(settings.database_url)
+    migrate.upgrade(engine)
+    console.print(f"database at revision [bold]{migrate.current_revision(engine)}[/bold]")
+
+
+@sources_app.command("create")
+def sources_create(
+    name: str,
+    channel: str = typer.Option(..., "--channel", help="web, app, store, chat, call_center, email, ..."),
+    trusted: bool = typer.Option(False, "--trusted", help="a server-side source whose events may merge profiles"),
+    origin: list[str] = typer.Option(None, "--origin", help="allowed browser origin (repeatable); default any"),
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Create a source and print its write key."""
+    from omnijourney.access import service
+    from omnijourney.access.service import AccessError
+
+    engine = _engine(_settings(database_url, data_dir))
+    try:
+        with db.write(engine) as conn:
+            info = service.create_source(
+                conn=conn, name=name, channel=channel, trusted=trusted, allowed_origins=origin or None
+            )
+    except AccessError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print(info.write_key)
+
+
+@sources_app.command("list")
+def sources_list(database_url: str | None = DatabaseOpt, data_dir: Path | None = DataDirOpt) -> None:
+    """List sources."""
+    from rich.table import Table
+
+    from omnijourney.access import service
+
+    engine = _engine(_settings(database_url, data_dir))
+    with db.read(engine) as conn:
+        rows = service.list_sources(conn=conn)
+    table = Table("id", "name", "channel", "trusted", "enabled", "write key")
+    for s in rows:
+        table.add_row(str(s.id), s.name, s.channel, str(s.trusted), str(s.enabled), s.write_key)
+    console.print(table)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    role: str = typer.Option(..., "--role", help="admin, marketer, agent or store_staff"),
+    name: str = typer.Option("", "--name"),
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Create an API token and print it (it is shown only once)."""
+    from omnijourney.access import service
+    from omnijourney.access.service import AccessError
+
+    engine = _engine(_settings(database_url, data_dir))
+    try:
+        with db.write(engine) as conn:
+            token = service.create_token(conn=conn, role=role, name=name)
+    except AccessError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print(token)
+
+
+@app.command("import")
+def import_file(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a .csv, .jsonl/.ndjson or .parquet file"),
+    source: str = typer.Option(..., "--source", help="name of the source the rows come from"),
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Bulk-import events through the same validation and storage path as the API."""
+    from omnijourney.access import service as access_service
+    from omnijourney.ingest import importer
+
+    settings = _settings(database_url, data_dir)
+    engine = _engine(settings)
+    with db.read(engine) as conn:
+        info = access_service.source_by_name(conn=conn, name=source)
+    if info is None:
+        err.print(f"[red]error:[/red] no source named {source!r}; create it with `omnijourney sources create`")
+        raise typer.Exit(2)
+    summary = importer.import_path(engine=engine, path=file, source=info, limits=settings.limits, console=console)
+    console.print(
+        f"[green]{summary.accepted}[/green] accepted, [red]{summary.rejected}[/red] rejected "
+        f"(rejected rows are in the dead-letter table)"
+    )
+    for line in summary.sample_errors:
+        console.print(f"  row {line}")
+    if summary.accepted == 0 and summary.rejected > 0:
+        raise typer.Exit(1)
+
+
+@app.command("worker")
+def worker(
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+    until_idle: bool = typer.Option(False, "--until-idle", help="exit once the log is fully processed"),
+) -> None:
+    """Run the processing stage on its own (scale-out, or when `serve --no-pipeline`)."""
+    import signal
+    import threading
+
+    from omnijourney.pipeline import service as pipeline_service
+    from omnijourney.pipeline.worker import PipelineWorker, run_until_idle
+
+    engine = _engine(_settings(database_url, data_dir))
+    handlers = pipeline_service.default_handlers()
+    if until_idle:
+        n = run_until_idle(engine, handlers)
+        console.print(f"processed {n} events")
+        return
+    w = PipelineWorker(engine, handlers)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    w.start()
+    with contextlib.suppress(KeyboardInterrupt):
+        done.wait()
+    w.stop()
+
+
+@app.command("serve")
+def serve(
+    host: str | None = typer.Option(None, "--host", help="overrides OMNIJOURNEY_HOST (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, "--port", help="overrides OMNIJOURNEY_PORT (default 8000)"),
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="run the processing stage in-process"),
+) -> None:
+    """Start the API server (migrations are applied on start-up)."""
+    import uvicorn
+
+    from omnijourney.app import create_app
+
+    settings = _settings(database_url, data_dir, host=host, port=port, run_pipeline=pipeline)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"omnijourney on [bold]http://{settings.host}:{settings.port}[/bold]")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+@app.command("demo")
+def demo(
+    host: str | None = typer.Option(None, "--host"),
+    port: int | None = typer.Option(None, "--port"),
+    data_dir: Path | None = DataDirOpt,
+    customers: int = typer.Option(2000, "--customers", help="how many customers the demo world has"),
+    seed: int = typer.Option(42, "--seed", help="the world is the same for the same seed"),
+    serve_after: bool = typer.Option(True, "--serve/--no-serve", help="keep serving after loading"),
+) -> None:
+    """Create the demo retailer, send its customers' journeys through the ingestion API, and serve it."""
+    from omnijourney.demo import runner
+
+    settings = _settings(None, data_dir, host=host, port=port)
+    runner.run_demo(settings=settings, customers=customers, seed=seed, serve_after=serve_after, console=console)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Collect: Segment-compatible tracking API, validation, durable idempotent storage, bulk import."""

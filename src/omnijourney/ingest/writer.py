@@ -1,0 +1,123 @@
+"""Group commit: one writer thread turns many concurrent requests into few transactions.
+
+Each HTTP request hands its validated rows to the writer and waits for a future. The
+writer drains everything queued, appends it in one transaction, commits, and only then
+resolves the futures: a 2xx is therefore always sent after the data is durable, while
+the cost of a commit (an fsync on SQLite) is shared by every request in the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from omnijourney.ingest import service
+from omnijourney.store import db
+
+log = logging.getLogger(__name__)
+
+#: most rows written in one transaction, so one huge group cannot stall the others
+MAX_GROUP_ROWS = 10_000
+
+
+class Overloaded(Exception):
+    """The writer's queue is full; the client should retry later."""
+
+
+@dataclass
+class _Job:
+    events: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+    future: Future[None] = field(default_factory=Future)
+
+
+class EventWriter:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        max_pending_events: int,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._max_pending = max_pending_events
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._on_commit = on_commit
+        self._thread = threading.Thread(target=self._run, name="omnijourney-event-writer", daemon=True)
+        self._started = False
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._started = False
+
+    def submit(self, events: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> Future[None]:
+        n = len(events) + len(dead_letters)
+        with self._lock:
+            if self._pending + n > self._max_pending and self._pending > 0:
+                raise Overloaded(f"{self._pending} events are waiting to be written")
+            self._pending += n
+        job = _Job(events, dead_letters)
+        self._queue.put(job)
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            rows = len(first.events)
+            stop = False
+            while rows < MAX_GROUP_ROWS:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+                rows += len(nxt.events)
+            self._write(group)
+            if stop:
+                return
+
+    def _write(self, group: list[_Job]) -> None:
+        events = [row for job in group for row in job.events]
+        dead = [row for job in group for row in job.dead_letters]
+        try:
+            with db.write(self._engine) as conn:
+                service.append_events(conn=conn, rows=events)
+                service.append_dead_letters(conn=conn, rows=dead)
+        except Exception as exc:  # nothing was committed: every request in the group fails
+            log.exception("event write failed; %d requests answered 503", len(group))
+            for job in group:
+                job.future.set_exception(exc)
+        else:
+            for job in group:
+                job.future.set_result(None)
+            if self._on_commit is not None:
+                self._on_commit()
+        finally:
+            with self._lock:
+                self._pending -= len(events) + len(dead)

@@ -1,0 +1,1 @@
+"""State storage: engine, sessions, shared column types, migrations. Owns no domain tables."""

@@ -1,0 +1,89 @@
+"""Engine creation and transaction scopes.
+
+Services never commit; callers open a scope here and own the transaction:
+
+    with db.write() as conn:
+        ingest_service.store(conn=conn, ...)
+        pipeline_service.advance(conn=conn, ...)
+
+On SQLite a write scope starts with BEGIN IMMEDIATE, taking the single writer lock up
+front, so a read-then-write transaction can never fail half-way with SQLITE_BUSY; read
+scopes use a deferred BEGIN and never block writers (WAL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+
+from omnijourney.store.base import json_deserializer, json_serializer
+
+_WRITE = "omnijourney_write"
+
+
+def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> sa.Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, sqlite_synchronous)
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=json_serializer,
+        json_deserializer=json_deserializer,
+    )
+
+
+def _sqlite_engine(url: str, synchronous: str) -> sa.Engine:
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url,
+        json_serializer=json_serializer,
+        json_deserializer=json_deserializer,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=20,
+        max_overflow=20,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write(engine: sa.Engine) -> Iterator[Connection]:
+    """A read-write transaction, committed when the block exits cleanly."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{_WRITE: True})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read(engine: sa.Engine) -> Iterator[Connection]:
+    """A read-only transaction (one consistent snapshot)."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
