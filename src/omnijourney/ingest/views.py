@@ -41,6 +41,8 @@ def _read_body(raw: bytes, encoding: str | None, limit: int) -> bytes:
             raise ApiError(400, "invalid_encoding", f"body is not valid gzip: {exc}") from exc
         if len(out) > limit or inflater.unconsumed_tail:
             raise ApiError(413, "payload_too_large", f"decompressed body is over the {limit}-byte batch limit")
+        if not inflater.eof:
+            raise ApiError(400, "invalid_encoding", "gzip body is truncated")
         return out
     if encoding and encoding.lower().strip() not in ("identity", ""):
         raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
