@@ -823,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
+        console = Console(width=150)
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     console.print(
         f"[bold]ingest benchmark[/bold]: {args.events} events, batches of {args.batch_size}, "

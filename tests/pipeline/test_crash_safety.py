@@ -73,7 +73,7 @@ class CrashAfter:
         self.after = after
         self.seen = 0
 
-    def apply(self, conn, events) -> None:  # type: ignore[no-untyped-def]
+    def apply(self, conn, events, ctx) -> None:  # type: ignore[no-untyped-def]
         self.seen += len(events)
         if self.seen >= self.after:
             raise RuntimeError("simulated crash mid-step")

@@ -26,16 +26,34 @@ DAILY_COUNTS = DailyEventCount.__table__
 
 MAIN = "main"
 
-#: the columns handlers see; payload is loaded too because identity and profiles need it
-EVENT_COLUMNS = [c for c in EVENTS.c]
+#: the columns handlers see (context is not loaded: no handler needs it yet, and decoding costs)
+EVENT_COLUMNS = [
+    EVENTS.c.id,
+    EVENTS.c.source_id,
+    EVENTS.c.type,
+    EVENTS.c.event,
+    EVENTS.c.user_id,
+    EVENTS.c.anonymous_id,
+    EVENTS.c.channel,
+    EVENTS.c.timestamp,
+    EVENTS.c.order_id,
+    EVENTS.c.cart_id,
+    EVENTS.c.revenue,
+    EVENTS.c.currency,
+    EVENTS.c.payload,
+]
 
 
 class Handler(Protocol):
-    """One consumer of the event log. `apply` must only use `conn` (no commit, no side channels)."""
+    """One consumer of the event log. `apply` must only use `conn` (no commit, no side channels).
+
+    `ctx` is shared by the handlers of one step, so a later handler can use what an earlier
+    one computed (profiles use the profile identity resolved for each event).
+    """
 
     name: str
 
-    def apply(self, conn: Connection, events: Sequence[Row[Any]]) -> None: ...
+    def apply(self, conn: Connection, events: Sequence[Row[Any]], ctx: dict[str, Any]) -> None: ...
 
 
 class DailyCounts:
@@ -43,7 +61,7 @@ class DailyCounts:
 
     name = "daily_counts"
 
-    def apply(self, conn: Connection, events: Sequence[Row[Any]]) -> None:
+    def apply(self, conn: Connection, events: Sequence[Row[Any]], ctx: dict[str, Any]) -> None:
         counts = Counter((e.timestamp.date(), e.source_id, e.channel, e.type) for e in events)
         rows = [
             {"day": day, "source_id": src, "channel": ch, "type": typ, "count": n}
@@ -78,8 +96,9 @@ def process_step(*, conn: Connection, handlers: Sequence[Handler], limit: int = 
     ).all()
     if not events:
         return 0
+    ctx: dict[str, Any] = {}
     for handler in handlers:
-        handler.apply(conn, events)
+        handler.apply(conn, events, ctx)
     conn.execute(
         sa.update(CHECKPOINTS).where(CHECKPOINTS.c.name == name).values(position=events[-1].id, updated_at=utcnow())
     )
