@@ -17,6 +17,8 @@ from omnijourney import __version__, errors
 from omnijourney.access import views as access_views
 from omnijourney.access.cache import SourceCache
 from omnijourney.config import Settings
+from omnijourney.identity import views as identity_views
+from omnijourney.identity.rules import load_rules
 from omnijourney.ingest import api as ingest_api
 from omnijourney.ingest import views as ingest_views
 from omnijourney.ingest.cors import TrackingCors
@@ -25,6 +27,8 @@ from omnijourney.pipeline import service as pipeline_service
 from omnijourney.pipeline import views as pipeline_views
 from omnijourney.pipeline.monitor import LagMonitor
 from omnijourney.pipeline.worker import PipelineWorker
+from omnijourney.profiles import views as profile_views
+from omnijourney.profiles.config import load_profile_config
 from omnijourney.store import db, migrate
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,9 @@ def create_app(
     app.state.sources = runtime.sources
     app.state.writer = runtime.writer
     app.state.lag_monitor = runtime.lag_monitor
+    # loaded (and validated) at start-up: a broken rules file stops the server, not a request
+    app.state.identity_rules = load_rules()
+    app.state.profile_config = load_profile_config()
     errors.install(app)
 
     @app.get("/health", tags=["health"])
@@ -123,5 +130,7 @@ def create_app(
     app.include_router(ingest_api.router)
     app.include_router(access_views.router)
     app.include_router(pipeline_views.router)
+    app.include_router(profile_views.router)
+    app.include_router(identity_views.router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app

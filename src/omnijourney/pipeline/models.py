@@ -17,6 +17,8 @@ class Checkpoint(Base):
 
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     position: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: the last manual identity action (unmerge) applied, replayed in order by a rebuild
+    action_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -49,3 +49,13 @@ def upsert_add(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], ke
         index_elements=keys, set_={add: getattr(table.c, add) + getattr(ins.excluded, add)}
     )
     conn.execute(stmt, rows)
+
+
+def upsert_replace(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """INSERT rows; where the key exists, overwrite every other column with the row's value."""
+    if not rows:
+        return
+    ins = sqlite.insert(table) if is_sqlite(conn) else postgresql.insert(table)
+    cols = [c for c in rows[0] if c not in keys]
+    stmt = ins.on_conflict_do_update(index_elements=keys, set_={c: getattr(ins.excluded, c) for c in cols})
+    conn.execute(stmt, rows)

@@ -1,0 +1,1 @@
+"""Unify: identity resolution across devices and channels, with guards, provenance and unmerge."""

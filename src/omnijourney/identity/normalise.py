@@ -1,0 +1,97 @@
+"""Identifier normalisation with well-kept libraries, and the junk filter.
+
+The same functions normalise values from events and from lookups, so a search for
+"+420 601 123 456" finds a profile linked by "601123456".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from omnijourney.identity.rules import IdentifierType, IdentityRules
+
+MAX_LEN = 255
+
+
+def normalise_email(raw: str) -> str | None:
+    try:
+        info = validate_email(raw, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return None
+    return info.normalized.lower()
+
+
+def normalise_phone(raw: str, region: str) -> str | None:
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number) or not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_value(raw: Any, id_type: IdentifierType, rules: IdentityRules) -> str | None:
+    """Normalised value, or None when the value is junk, blocked or malformed."""
+    if raw is None or isinstance(raw, bool | dict | list):
+        return None
+    value = str(raw).strip()
+    if not value or len(value) > MAX_LEN:
+        return None
+    if value.lower() in rules.blocked or any(r.search(value) for r in rules.blocked_res):
+        return None
+    kind = id_type.normalise
+    if kind == "email":
+        out = normalise_email(value)
+    elif kind == "phone":
+        out = normalise_phone(value, rules.default_phone_region)
+    elif kind == "loyalty_card":
+        out = "".join(value.split()).replace("-", "").upper()
+    elif kind == "lower":
+        out = value.lower()
+    else:
+        out = value
+    if out is None:
+        return None
+    if id_type.pattern and not _fullmatch(id_type.pattern, out):
+        return None
+    if out.lower() in rules.blocked or any(r.search(out) for r in rules.blocked_res):
+        return None
+    return out
+
+
+_PATTERN_CACHE: dict[str, Any] = {}
+
+
+def _fullmatch(pattern: str, value: str) -> bool:
+    import re
+
+    compiled = _PATTERN_CACHE.get(pattern)
+    if compiled is None:
+        compiled = _PATTERN_CACHE[pattern] = re.compile(pattern)
+    return compiled.fullmatch(value) is not None
+
+
+def _dig(message: dict[str, Any], path: str) -> Any:
+    node: Any = message
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def extract_identifiers(message: dict[str, Any], rules: IdentityRules) -> list[tuple[str, str]]:
+    """(type, value) pairs found in a message, normalised, junk dropped, highest priority first."""
+    out: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for name, id_type in rules.by_priority:
+        for path in id_type.fields:
+            value = normalise_value(_dig(message, path), id_type, rules)
+            if value is not None and (name, value) not in seen:
+                seen.add((name, value))
+                out.append((name, value))
+    return out

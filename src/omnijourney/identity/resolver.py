@@ -1,0 +1,400 @@
+"""Incremental identity resolution for one batch of events, in log order.
+
+The batch's identifiers are loaded in a few set-based queries, resolution runs in memory
+event by event (so later events in the batch see earlier links and merges), and every
+change is written back in bulk. The rules, in order, for one event:
+
+1. Its identifiers, normalised and junk-free, are taken highest priority first.
+2. Unknown identifiers before the first known one wait; the first known identifier's
+   cluster becomes the target if the waiting ones may join it (veto, limit), else the
+   waiting ones start a new profile which becomes the target (the shared tablet: a second
+   user id on a device gets its own profile).
+3. Each further identifier either joins the target (if veto and limits allow), is already
+   in it, or belongs to another cluster, which merges into the target when blocks, trust,
+   veto and limits allow. The oldest profile survives. A refused link or merge is recorded
+   as a conflict; a refused `follows_latest` identifier (anonymous or device id) moves to
+   the target instead, so the device's later events follow the person now using it.
+4. The event belongs to the member that owns its highest-priority identifier.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from omnijourney.identity.models import (
+    IdentityBlock,
+    IdentityConflict,
+    IdentityLink,
+    IdentityMerge,
+    Profile,
+    ProfileEvent,
+)
+from omnijourney.identity.normalise import extract_identifiers
+from omnijourney.identity.rules import IdentityRules
+from omnijourney.store.base import utcnow
+
+PROFILES = Profile.__table__
+LINKS = IdentityLink.__table__
+MERGES = IdentityMerge.__table__
+CONFLICTS = IdentityConflict.__table__
+BLOCKS = IdentityBlock.__table__
+PROFILE_EVENTS = ProfileEvent.__table__
+
+Key = tuple[str, str]
+CHUNK = 500
+
+
+@dataclass(slots=True)
+class _Link:
+    owner: int
+    linked_at: datetime
+    new: bool = False
+    moved: bool = False
+    event_id: int = 0
+    source_id: int = 0
+
+
+@dataclass
+class GraphState:
+    """The part of the identity graph one batch touches, plus the changes it made."""
+
+    rules: IdentityRules
+    trusted_sources: frozenset[int]
+    links: dict[Key, _Link] = field(default_factory=dict)
+    parent: dict[int, int | None] = field(default_factory=dict)
+    root: dict[int, int] = field(default_factory=dict)
+    members: dict[int, set[int]] = field(default_factory=dict)
+    owned: dict[int, set[Key]] = field(default_factory=lambda: defaultdict(set))
+    blocks: set[tuple[int, int]] = field(default_factory=set)
+    new_profiles: list[dict[str, Any]] = field(default_factory=list)
+    new_merges: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    profile_events: list[dict[str, Any]] = field(default_factory=list)
+    #: event id -> member profile id it belongs to
+    event_member: dict[int, int] = field(default_factory=dict)
+    #: members whose root changed in this batch
+    reparented: set[int] = field(default_factory=set)
+    touched_roots: set[int] = field(default_factory=set)
+
+    # ---- loading -------------------------------------------------------------------------
+    def load(self, conn: Connection, keys: Iterable[Key]) -> None:
+        by_type: dict[str, list[str]] = defaultdict(list)
+        for t, v in set(keys):
+            if (t, v) not in self.links:
+                by_type[t].append(v)
+        owners: set[int] = set()
+        for t, values in by_type.items():
+            for i in range(0, len(values), CHUNK):
+                rows = conn.execute(
+                    sa.select(LINKS.c.value, LINKS.c.profile_id, LINKS.c.linked_at).where(
+                        LINKS.c.id_type == t, LINKS.c.value.in_(values[i : i + CHUNK])
+                    )
+                )
+                for value, pid, at in rows:
+                    self.links[(t, value)] = _Link(pid, at)
+                    owners.add(pid)
+        self._load_clusters(conn, owners - set(self.root))
+
+    def _load_clusters(self, conn: Connection, pids: set[int]) -> None:
+        if not pids:
+            return
+        roots: set[int] = set()
+        pid_list = list(pids)
+        for i in range(0, len(pid_list), CHUNK):
+            for (canonical,) in conn.execute(
+                sa.select(PROFILES.c.canonical_id).where(PROFILES.c.id.in_(pid_list[i : i + CHUNK]))
+            ):
+                roots.add(canonical)
+        roots -= set(self.members)
+        if not roots:
+            return
+        root_list = list(roots)
+        new_members: list[int] = []
+        for i in range(0, len(root_list), CHUNK):
+            for pid, parent, canonical in conn.execute(
+                sa.select(PROFILES.c.id, PROFILES.c.merged_into, PROFILES.c.canonical_id).where(
+                    PROFILES.c.canonical_id.in_(root_list[i : i + CHUNK])
+                )
+            ):
+                self.parent[pid] = parent
+                self.root[pid] = canonical
+                self.members.setdefault(canonical, set()).add(pid)
+                new_members.append(pid)
+        for i in range(0, len(new_members), CHUNK):
+            chunk = new_members[i : i + CHUNK]
+            for t, value, pid, at in conn.execute(
+                sa.select(LINKS.c.id_type, LINKS.c.value, LINKS.c.profile_id, LINKS.c.linked_at).where(
+                    LINKS.c.profile_id.in_(chunk)
+                )
+            ):
+                self.links.setdefault((t, value), _Link(pid, at))
+                self.owned[pid].add((t, value))
+            for a, b in conn.execute(
+                sa.select(BLOCKS.c.profile_a, BLOCKS.c.profile_b).where(
+                    sa.or_(BLOCKS.c.profile_a.in_(chunk), BLOCKS.c.profile_b.in_(chunk))
+                )
+            ):
+                self.blocks.add((a, b))
+                self.blocks.add((b, a))
+        # links loaded by value may belong to members loaded only now
+        for key, link in self.links.items():
+            if link.owner in self.root:
+                self.owned[link.owner].add(key)
+
+    # ---- queries on the in-memory graph ----------------------------------------------------
+    def cluster_keys(self, root: int) -> list[Key]:
+        return [k for m in self.members[root] for k in self.owned.get(m, ())]
+
+    def count_type(self, root: int, id_type: str, at: datetime, extra: Iterable[Key] = ()) -> int:
+        spec = self.rules.identifier_types.get(id_type)
+        window = timedelta(days=spec.window_days) if spec and spec.window_days else None
+        n = 0
+        for t, v in [*self.cluster_keys(root), *extra]:
+            if t != id_type:
+                continue
+            if window is not None:
+                link = self.links.get((t, v))
+                if link is not None and link.linked_at < at - window:
+                    continue
+            n += 1
+        return n
+
+    def identified(self, root: int) -> bool:
+        types = self.rules.identifier_types
+        return any(types[t].identifying for t, _ in self.cluster_keys(root) if t in types)
+
+    def attach_refusal(self, root: int, key: Key, at: datetime) -> str | None:
+        id_type, value = key
+        spec = self.rules.identifier_types[id_type]
+        if spec.veto and any(t == id_type and v != value for t, v in self.cluster_keys(root)):
+            return "veto"
+        if self.count_type(root, id_type, at) + 1 > spec.limit:
+            return "limit"
+        return None
+
+    def merge_refusal(self, a: int, b: int, at: datetime, trusted: bool) -> str | None:
+        ma, mb = self.members[a], self.members[b]
+        if any((x, y) in self.blocks for x in ma for y in mb):
+            return "unmerged"
+        keys_a, keys_b = self.cluster_keys(a), self.cluster_keys(b)
+        for id_type, spec in self.rules.identifier_types.items():
+            if spec.veto and len({v for t, v in keys_a + keys_b if t == id_type}) > 1:
+                return "veto"
+        for id_type, spec in self.rules.identifier_types.items():
+            if self.count_type(a, id_type, at, extra=keys_b) > spec.limit:
+                return "limit"
+        if not trusted and self.rules.merge_trust == "trusted_only" and self.identified(a) and self.identified(b):
+            return "untrusted"
+        return None
+
+    # ---- changes ---------------------------------------------------------------------------
+    def new_profile(self, pid: int, at: datetime) -> int:
+        self.parent[pid] = None
+        self.root[pid] = pid
+        self.members[pid] = {pid}
+        self.new_profiles.append({"id": pid, "created_at": at, "merged_into": None, "canonical_id": pid})
+        return pid
+
+    def attach(self, key: Key, member: int, at: datetime, event: Any) -> None:
+        self.links[key] = _Link(member, at, new=True, event_id=event.id, source_id=event.source_id)
+        self.owned[member].add(key)
+
+    def move(self, key: Key, member: int, event: Any, reason_other: int) -> None:
+        link = self.links[key]
+        old = link.owner
+        self.owned[old].discard(key)
+        link.owner = member
+        link.moved = True
+        self.owned[member].add(key)
+        self.conflict(
+            "moved",
+            key,
+            self.root[member],
+            reason_other,
+            event,
+            f"{key[0]} follows the latest identified person on the device (from profile {old})",
+        )
+
+    def merge(self, a: int, b: int, key: Key, event: Any) -> int:
+        survivor, loser = (a, b) if a < b else (b, a)  # ids are log positions: smaller is older
+        self.parent[loser] = survivor
+        for m in self.members.pop(loser):
+            self.root[m] = survivor
+            self.members[survivor].add(m)
+            self.reparented.add(m)
+        self.reparented.add(loser)
+        self.new_merges.append(
+            {
+                "survivor_id": survivor,
+                "merged_id": loser,
+                "id_type": key[0],
+                "value": key[1],
+                "event_id": event.id,
+                "source_id": event.source_id,
+                "merged_at": event.timestamp,
+            }
+        )
+        return survivor
+
+    def conflict(self, kind: str, key: Key, profile: int, other: int | None, event: Any, detail: str) -> None:
+        self.conflicts.append(
+            {
+                "kind": kind,
+                "id_type": key[0],
+                "value": key[1],
+                "profile_id": profile,
+                "other_profile_id": other,
+                "event_id": event.id,
+                "source_id": event.source_id,
+                "detail": detail[:500],
+                "created_at": utcnow(),
+            }
+        )
+
+    # ---- one event -----------------------------------------------------------------------
+    def resolve(self, event: Any, keys: list[Key]) -> int | None:
+        """The member the event belongs to; None when it carries no usable identifier (all junk)."""
+        if not keys:
+            return None
+        at: datetime = event.timestamp
+        trusted = event.source_id in self.trusted_sources
+        target: int | None = None
+        waiting: list[Key] = []
+        for key in keys:
+            link = self.links.get(key)
+            owner_root = self.root[link.owner] if link is not None else None
+            if target is None:
+                if owner_root is None:
+                    waiting.append(key)
+                    continue
+                refusals = [(k, self.attach_refusal(owner_root, k, at)) for k in waiting]
+                if all(r is None for _, r in refusals):
+                    target = owner_root
+                    anchor = link.owner
+                    for k in waiting:
+                        self.attach(k, anchor, at, event)
+                    waiting = []
+                    continue
+                target = self.new_profile(event.id, at)
+                for k in waiting:
+                    self.attach(k, target, at, event)
+                waiting = []
+                # fall through: the known identifier's cluster is a merge candidate
+            if owner_root is None:
+                refusal = self.attach_refusal(target, key, at)
+                if refusal is None:
+                    self.attach(key, self._anchor(target, keys), at, event)
+                else:
+                    self.conflict(refusal, key, target, None, event, f"{key[0]} not linked: {refusal}")
+            elif owner_root != target:
+                refusal = self.merge_refusal(target, owner_root, at, trusted)
+                if refusal is None:
+                    target = self.merge(target, owner_root, key, event)
+                elif self.rules.identifier_types[key[0]].follows_latest and refusal in ("veto", "limit"):
+                    self.conflict(refusal, key, target, owner_root, event, f"merge refused: {refusal}")
+                    self.move(key, self._anchor(target, keys), event, owner_root)
+                else:
+                    self.conflict(refusal, key, target, owner_root, event, f"merge refused: {refusal}")
+        if target is None:
+            target = self.new_profile(event.id, at)
+            for k in waiting:
+                self.attach(k, target, at, event)
+        member = self._anchor(target, keys)
+        self.event_member[event.id] = member
+        self.touched_roots.add(self.root[member])
+        return member
+
+    def _anchor(self, root: int, keys: Sequence[Key]) -> int:
+        """The member of `root` owning the event's highest-priority identifier (or the root)."""
+        for key in keys:
+            link = self.links.get(key)
+            if link is not None and self.root.get(link.owner) == root:
+                return link.owner
+        return root
+
+    # ---- writing back ----------------------------------------------------------------------
+    def flush(self, conn: Connection, events_by_id: dict[int, Any]) -> None:
+        if self.new_profiles:
+            for p in self.new_profiles:
+                p["merged_into"] = self.parent[p["id"]]
+                p["canonical_id"] = self.root[p["id"]]
+            conn.execute(sa.insert(PROFILES), self.new_profiles)
+        created = {p["id"] for p in self.new_profiles}
+        updates = [
+            {"pid": m, "parent": self.parent[m], "canonical": self.root[m]} for m in self.reparented if m not in created
+        ]
+        if updates:
+            conn.execute(
+                sa.update(PROFILES)
+                .where(PROFILES.c.id == sa.bindparam("pid"))
+                .values(merged_into=sa.bindparam("parent"), canonical_id=sa.bindparam("canonical")),
+                updates,
+            )
+        new_links, moved = [], []
+        for (t, v), link in self.links.items():
+            if link.new:
+                new_links.append(
+                    {
+                        "id_type": t,
+                        "value": v,
+                        "profile_id": link.owner,
+                        "linked_at": link.linked_at,
+                        "event_id": link.event_id,
+                        "source_id": link.source_id,
+                    }
+                )
+            elif link.moved:
+                moved.append({"t": t, "v": v, "owner": link.owner})
+        if new_links:
+            conn.execute(sa.insert(LINKS), new_links)
+        if moved:
+            conn.execute(
+                sa.update(LINKS)
+                .where(LINKS.c.id_type == sa.bindparam("t"), LINKS.c.value == sa.bindparam("v"))
+                .values(profile_id=sa.bindparam("owner")),
+                moved,
+            )
+        if self.new_merges:
+            conn.execute(sa.insert(MERGES), self.new_merges)
+        if self.conflicts:
+            conn.execute(sa.insert(CONFLICTS), self.conflicts)
+        rows = [
+            {
+                "event_id": eid,
+                "profile_id": member,
+                "timestamp": events_by_id[eid].timestamp,
+                "channel": events_by_id[eid].channel,
+                "event": events_by_id[eid].event,
+            }
+            for eid, member in self.event_member.items()
+        ]
+        if rows:
+            conn.execute(sa.insert(PROFILE_EVENTS), rows)
+
+
+def load_trusted_sources(conn: Connection) -> frozenset[int]:
+    from omnijourney.access.models import Source
+
+    src = Source.__table__
+    return frozenset(r[0] for r in conn.execute(sa.select(src.c.id).where(src.c.trusted)))
+
+
+def resolve_batch(conn: Connection, events: Sequence[Any], rules: IdentityRules) -> GraphState:
+    """Resolve a batch in log order; returns the state (event -> member) after writing it back."""
+    state = GraphState(rules=rules, trusted_sources=load_trusted_sources(conn))
+    extracted: list[list[Key]] = []
+    for e in events:
+        payload = e.payload if isinstance(e.payload, dict) else {}
+        extracted.append(extract_identifiers(payload, rules))
+    state.load(conn, (k for keys in extracted for k in keys))
+    for e, keys in zip(events, extracted, strict=True):
+        state.resolve(e, keys)
+    state.flush(conn, {e.id: e for e in events})
+    return state

@@ -1,0 +1,88 @@
+"""Identity rules as configuration: a YAML file validated at start-up (never a surprise mid-stream)."""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
+
+
+class IdentifierType(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(ge=0)
+    #: dotted paths into the message where values of this type are found
+    fields: list[str] = Field(min_length=1)
+    normalise: Literal["none", "email", "phone", "loyalty_card", "lower"] = "none"
+    #: regular expression a normalised value must match (loyalty card formats)
+    pattern: str | None = None
+    #: most values of this type a profile may hold (within window_days, if set)
+    limit: int = Field(default=10, ge=1)
+    window_days: int | None = Field(default=None, ge=1)
+    #: two profiles holding different values of a veto type never merge
+    veto: bool = False
+    #: identifies a person (a profile with one is "identified"); anonymous and device ids do not
+    identifying: bool = False
+    #: on a shared device, the link moves to the latest person who logged in
+    follows_latest: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            re.compile(v)
+        return v
+
+
+class IdentityRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_phone_region: str = Field(default="CZ", min_length=2, max_length=2)
+    identifier_types: dict[str, IdentifierType]
+    blocked_values: list[str] = Field(default_factory=list)
+    blocked_patterns: list[str] = Field(default_factory=list)
+    #: trust levels whose events may merge two identified profiles
+    merge_trust: Literal["trusted_only", "any"] = "trusted_only"
+
+    @model_validator(mode="after")
+    def _check(self) -> IdentityRules:
+        if not self.identifier_types:
+            raise ValueError("at least one identifier type is needed")
+        for name in self.identifier_types:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+                raise ValueError(f"identifier type name {name!r} must be lower_snake_case, at most 32 chars")
+        priorities = [t.priority for t in self.identifier_types.values()]
+        if len(set(priorities)) != len(priorities):
+            raise ValueError("identifier type priorities must be distinct (they order resolution)")
+        for p in self.blocked_patterns:
+            re.compile(p)
+        return self
+
+    @cached_property
+    def by_priority(self) -> list[tuple[str, IdentifierType]]:
+        return sorted(self.identifier_types.items(), key=lambda kv: -kv[1].priority)
+
+    @cached_property
+    def blocked(self) -> frozenset[str]:
+        return frozenset(v.strip().lower() for v in self.blocked_values)
+
+    @cached_property
+    def blocked_res(self) -> list[re.Pattern[str]]:
+        return [re.compile(p, re.IGNORECASE) for p in self.blocked_patterns]
+
+    def priority(self, id_type: str) -> int:
+        return self.identifier_types[id_type].priority
+
+
+def load_rules(path: str | Path | None = None) -> IdentityRules:
+    path = Path(path or os.environ.get("OMNIJOURNEY_IDENTITY_RULES") or DEFAULT_RULES)
+    with path.open() as fh:
+        data = yaml.safe_load(fh)
+    return IdentityRules.model_validate(data)
