@@ -44,8 +44,11 @@ def append(engine: sa.Engine, source_id: int, channel: str, messages: list[dict[
         ingest.append_events(conn=conn, rows=rows)
 
 
+_HANDLERS = pipeline.default_handlers()
+
+
 def process(engine: sa.Engine, batch: int = 2000) -> int:
-    return run_until_idle(engine, pipeline.default_handlers(), batch=batch)
+    return run_until_idle(engine, _HANDLERS, batch=batch)
 
 
 def snapshot(engine: sa.Engine) -> dict[str, Any]:
