@@ -49,3 +49,24 @@ def test_data_dir_default_database(tmp_path, monkeypatch) -> None:
     r = runner.invoke(app, ["db", "upgrade"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "data" / "omnijourney.db").exists()
+
+
+def test_identity_rebuild_command(tmp_path) -> None:
+    from tests.identity.helpers import append, process, snapshot, source
+
+    url = f"sqlite:///{tmp_path / 'rb.db'}"
+    engine = db.create_engine(url)
+    migrate.upgrade(engine)
+    pos = source(engine, "pos", "store", trusted=True)
+    append(
+        engine,
+        pos,
+        "store",
+        [{"type": "identify", "userId": f"u{i}", "traits": {"email": f"u{i}@example.org"}} for i in range(30)],
+    )
+    process(engine)
+    before = snapshot(engine)
+    r = runner.invoke(app, ["identity", "rebuild", "--database-url", url, "--data-dir", str(tmp_path), "--batch", "7"])
+    assert r.exit_code == 0, r.output
+    assert "rebuilt from 30 events: 30 profiles" in r.output
+    assert snapshot(engine) == before

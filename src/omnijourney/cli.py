@@ -19,6 +19,8 @@ tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for people and i
 app.add_typer(db_app, name="db")
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
+identity_app = typer.Typer(no_args_is_help=True, help="Identity resolution.")
+app.add_typer(identity_app, name="identity")
 
 console = Console()
 err = Console(stderr=True)
@@ -198,6 +200,46 @@ def demo(
 
     settings = _settings(None, data_dir, host=host, port=port)
     runner.run_demo(settings=settings, customers=customers, seed=seed, serve_after=serve_after, console=console)
+
+
+@identity_app.command("rebuild")
+def identity_rebuild(
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+    batch: int = typer.Option(5000, "--batch", help="events per transaction"),
+) -> None:
+    """Recompute the identity graph and profiles from every stored event (recorded unmerges replayed).
+
+    Stop the processing workers first, or run it while they are idle: both take the same
+    checkpoint lock, so they never interleave inside a step.
+    """
+    import sqlalchemy as sa
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from omnijourney.ingest.models import Event
+    from omnijourney.pipeline import service as pipeline_service
+
+    engine = _engine(_settings(database_url, data_dir))
+    handlers = pipeline_service.default_handlers()
+    with db.read(engine) as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(Event.__table__)).scalar_one()
+    with db.write(engine) as conn:
+        pipeline_service.reset(conn=conn, handlers=handlers)
+    done = 0
+    with Progress(
+        TextColumn("[bold]rebuilding[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("events", total=total)
+        while True:
+            with db.write(engine) as conn:
+                n = pipeline_service.process_step(conn=conn, handlers=handlers, limit=batch)
+            if n == 0:
+                break
+            done += n
+            progress.update(task, completed=done)
+    with db.read(engine) as conn:
+        profiles = conn.execute(sa.text("SELECT count(DISTINCT canonical_id) FROM profiles")).scalar_one()
+    console.print(f"rebuilt from {done} events: {profiles} profiles")
 
 
 if __name__ == "__main__":
