@@ -67,6 +67,7 @@ FULFILMENT_EVENTS: frozenset[str] = frozenset(
         "Store Visited",
         "Loyalty Points Earned",
         "Loyalty Points Redeemed",
+        "Consent Updated",
     }
 )
 
