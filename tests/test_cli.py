@@ -70,3 +70,12 @@ def test_identity_rebuild_command(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     assert "rebuilt from 30 events: 30 profiles" in r.output
     assert snapshot(engine) == before
+
+
+def test_data_dir_flag_moves_the_default_database(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("OMNIJOURNEY_DATABASE_URL", raising=False)
+    monkeypatch.setenv("OMNIJOURNEY_DATA_DIR", str(tmp_path / "from-env"))
+    r = runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path / "from-flag")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "from-flag" / "omnijourney.db").exists()
+    assert not (tmp_path / "from-env").exists()

@@ -62,7 +62,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        data_dir = Path(_env("DATA_DIR", "./omnijourney-data")).expanduser()
+        data_dir = Path(overrides.get("data_dir") or _env("DATA_DIR", "./omnijourney-data")).expanduser()  # type: ignore[arg-type]
         database_url = _env("DATABASE_URL", "") or f"sqlite:///{(data_dir / 'omnijourney.db').resolve()}"
         limits = IngestLimits(
             max_message_bytes=_env_int("MAX_MESSAGE_BYTES", IngestLimits.max_message_bytes),

@@ -64,7 +64,11 @@ def json_serializer(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def json_deserializer(value: str | bytes) -> Any:
+def json_deserializer(value: str | bytes | int | float) -> Any:
+    # SQLite gives a JSON column NUMERIC affinity, so a bare JSON number (a numeric trait)
+    # comes back as an int or float rather than text
+    if isinstance(value, int | float):
+        return value
     return orjson.loads(value)
 
 
