@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from omnijourney.commerce.handler import CommerceHandler
 from omnijourney.identity import service as identity_service
 from omnijourney.identity.handler import IdentityHandler
 from omnijourney.identity.models import IdentityAction
@@ -94,6 +95,7 @@ def default_handlers(rules: IdentityRules | None = None, profile_config: Profile
         DailyCounts(),
         IdentityHandler(rules or load_rules()),
         ProfileHandler(profile_config or load_profile_config()),
+        CommerceHandler(),
     ]
 
 

@@ -1,0 +1,251 @@
+"""Commerce benchmark: availability latency over SKUs x locations, checkout throughput under concurrency.
+
+    .venv/bin/python benchmarks/commerce.py                       # issue sizes: 100k SKUs x 50 locations, 32 clients
+    .venv/bin/python benchmarks/commerce.py --skus 500 --locations 5 --queries 300 --checkouts 200   # smoke
+
+Per backend (SQLite file, PostgreSQL: a throwaway cluster or --pg-url):
+* availability: `service.availability(sku)` for random SKUs, one read transaction each, p50/p99 ms
+  (the API adds HTTP and auth on top);
+* checkouts: `--clients` threads, each repeatedly: anonymous cart -> add 1-2 SKUs drawn from a small hot set
+  (contended on purpose) -> start checkout (ship) -> complete; checkouts/s for the completed ones, and the
+  **oversold units** (units allocated beyond what was on hand; must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import sqlalchemy as sa  # noqa: E402
+
+from benchmarks._common import PgServer, percentile  # noqa: E402
+from omnijourney.commerce import service  # noqa: E402
+from omnijourney.commerce.config import load_commerce_config  # noqa: E402
+from omnijourney.commerce.service import CommerceError  # noqa: E402
+from omnijourney.store import db, migrate  # noqa: E402
+from omnijourney.store.base import utcnow  # noqa: E402
+
+CHUNK = 5000
+
+
+def load(engine: sa.Engine, skus: int, locations: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    now = utcnow()
+    with db.write(engine) as conn:
+        service.upsert_locations(
+            conn=conn,
+            items=[
+                {
+                    "code": f"loc-{i:03d}",
+                    "name": f"Location {i}",
+                    "kind": "warehouse" if i == 0 else "store",
+                    "latitude": 49 + rnd.random() * 2,
+                    "longitude": 13 + rnd.random() * 5,
+                    "ships": i < 3,
+                    "pickup": i > 0,
+                }
+                for i in range(locations)
+            ],
+            now=now,
+        )
+    for start in range(0, skus, CHUNK):
+        part = range(start, min(skus, start + CHUNK))
+        with db.write(engine) as conn:
+            conn.execute(
+                sa.insert(service.PRODUCTS),
+                [
+                    {
+                        "sku": f"SKU-{i:07d}",
+                        "product_id": f"P-{i // 4}",
+                        "name": f"Product {i}",
+                        "category": "c",
+                        "brand": "b",
+                        "attributes": {},
+                        "active": True,
+                        "updated_at": now,
+                    }
+                    for i in part
+                ],
+            )
+            conn.execute(
+                sa.insert(service.PRICES),
+                [{"sku": f"SKU-{i:07d}", "currency": "CZK", "amount_minor": 10000 + i} for i in part],
+            )
+            conn.execute(
+                sa.insert(service.STOCK),
+                [
+                    {
+                        "sku": f"SKU-{i:07d}",
+                        "location": f"loc-{j:03d}",
+                        "on_hand": rnd.randint(0, 20),
+                        "reserved": 0,
+                        "allocated": 0,
+                        "damaged": 0,
+                        "updated_at": now,
+                    }
+                    for i in part
+                    for j in range(locations)
+                ],
+            )
+
+
+def bench_availability(engine: sa.Engine, skus: int, queries: int, seed: int) -> dict[str, float]:
+    rnd = random.Random(seed)
+    times = []
+    for _ in range(queries):
+        sku = f"SKU-{rnd.randrange(skus):07d}"
+        t = time.perf_counter()
+        with db.read(engine) as conn:
+            service.availability(conn=conn, sku=sku)
+        times.append((time.perf_counter() - t) * 1000)
+    return {"p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
+
+
+def bench_checkouts(engine: sa.Engine, clients: int, checkouts: int, hot: int, seed: int) -> dict[str, Any]:
+    config = load_commerce_config()
+    hot_skus = [f"SKU-{i:07d}" for i in range(hot)]
+    with db.read(engine) as conn:
+        before = {
+            (r.sku, r.location): r.on_hand
+            for r in conn.execute(sa.select(service.STOCK).where(service.STOCK.c.sku.in_(hot_skus)))
+        }
+    counter = iter(range(checkouts))
+    lock = threading.Lock()
+    done = {"orders": 0, "refused": 0}
+
+    def client(n: int) -> None:
+        rnd = random.Random(seed + n)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            now = utcnow()
+            try:
+                with db.write(engine) as conn:
+                    cart = service.resolve_cart(
+                        conn=conn, rules=None, anonymous_id=f"bench-{n}-{i}", currency="CZK", now=now
+                    )
+                    for sku in rnd.sample(hot_skus, rnd.randint(1, 2)):
+                        service.add_to_cart(
+                            conn=conn,
+                            cart_id=cart,
+                            sku=sku,
+                            quantity=1,
+                            channel="web",
+                            device=None,
+                            actor=None,
+                            now=now,
+                        )
+                with db.write(engine) as conn:
+                    co = service.start_checkout(
+                        conn=conn,
+                        cart_id=cart,
+                        fulfilment="ship",
+                        pickup_location=None,
+                        ship_address={"city": "x"},
+                        channel="web",
+                        now=now,
+                        ttl_seconds=900,
+                    )
+                with db.write(engine) as conn:
+                    service.complete_checkout(
+                        conn=conn,
+                        checkout_id=co["id"],
+                        idempotency_key=f"b-{n}-{i}",
+                        redeem_points=0,
+                        rules=None,
+                        config=config,
+                        channel="web",
+                        actor=None,
+                        now=utcnow(),
+                    )
+                with lock:
+                    done["orders"] += 1
+            except CommerceError:
+                with lock:
+                    done["refused"] += 1
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    with db.read(engine) as conn:
+        after = conn.execute(sa.select(service.STOCK).where(service.STOCK.c.sku.in_(hot_skus))).all()
+        allocated = conn.execute(
+            sa.select(
+                service.ORDER_LINES.c.sku, service.ORDER_LINES.c.location, sa.func.sum(service.ORDER_LINES.c.quantity)
+            ).group_by(service.ORDER_LINES.c.sku, service.ORDER_LINES.c.location)
+        ).all()
+    oversold = sum(max(0, int(q) - before.get((sku, loc), 0)) for sku, loc, q in allocated)
+    negative = sum(1 for r in after if r.on_hand - r.reserved - r.allocated < 0)
+    return {
+        "orders": done["orders"],
+        "refused": done["refused"],
+        "seconds": round(elapsed, 2),
+        "checkouts_per_s": round(done["orders"] / elapsed, 1) if elapsed else 0.0,
+        "oversold_units": oversold + negative,
+    }
+
+
+def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    engine = db.create_engine(url, pool_size=args.clients + 4)
+    try:
+        migrate.upgrade(engine)
+        t = time.perf_counter()
+        load(engine, args.skus, args.locations, args.seed)
+        loaded = time.perf_counter() - t
+        out = {"load_s": round(loaded, 1), **bench_availability(engine, args.skus, args.queries, args.seed)}
+        out.update(bench_checkouts(engine, args.clients, args.checkouts, args.hot, args.seed))
+        return out
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--skus", type=int, default=100_000)
+    p.add_argument("--locations", type=int, default=50)
+    p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--checkouts", type=int, default=5000)
+    p.add_argument("--hot", type=int, default=20, help="SKUs the checkouts compete for")
+    p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    p.add_argument("--pg-url", default=None)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args()
+    results: dict[str, Any] = {}
+    if args.backend in ("sqlite", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            results["sqlite"] = run(f"sqlite:///{tmp}/bench.db", args)
+    if args.backend in ("postgres", "both"):
+        pg = PgServer(args.pg_url)
+        try:
+            results["postgres"] = run(pg.fresh_database("oj_bench_commerce"), args)
+        finally:
+            pg.close()
+    for backend, r in results.items():
+        print(
+            f"{backend:9s} {args.skus} SKUs x {args.locations} locations (load {r['load_s']} s): availability "
+            f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms | {args.clients} clients: {r['orders']} orders, "
+            f"{r['refused']} refused (out of stock), {r['checkouts_per_s']} checkouts/s, oversold units {r['oversold_units']}"
+        )
+    if any(r["oversold_units"] for r in results.values()):
+        raise SystemExit("OVERSOLD")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Commerce continuity: catalog, inventory, carts, checkout, orders, returns, loyalty."""

@@ -1,0 +1,1913 @@
+"""Commerce continuity. Plain keyword-only functions taking `conn`; the caller owns the transaction.
+
+Concurrency (see docs/COMMERCE.md):
+- Stock changes are guarded atomic UPDATEs (`... WHERE on_hand - reserved - allocated >= :q`) whose
+  rowcount decides; CHECK constraints are the last line. No read-then-write on stock counts.
+- Locks are taken in one global order: cart -> checkout -> order -> reservations -> stock rows
+  (sorted by (sku, location)) -> loyalty accounts (sorted by profile id). A transaction never holds
+  a later lock while waiting for an earlier one, so there are no deadlock cycles.
+- Idempotency is enforced by UNIQUE constraints, not by reads: stock updates by external id,
+  orders by idempotency key, cart, checkout and order reference, loyalty ledger entries by key.
+- Any error raises `CommerceError` before commit; the caller's scope rolls everything back, so a
+  refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from omnijourney.commerce.config import CommerceConfig, LoyaltyRules, is_currency, to_major
+from omnijourney.commerce.models import (
+    Cart,
+    CartChange,
+    CartLine,
+    Checkout,
+    Location,
+    LoyaltyAccount,
+    LoyaltyEntry,
+    Order,
+    OrderHistory,
+    OrderLine,
+    Price,
+    Product,
+    RelatedProduct,
+    Reservation,
+    Return,
+    ReturnLine,
+    Stock,
+    StockUpdate,
+)
+from omnijourney.identity import service as identity
+from omnijourney.identity.models import IdentityLink
+from omnijourney.identity.rules import IdentityRules
+from omnijourney.store import dialect
+
+PRODUCTS = Product.__table__
+PRICES = Price.__table__
+RELATED = RelatedProduct.__table__
+LOCATIONS = Location.__table__
+STOCK = Stock.__table__
+STOCK_UPDATES = StockUpdate.__table__
+CARTS = Cart.__table__
+CART_LINES = CartLine.__table__
+CART_CHANGES = CartChange.__table__
+CHECKOUTS = Checkout.__table__
+RESERVATIONS = Reservation.__table__
+ORDERS = Order.__table__
+ORDER_LINES = OrderLine.__table__
+ORDER_HISTORY = OrderHistory.__table__
+RETURNS = Return.__table__
+RETURN_LINES = ReturnLine.__table__
+ACCOUNTS = LoyaltyAccount.__table__
+LEDGER = LoyaltyEntry.__table__
+LINKS = IdentityLink.__table__
+
+MAX_LINE_QUANTITY = 999
+MAX_STOCK = 10_000_000
+CHUNK = 500
+
+#: allowed order status changes (returns set partially_returned / returned themselves)
+TRANSITIONS: dict[str, set[str]] = {
+    "placed": {"paid", "ready_for_pickup", "shipped", "cancelled"},
+    "paid": {"ready_for_pickup", "shipped", "cancelled"},
+    "ready_for_pickup": {"picked_up", "cancelled"},
+    "shipped": {"delivered"},
+}
+PICKUP_ONLY = {"ready_for_pickup", "picked_up"}
+SHIP_ONLY = {"shipped", "delivered"}
+#: statuses from which goods are with the customer and may come back
+RETURNABLE = {"picked_up", "shipped", "delivered", "completed", "partially_returned"}
+#: statuses whose allocation is still held in stock (consumed on ship / pickup, released on cancel)
+ALLOCATED = {"placed", "paid", "ready_for_pickup"}
+
+
+class CommerceError(ValueError):
+    """A refused request: HTTP status, a stable machine code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _not_found(what: str) -> CommerceError:
+    return CommerceError(404, "not_found", what)
+
+
+def _savepoint_insert(conn: Connection, stmt: Any) -> int | None:
+    """Run an INSERT .. RETURNING id in a savepoint; None when a UNIQUE constraint refused it."""
+    try:
+        with conn.begin_nested():
+            return int(conn.execute(stmt).scalar_one())
+    except IntegrityError:
+        return None
+
+
+def _inserted(conn: Connection, stmt: Any, row: dict[str, Any]) -> bool:
+    """INSERT .. ON CONFLICT DO NOTHING RETURNING id: True if the row was new (rowcount is not
+    reliable across drivers for this statement, RETURNING is)."""
+    return conn.execute(stmt, row).first() is not None
+
+
+# ============================================================================ catalog
+
+
+def upsert_products(*, conn: Connection, items: Sequence[dict[str, Any]], now: datetime) -> int:
+    """Create or replace products with their prices and related products (all or nothing)."""
+    if not items:
+        return 0
+    skus = [i["sku"] for i in items]
+    if len(set(skus)) != len(skus):
+        raise CommerceError(422, "duplicate_sku", "a SKU appears twice in one import")
+    rows = [
+        {
+            "sku": i["sku"],
+            "product_id": i.get("product_id") or i["sku"],
+            "name": i["name"],
+            "category": i.get("category"),
+            "brand": i.get("brand"),
+            "attributes": i.get("attributes") or {},
+            "active": bool(i.get("active", True)),
+            "updated_at": now,
+        }
+        for i in items
+    ]
+    for start in range(0, len(rows), CHUNK):
+        dialect.upsert_replace(conn, PRODUCTS, rows[start : start + CHUNK], ["sku"])
+    # prices and relations are replaced as a whole for the SKUs given
+    with_prices = [i["sku"] for i in items if i.get("prices") is not None]
+    for start in range(0, len(with_prices), CHUNK):
+        conn.execute(sa.delete(PRICES).where(PRICES.c.sku.in_(with_prices[start : start + CHUNK])))
+    price_rows = [
+        {"sku": i["sku"], "currency": cur, "amount_minor": amount}
+        for i in items
+        for cur, amount in (i.get("prices") or {}).items()
+    ]
+    if price_rows:
+        conn.execute(sa.insert(PRICES), price_rows)
+    with_related = [i["sku"] for i in items if i.get("related") is not None]
+    for start in range(0, len(with_related), CHUNK):
+        conn.execute(sa.delete(RELATED).where(RELATED.c.sku.in_(with_related[start : start + CHUNK])))
+    rel_rows = {
+        (i["sku"], r["sku"], r["kind"]): {
+            "sku": i["sku"],
+            "related_sku": r["sku"],
+            "kind": r["kind"],
+            "quantity": r.get("quantity", 1),
+        }
+        for i in items
+        for r in (i.get("related") or [])
+    }
+    if rel_rows:
+        targets = sorted({r["related_sku"] for r in rel_rows.values()})
+        missing = sorted(set(targets) - known_skus(conn=conn, skus=targets))
+        if missing:
+            raise CommerceError(422, "unknown_sku", f"related products not in the catalog: {', '.join(missing[:20])}")
+        if any(k[0] == k[1] for k in rel_rows):
+            raise CommerceError(422, "invalid_relation", "a product cannot be related to itself")
+        conn.execute(sa.insert(RELATED), list(rel_rows.values()))
+    return len(items)
+
+
+def known_skus(*, conn: Connection, skus: Iterable[str], active_only: bool = False) -> set[str]:
+    skus = list(skus)
+    out: set[str] = set()
+    for start in range(0, len(skus), CHUNK):
+        stmt = sa.select(PRODUCTS.c.sku).where(PRODUCTS.c.sku.in_(skus[start : start + CHUNK]))
+        if active_only:
+            stmt = stmt.where(PRODUCTS.c.active)
+        out.update(r[0] for r in conn.execute(stmt))
+    return out
+
+
+def _require_skus(conn: Connection, skus: Iterable[str]) -> None:
+    skus = set(skus)
+    missing = sorted(skus - known_skus(conn=conn, skus=skus, active_only=True))
+    if missing:
+        raise CommerceError(422, "unknown_sku", f"unknown or inactive SKU: {', '.join(missing[:20])}")
+
+
+def get_product(*, conn: Connection, sku: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(PRODUCTS).where(PRODUCTS.c.sku == sku)).first()
+    if row is None:
+        return None
+    prices = {
+        r.currency: {"amount": to_major(r.amount_minor, r.currency), "minor": r.amount_minor}
+        for r in conn.execute(sa.select(PRICES).where(PRICES.c.sku == sku).order_by(PRICES.c.currency))
+    }
+    related: dict[str, list[dict[str, Any]]] = {}
+    for r in conn.execute(
+        sa.select(RELATED.c.related_sku, RELATED.c.kind, RELATED.c.quantity, PRODUCTS.c.name)
+        .join(PRODUCTS, PRODUCTS.c.sku == RELATED.c.related_sku)
+        .where(RELATED.c.sku == sku)
+        .order_by(RELATED.c.kind, RELATED.c.related_sku)
+    ):
+        related.setdefault(r.kind, []).append({"sku": r.related_sku, "name": r.name, "quantity": r.quantity})
+    variants = [
+        r[0]
+        for r in conn.execute(
+            sa.select(PRODUCTS.c.sku).where(PRODUCTS.c.product_id == row.product_id).order_by(PRODUCTS.c.sku)
+        )
+    ]
+    return {
+        "sku": row.sku,
+        "product_id": row.product_id,
+        "name": row.name,
+        "category": row.category,
+        "brand": row.brand,
+        "attributes": row.attributes,
+        "active": bool(row.active),
+        "prices": prices,
+        "related": related,
+        "variants": variants,
+        "updated_at": row.updated_at,
+    }
+
+
+def _prices(conn: Connection, skus: Sequence[str], currency: str) -> dict[str, int]:
+    if not skus:
+        return {}
+    return dict(
+        conn.execute(
+            sa.select(PRICES.c.sku, PRICES.c.amount_minor).where(PRICES.c.sku.in_(skus), PRICES.c.currency == currency)
+        ).all()
+    )
+
+
+# ============================================================================ locations
+
+
+def upsert_locations(*, conn: Connection, items: Sequence[dict[str, Any]], now: datetime) -> int:
+    rows = [
+        {
+            "code": i["code"],
+            "name": i["name"],
+            "kind": i["kind"],
+            "address": i.get("address") or {},
+            "latitude": i.get("latitude"),
+            "longitude": i.get("longitude"),
+            "opening_hours": i.get("opening_hours") or {},
+            "ships": bool(i.get("ships", False)),
+            "pickup": bool(i.get("pickup", False)),
+            "pickup_sourcing": i.get("pickup_sourcing") or "store_only",
+            "channels": list(i.get("channels") or []),
+            "active": bool(i.get("active", True)),
+            "updated_at": now,
+        }
+        for i in items
+    ]
+    dialect.upsert_replace(conn, LOCATIONS, rows, ["code"])
+    return len(rows)
+
+
+def _location_dict(r: Any) -> dict[str, Any]:
+    return {
+        "code": r.code,
+        "name": r.name,
+        "kind": r.kind,
+        "address": r.address,
+        "latitude": r.latitude,
+        "longitude": r.longitude,
+        "opening_hours": r.opening_hours,
+        "ships": bool(r.ships),
+        "pickup": bool(r.pickup),
+        "pickup_sourcing": r.pickup_sourcing,
+        "channels": r.channels,
+        "active": bool(r.active),
+    }
+
+
+def list_locations(*, conn: Connection) -> list[dict[str, Any]]:
+    return [_location_dict(r) for r in conn.execute(sa.select(LOCATIONS).order_by(LOCATIONS.c.code))]
+
+
+def get_location(*, conn: Connection, code: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(LOCATIONS).where(LOCATIONS.c.code == code)).first()
+    return _location_dict(row) if row else None
+
+
+# ============================================================================ stock
+
+
+def _ensure_stock_rows(conn: Connection, pairs: Iterable[tuple[str, str]], now: datetime) -> None:
+    rows = [
+        {"sku": s, "location": loc, "on_hand": 0, "reserved": 0, "allocated": 0, "damaged": 0, "updated_at": now}
+        for s, loc in sorted(set(pairs))
+    ]
+    if rows:
+        conn.execute(dialect.insert_ignoring_conflicts(conn, STOCK, ["sku", "location"]), rows)
+
+
+def _stock_dict(r: Any) -> dict[str, Any]:
+    return {
+        "sku": r.sku,
+        "location": r.location,
+        "on_hand": r.on_hand,
+        "reserved": r.reserved,
+        "allocated": r.allocated,
+        "available": r.on_hand - r.reserved - r.allocated,
+        "damaged": r.damaged,
+        "updated_at": r.updated_at,
+    }
+
+
+def stock_row(*, conn: Connection, sku: str, location: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(STOCK).where(STOCK.c.sku == sku, STOCK.c.location == location)).first()
+    return _stock_dict(row) if row else None
+
+
+def update_stock(
+    *,
+    conn: Connection,
+    external_id: str,
+    sku: str,
+    location: str,
+    mode: str,
+    quantity: int,
+    now: datetime,
+    event_id: int | None = None,
+    record_rejection: bool = False,
+) -> dict[str, Any]:
+    """Apply an absolute count or a delta from POS/ERP, once per external id.
+
+    A repeated external id answers with the first result and changes nothing. An update that would
+    make on hand negative or below what is reserved and allocated is refused (CommerceError), or,
+    with `record_rejection` (the event path, which must not fail), recorded as rejected.
+    """
+    if mode not in ("absolute", "delta"):
+        raise CommerceError(422, "invalid_mode", "mode is 'absolute' or 'delta'")
+    previous = conn.execute(sa.select(STOCK_UPDATES).where(STOCK_UPDATES.c.external_id == external_id)).first()
+    if previous is not None:
+        return _update_result(previous, duplicate=True)
+    if not known_skus(conn=conn, skus=[sku]):
+        raise CommerceError(422, "unknown_sku", f"unknown SKU {sku!r}")
+    if get_location(conn=conn, code=location) is None:
+        raise CommerceError(422, "unknown_location", f"unknown location {location!r}")
+    ins = dialect.insert_ignoring_conflicts(conn, STOCK_UPDATES, ["external_id"]).returning(STOCK_UPDATES.c.id)
+    fresh = _inserted(
+        conn,
+        ins,
+        {
+            "external_id": external_id,
+            "sku": sku,
+            "location": location,
+            "mode": mode,
+            "quantity": quantity,
+            "status": "applied",
+            "on_hand_after": None,
+            "detail": None,
+            "event_id": event_id,
+            "applied_at": now,
+        },
+    )
+    if not fresh:  # a concurrent request with the same id committed first
+        previous = conn.execute(sa.select(STOCK_UPDATES).where(STOCK_UPDATES.c.external_id == external_id)).one()
+        return _update_result(previous, duplicate=True)
+    _ensure_stock_rows(conn, [(sku, location)], now)
+    key = (STOCK.c.sku == sku) & (STOCK.c.location == location)
+    if mode == "absolute":
+        guard = sa.literal(quantity) - STOCK.c.reserved - STOCK.c.allocated >= 0
+        values = {"on_hand": quantity}
+    else:
+        guard = (STOCK.c.on_hand + quantity - STOCK.c.reserved - STOCK.c.allocated >= 0) & (
+            STOCK.c.on_hand + quantity <= MAX_STOCK
+        )
+        values = {"on_hand": STOCK.c.on_hand + quantity}
+    done = conn.execute(sa.update(STOCK).where(key, guard).values(**values, updated_at=now)).rowcount == 1
+    after = stock_row(conn=conn, sku=sku, location=location)
+    assert after is not None
+    if not done:
+        detail = (
+            f"would leave {sku} at {location} below what is reserved and allocated "
+            f"(on hand {after['on_hand']}, reserved {after['reserved']}, allocated {after['allocated']})"
+        )
+        if not record_rejection:
+            raise CommerceError(409, "insufficient_stock", detail)
+        conn.execute(
+            sa.update(STOCK_UPDATES)
+            .where(STOCK_UPDATES.c.external_id == external_id)
+            .values(status="rejected", detail=detail[:300], on_hand_after=after["on_hand"])
+        )
+    else:
+        conn.execute(
+            sa.update(STOCK_UPDATES)
+            .where(STOCK_UPDATES.c.external_id == external_id)
+            .values(on_hand_after=after["on_hand"])
+        )
+    row = conn.execute(sa.select(STOCK_UPDATES).where(STOCK_UPDATES.c.external_id == external_id)).one()
+    return {**_update_result(row, duplicate=False), "stock": after}
+
+
+def _update_result(row: Any, *, duplicate: bool) -> dict[str, Any]:
+    return {
+        "external_id": row.external_id,
+        "sku": row.sku,
+        "location": row.location,
+        "mode": row.mode,
+        "quantity": row.quantity,
+        "status": row.status,
+        "on_hand_after": row.on_hand_after,
+        "detail": row.detail,
+        "duplicate": duplicate,
+    }
+
+
+# ============================================================================ availability
+
+
+def availability(*, conn: Connection, sku: str) -> dict[str, Any]:
+    rows = conn.execute(
+        sa.select(STOCK, LOCATIONS.c.kind, LOCATIONS.c.name, LOCATIONS.c.ships, LOCATIONS.c.pickup)
+        .join(LOCATIONS, LOCATIONS.c.code == STOCK.c.location)
+        .where(STOCK.c.sku == sku, LOCATIONS.c.active)
+        .order_by(STOCK.c.location)
+    ).all()
+    locations = [
+        {**_stock_dict(r), "kind": r.kind, "name": r.name, "ships": bool(r.ships), "pickup": bool(r.pickup)}
+        for r in rows
+    ]
+    return {
+        "sku": sku,
+        "available": sum(max(0, loc["available"]) for loc in locations),
+        "available_to_ship": sum(max(0, loc["available"]) for loc in locations if loc["ships"]),
+        "locations": locations,
+    }
+
+
+def location_stock(
+    *, conn: Connection, location: str, skus: Sequence[str] | None = None, after: str | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
+    stmt = sa.select(STOCK).where(STOCK.c.location == location).order_by(STOCK.c.sku).limit(limit)
+    if skus:
+        stmt = stmt.where(STOCK.c.sku.in_(list(skus)))
+    if after:
+        stmt = stmt.where(STOCK.c.sku > after)
+    return [_stock_dict(r) for r in conn.execute(stmt)]
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 6371.0088 * 2 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def nearest_with_stock(
+    *,
+    conn: Connection,
+    sku: str,
+    latitude: float,
+    longitude: float,
+    quantity: int = 1,
+    limit: int = 5,
+    pickup_only: bool = False,
+    max_km: float | None = None,
+) -> list[dict[str, Any]]:
+    """Locations holding at least `quantity` available units of `sku`, nearest first (great-circle km)."""
+    stmt = (
+        sa.select(STOCK, LOCATIONS)
+        .join(LOCATIONS, LOCATIONS.c.code == STOCK.c.location)
+        .where(
+            STOCK.c.sku == sku,
+            STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated >= quantity,
+            LOCATIONS.c.active,
+            LOCATIONS.c.latitude.is_not(None),
+            LOCATIONS.c.longitude.is_not(None),
+        )
+    )
+    if pickup_only:
+        stmt = stmt.where(LOCATIONS.c.pickup)
+    out = []
+    for r in conn.execute(stmt):
+        km = haversine_km(latitude, longitude, r.latitude, r.longitude)
+        if max_km is not None and km > max_km:
+            continue
+        out.append({**_location_dict(r), "stock": _stock_dict(r), "distance_km": round(km, 3)})
+    out.sort(key=lambda x: (x["distance_km"], x["code"]))
+    return out[:limit]
+
+
+# ============================================================================ reservations
+
+
+def _reserve(conn: Connection, sku: str, location: str, quantity: int, now: datetime) -> bool:
+    """The guarded atomic UPDATE: succeeds only if that many units are available right now."""
+    res = conn.execute(
+        sa.update(STOCK)
+        .where(
+            STOCK.c.sku == sku,
+            STOCK.c.location == location,
+            STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated >= quantity,
+        )
+        .values(reserved=STOCK.c.reserved + quantity, updated_at=now)
+    )
+    return res.rowcount == 1
+
+
+def _release(conn: Connection, rows: Sequence[Any], now: datetime, status: str) -> int:
+    """Give reserved units back, in (sku, location) order, and mark the reservations."""
+    released = 0
+    for r in sorted(rows, key=lambda r: (r.sku, r.location, r.id)):
+        res = conn.execute(
+            sa.update(STOCK)
+            .where(STOCK.c.sku == r.sku, STOCK.c.location == r.location, STOCK.c.reserved >= r.quantity)
+            .values(reserved=STOCK.c.reserved - r.quantity, updated_at=now)
+        )
+        if res.rowcount != 1:
+            raise RuntimeError(f"reservation {r.id}: stock {r.sku}@{r.location} holds fewer reserved units")
+        released += r.quantity
+    ids = [r.id for r in rows]
+    if ids:
+        conn.execute(sa.update(RESERVATIONS).where(RESERVATIONS.c.id.in_(ids)).values(status=status))
+    return released
+
+
+def hold(
+    *,
+    conn: Connection,
+    sku: str,
+    location: str,
+    quantity: int,
+    reference: str | None,
+    ttl_seconds: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """An in-store hold: reserve units at a location until they expire (or are released)."""
+    _require_skus(conn, [sku])
+    if get_location(conn=conn, code=location) is None:
+        raise CommerceError(422, "unknown_location", f"unknown location {location!r}")
+    if not _reserve(conn, sku, location, quantity, now):
+        raise CommerceError(409, "insufficient_stock", f"fewer than {quantity} units of {sku} available at {location}")
+    rid = conn.execute(
+        sa.insert(RESERVATIONS)
+        .values(
+            checkout_id=None,
+            reference=reference,
+            sku=sku,
+            location=location,
+            quantity=quantity,
+            status="active",
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
+        .returning(RESERVATIONS.c.id)
+    ).scalar_one()
+    return reservation(conn=conn, reservation_id=rid) or {}
+
+
+def reservation(*, conn: Connection, reservation_id: int) -> dict[str, Any] | None:
+    r = conn.execute(sa.select(RESERVATIONS).where(RESERVATIONS.c.id == reservation_id)).first()
+    return dict(r._mapping) if r else None
+
+
+def release_hold(*, conn: Connection, reservation_id: int, now: datetime) -> dict[str, Any]:
+    stmt = sa.select(RESERVATIONS).where(RESERVATIONS.c.id == reservation_id, RESERVATIONS.c.checkout_id.is_(None))
+    r = conn.execute(dialect.for_update(stmt, conn)).first()
+    if r is None:
+        raise _not_found(f"no hold {reservation_id}")
+    if r.status == "active":
+        _release(conn, [r], now, "released")
+    return reservation(conn=conn, reservation_id=reservation_id) or {}
+
+
+def sweep_expired_reservations(*, conn: Connection, now: datetime, limit: int = 1000) -> int:
+    """Release reservations past their expiry; returns how many reservations were released.
+
+    Expired open checkouts are locked with SKIP LOCKED (one being completed right now is left for
+    the next sweep), then their reservations and expired holds, then stock rows in (sku, location)
+    order: the sweeper never waits for a lock that an order completion could be holding.
+    """
+    checkouts = [
+        r[0]
+        for r in conn.execute(
+            dialect.for_update_skip_locked(
+                sa.select(CHECKOUTS.c.id)
+                .where(CHECKOUTS.c.status == "open", CHECKOUTS.c.expires_at <= now)
+                .order_by(CHECKOUTS.c.id)
+                .limit(limit),
+                conn,
+            )
+        )
+    ]
+    if checkouts:
+        conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id.in_(checkouts)).values(status="expired"))
+    owner = RESERVATIONS.c.checkout_id.is_(None)
+    if checkouts:
+        owner = owner | RESERVATIONS.c.checkout_id.in_(checkouts)
+    rows = conn.execute(
+        dialect.for_update_skip_locked(
+            sa.select(RESERVATIONS)
+            .where(RESERVATIONS.c.status == "active", RESERVATIONS.c.expires_at <= now, owner)
+            .order_by(RESERVATIONS.c.id)
+            .limit(limit),
+            conn,
+        )
+    ).all()
+    # reservations of checkouts that are expired in time but were locked by someone else stay for later
+    rows = [r for r in rows if r.checkout_id is None or r.checkout_id in set(checkouts)]
+    _release(conn, rows, now, "expired")
+    return len(rows)
+
+
+# ============================================================================ carts
+
+
+def _device(payload: dict[str, Any]) -> str | None:
+    ctx = payload.get("context") if isinstance(payload.get("context"), dict) else {}
+    device = ctx.get("device")
+    if isinstance(device, dict):
+        for key in ("type", "model", "manufacturer"):
+            if isinstance(device.get(key), str) and device[key]:
+                return device[key][:128]
+    ua = ctx.get("userAgent")
+    if isinstance(ua, str) and ua:
+        return "mobile" if "Mobile" in ua or "Android" in ua else "desktop"
+    return None
+
+
+def _record_cart_change(
+    conn: Connection,
+    cart_id: int,
+    action: str,
+    now: datetime,
+    *,
+    sku: str | None = None,
+    quantity: int | None = None,
+    channel: str | None = None,
+    device: str | None = None,
+    actor: str | None = None,
+    event_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Record a cart change; with an event id, False if that event was applied already."""
+    row = {
+        "cart_id": cart_id,
+        "action": action,
+        "sku": sku,
+        "quantity": quantity,
+        "channel": channel,
+        "device": device,
+        "actor": actor[:100] if actor else None,
+        "event_id": event_id,
+        "detail": detail or {},
+        "at": now,
+    }
+    if event_id is None:
+        conn.execute(sa.insert(CART_CHANGES), [row])
+        return True
+    return _inserted(
+        conn, dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]).returning(CART_CHANGES.c.id), row
+    )
+
+
+def _touch_cart(conn: Connection, cart_id: int, now: datetime) -> None:
+    """Keep the abandoned-cart signal current: last change time and value in the cart's currency."""
+    cart = conn.execute(sa.select(CARTS.c.currency).where(CARTS.c.id == cart_id)).one()
+    lines = conn.execute(
+        sa.select(CART_LINES.c.sku, CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart_id)
+    ).all()
+    prices = _prices(conn, [line.sku for line in lines], cart.currency)
+    value = sum(prices.get(line.sku, 0) * line.quantity for line in lines)
+    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart_id).values(updated_at=now, value_minor=value))
+
+
+def _lock_cart(conn: Connection, cart_id: int, *, follow: bool = True, active: bool = True) -> Row[Any]:
+    """Lock a cart row; a merged cart is followed to the cart it was merged into."""
+    for _ in range(20):
+        row = conn.execute(dialect.for_update(sa.select(CARTS).where(CARTS.c.id == cart_id), conn)).first()
+        if row is None:
+            raise _not_found(f"no cart {cart_id}")
+        if follow and row.status == "merged" and row.merged_into is not None:
+            cart_id = row.merged_into
+            continue
+        if active and row.status != "active":
+            raise CommerceError(409, "cart_closed", f"cart {row.id} is {row.status}")
+        return row
+    raise CommerceError(409, "cart_closed", "merged-cart chain too long")
+
+
+def _create_cart(
+    conn: Connection, *, profile_id: int | None, anonymous_id: str | None, currency: str, now: datetime
+) -> int | None:
+    res = _savepoint_insert(
+        conn,
+        sa.insert(CARTS)
+        .values(
+            profile_id=profile_id,
+            anonymous_id=anonymous_id,
+            status="active",
+            currency=currency,
+            created_at=now,
+            updated_at=now,
+            value_minor=0,
+        )
+        .returning(CARTS.c.id),
+    )
+    return res
+
+
+def _anonymous_ids(conn: Connection, member_ids: list[int]) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            sa.select(LINKS.c.value).where(LINKS.c.id_type == "anonymous_id", LINKS.c.profile_id.in_(member_ids))
+        )
+    ]
+
+
+def _merge_lines(conn: Connection, target: int, sources: list[int], now: datetime, actor: str | None) -> None:
+    """Merge rule: lines united by SKU; a SKU in both keeps the larger quantity (never the sum) and the
+    channel, device and time of whichever line added it first."""
+    lines = {r.sku: r for r in conn.execute(sa.select(CART_LINES).where(CART_LINES.c.cart_id == target))}
+    for src in sources:
+        moved = []
+        for r in conn.execute(sa.select(CART_LINES).where(CART_LINES.c.cart_id == src).order_by(CART_LINES.c.sku)):
+            have = lines.get(r.sku)
+            if have is None:
+                conn.execute(
+                    sa.insert(CART_LINES).values(
+                        cart_id=target,
+                        sku=r.sku,
+                        quantity=r.quantity,
+                        channel=r.channel,
+                        device=r.device,
+                        added_at=r.added_at,
+                        updated_at=r.updated_at,
+                    )
+                )
+                lines[r.sku] = r
+            else:
+                first = r if r.added_at < have.added_at else have
+                conn.execute(
+                    sa.update(CART_LINES)
+                    .where(CART_LINES.c.cart_id == target, CART_LINES.c.sku == r.sku)
+                    .values(
+                        quantity=max(r.quantity, have.quantity),
+                        channel=first.channel,
+                        device=first.device,
+                        added_at=first.added_at,
+                        updated_at=max(r.updated_at, have.updated_at),
+                    )
+                )
+                lines[r.sku] = conn.execute(
+                    sa.select(CART_LINES).where(CART_LINES.c.cart_id == target, CART_LINES.c.sku == r.sku)
+                ).one()
+            moved.append({"sku": r.sku, "quantity": r.quantity})
+        conn.execute(
+            sa.update(CARTS).where(CARTS.c.id == src).values(status="merged", merged_into=target, updated_at=now)
+        )
+        _record_cart_change(conn, target, "merge", now, actor=actor, detail={"from_cart": src, "lines": moved})
+
+
+def resolve_cart(
+    *,
+    conn: Connection,
+    rules: IdentityRules | None,
+    profile_id: int | None = None,
+    anonymous_id: str | None = None,
+    currency: str,
+    now: datetime,
+    actor: str | None = None,
+    create: bool = True,
+) -> int | None:
+    """The one active cart of a profile (or of an anonymous device), merging carts that now belong together.
+
+    A profile's cart covers every member of its cluster and every anonymous id linked to it, so when a
+    device's anonymous id is linked to a profile (login, e-mail capture) its cart merges into the
+    profile's cart here. Carts are locked in id order before merging.
+    """
+    root: int | None = None
+    if profile_id is not None:
+        root = identity.canonical_id(conn=conn, profile_id=profile_id)
+        if root is None:
+            raise _not_found(f"no profile {profile_id}")
+    elif anonymous_id and rules is not None:
+        root = identity.lookup(conn=conn, rules=rules, id_type="anonymous_id", value=anonymous_id)
+    if root is None:
+        if not anonymous_id:
+            raise CommerceError(422, "no_owner", "a cart needs a profile_id or an anonymous_id")
+        stmt = sa.select(CARTS.c.id).where(
+            CARTS.c.anonymous_id == anonymous_id, CARTS.c.profile_id.is_(None), CARTS.c.status == "active"
+        )
+        found = conn.execute(dialect.for_update(stmt, conn)).scalar_one_or_none()
+        if found is not None or not create:
+            return found
+        new = _create_cart(conn, profile_id=None, anonymous_id=anonymous_id, currency=currency, now=now)
+        return new if new is not None else conn.execute(stmt).scalar_one()
+
+    members = identity.members(conn=conn, root=root)
+    anon = sorted(set(_anonymous_ids(conn, members)) | ({anonymous_id} if anonymous_id else set()))
+    owned = CARTS.c.profile_id.in_(members)
+    if anon:
+        owned = owned | (CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(anon))
+    stmt = sa.select(CARTS).where(CARTS.c.status == "active", owned).order_by(CARTS.c.id)
+    carts = conn.execute(dialect.for_update(stmt, conn)).all()
+    if not carts:
+        if not create:
+            return None
+        new = _create_cart(conn, profile_id=root, anonymous_id=anonymous_id, currency=currency, now=now)
+        if new is not None:
+            return new
+        carts = conn.execute(dialect.for_update(stmt, conn)).all()
+    target = next(
+        (c for c in carts if c.profile_id == root),
+        next((c for c in carts if c.profile_id is not None), carts[0]),
+    )
+    others = [c.id for c in carts if c.id != target.id]
+    if others:
+        _merge_lines(conn, target.id, others, now, actor)
+    if target.profile_id != root:
+        conn.execute(sa.update(CARTS).where(CARTS.c.id == target.id).values(profile_id=root))
+    if others:
+        _touch_cart(conn, target.id, now)
+    return int(target.id)
+
+
+def cart_view(*, conn: Connection, cart_id: int) -> dict[str, Any] | None:
+    cart = conn.execute(sa.select(CARTS).where(CARTS.c.id == cart_id)).first()
+    if cart is None:
+        return None
+    lines = conn.execute(
+        sa.select(CART_LINES, PRODUCTS.c.name)
+        .join(PRODUCTS, PRODUCTS.c.sku == CART_LINES.c.sku)
+        .where(CART_LINES.c.cart_id == cart_id)
+        .order_by(CART_LINES.c.added_at, CART_LINES.c.sku)
+    ).all()
+    prices = _prices(conn, [line.sku for line in lines], cart.currency)
+    out_lines = []
+    for line in lines:
+        price = prices.get(line.sku)
+        out_lines.append(
+            {
+                "sku": line.sku,
+                "name": line.name,
+                "quantity": line.quantity,
+                "unit_price": to_major(price, cart.currency) if price is not None else None,
+                "line_total": to_major(price * line.quantity, cart.currency) if price is not None else None,
+                "channel": line.channel,
+                "device": line.device,
+                "added_at": line.added_at,
+                "updated_at": line.updated_at,
+            }
+        )
+    return {
+        "id": cart.id,
+        "profile_id": cart.profile_id,
+        "anonymous_id": cart.anonymous_id,
+        "external_id": cart.external_id,
+        "status": cart.status,
+        "merged_into": cart.merged_into,
+        "currency": cart.currency,
+        "lines": out_lines,
+        "item_count": sum(line.quantity for line in lines),
+        "value": to_major(cart.value_minor, cart.currency),
+        "value_minor": cart.value_minor,
+        "created_at": cart.created_at,
+        "updated_at": cart.updated_at,
+    }
+
+
+def add_to_cart(
+    *,
+    conn: Connection,
+    cart_id: int,
+    sku: str,
+    quantity: int,
+    channel: str,
+    device: str | None,
+    actor: str | None,
+    now: datetime,
+    event_id: int | None = None,
+) -> int:
+    """Add units of a SKU; returns the cart id written (a merged cart's survivor)."""
+    cart = _lock_cart(conn, cart_id)
+    _require_skus(conn, [sku])
+    if quantity < 1 or quantity > MAX_LINE_QUANTITY:
+        raise CommerceError(422, "invalid_quantity", f"quantity must be 1..{MAX_LINE_QUANTITY}")
+    if not _record_cart_change(
+        conn,
+        cart.id,
+        "add",
+        now,
+        sku=sku,
+        quantity=quantity,
+        channel=channel,
+        device=device,
+        actor=actor,
+        event_id=event_id,
+    ):
+        return int(cart.id)
+    have = conn.execute(
+        sa.select(CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
+    ).scalar_one_or_none()
+    if have is None:
+        conn.execute(
+            sa.insert(CART_LINES).values(
+                cart_id=cart.id,
+                sku=sku,
+                quantity=quantity,
+                channel=channel,
+                device=device,
+                added_at=now,
+                updated_at=now,
+            )
+        )
+    else:
+        if have + quantity > MAX_LINE_QUANTITY:
+            raise CommerceError(422, "invalid_quantity", f"a cart line holds at most {MAX_LINE_QUANTITY} units")
+        conn.execute(
+            sa.update(CART_LINES)
+            .where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
+            .values(quantity=CART_LINES.c.quantity + quantity, updated_at=now)
+        )
+    _touch_cart(conn, cart.id, now)
+    return int(cart.id)
+
+
+def set_cart_quantity(
+    *,
+    conn: Connection,
+    cart_id: int,
+    sku: str,
+    quantity: int,
+    channel: str,
+    device: str | None,
+    actor: str | None,
+    now: datetime,
+    event_id: int | None = None,
+    relative: bool = False,
+) -> int:
+    """Set a line's quantity (0 removes it); with `relative`, remove that many units."""
+    cart = _lock_cart(conn, cart_id)
+    if quantity < 0 or quantity > MAX_LINE_QUANTITY:
+        raise CommerceError(422, "invalid_quantity", f"quantity must be 0..{MAX_LINE_QUANTITY}")
+    have = conn.execute(
+        sa.select(CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
+    ).scalar_one_or_none()
+    if relative:
+        quantity = max(0, (have or 0) - quantity)
+    elif quantity > 0:
+        _require_skus(conn, [sku])
+    action = "remove" if quantity == 0 else "set"
+    if not _record_cart_change(
+        conn,
+        cart.id,
+        action,
+        now,
+        sku=sku,
+        quantity=quantity,
+        channel=channel,
+        device=device,
+        actor=actor,
+        event_id=event_id,
+    ):
+        return int(cart.id)
+    if quantity == 0:
+        conn.execute(sa.delete(CART_LINES).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku))
+    elif have is None:
+        conn.execute(
+            sa.insert(CART_LINES).values(
+                cart_id=cart.id,
+                sku=sku,
+                quantity=quantity,
+                channel=channel,
+                device=device,
+                added_at=now,
+                updated_at=now,
+            )
+        )
+    else:
+        conn.execute(
+            sa.update(CART_LINES)
+            .where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
+            .values(quantity=quantity, updated_at=now)
+        )
+    _touch_cart(conn, cart.id, now)
+    return int(cart.id)
+
+
+def cart_changes(*, conn: Connection, cart_id: int, limit: int = 200) -> list[dict[str, Any]]:
+    ids = [cart_id] + [r[0] for r in conn.execute(sa.select(CARTS.c.id).where(CARTS.c.merged_into == cart_id))]
+    rows = conn.execute(
+        sa.select(CART_CHANGES).where(CART_CHANGES.c.cart_id.in_(ids)).order_by(CART_CHANGES.c.id.desc()).limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+# ============================================================================ checkout
+
+
+def _checkout_dict(conn: Connection, co: Any, now: datetime | None = None) -> dict[str, Any]:
+    res = conn.execute(
+        sa.select(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).order_by(RESERVATIONS.c.sku)
+    ).all()
+    status = co.status
+    if status == "open" and now is not None and co.expires_at <= now:
+        status = "expired"
+    return {
+        "id": co.id,
+        "cart_id": co.cart_id,
+        "status": status,
+        "fulfilment": co.fulfilment,
+        "pickup_location": co.pickup_location,
+        "ship_address": co.ship_address,
+        "currency": co.currency,
+        "total": to_major(co.total_minor, co.currency),
+        "total_minor": co.total_minor,
+        "channel": co.channel,
+        "created_at": co.created_at,
+        "expires_at": co.expires_at,
+        "order_id": co.order_id,
+        "reservations": [
+            {"sku": r.sku, "location": r.location, "quantity": r.quantity, "status": r.status} for r in res
+        ],
+    }
+
+
+def get_checkout(*, conn: Connection, checkout_id: int, now: datetime) -> dict[str, Any] | None:
+    co = conn.execute(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == checkout_id)).first()
+    return _checkout_dict(conn, co, now) if co else None
+
+
+def _candidates(conn: Connection, sku: str, *, ships: bool | None, first: str | None) -> list[str]:
+    """Locations to source a SKU from: `first` (if any), then by available units, most first."""
+    stmt = (
+        sa.select(STOCK.c.location)
+        .join(LOCATIONS, LOCATIONS.c.code == STOCK.c.location)
+        .where(STOCK.c.sku == sku, LOCATIONS.c.active, STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated > 0)
+        .order_by((STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated).desc(), STOCK.c.location)
+    )
+    if ships:
+        stmt = stmt.where(LOCATIONS.c.ships)
+    out = [r[0] for r in conn.execute(stmt)]
+    if first is not None:
+        out = [first] + [c for c in out if c != first]
+    return out
+
+
+def start_checkout(
+    *,
+    conn: Connection,
+    cart_id: int,
+    fulfilment: str,
+    pickup_location: str | None,
+    ship_address: dict[str, Any] | None,
+    channel: str,
+    now: datetime,
+    ttl_seconds: int,
+) -> dict[str, Any]:
+    """Reserve every line of the cart (all or nothing) and open a checkout that holds them until expiry.
+
+    Click & collect sources from the pickup store's stock only, unless the store's `pickup_sourcing`
+    is `network` (then any location, with a transfer, the store first). Shipping sources from
+    locations that ship. Each SKU comes from one location; lines are reserved in SKU order.
+    """
+    cart = _lock_cart(conn, cart_id)
+    open_co = conn.execute(
+        dialect.for_update(
+            sa.select(CHECKOUTS).where(CHECKOUTS.c.cart_id == cart.id, CHECKOUTS.c.status == "open"), conn
+        )
+    ).first()
+    if open_co is not None:
+        same = open_co.fulfilment == fulfilment and open_co.pickup_location == pickup_location
+        if same and open_co.expires_at > now:
+            return _checkout_dict(conn, open_co, now)
+        _end_checkout(conn, open_co.id, "expired" if open_co.expires_at <= now else "cancelled", now)
+    lines = conn.execute(
+        sa.select(CART_LINES.c.sku, CART_LINES.c.quantity)
+        .where(CART_LINES.c.cart_id == cart.id)
+        .order_by(CART_LINES.c.sku)
+    ).all()
+    if not lines:
+        raise CommerceError(409, "empty_cart", f"cart {cart.id} is empty")
+    _require_skus(conn, [line.sku for line in lines])
+    prices = _prices(conn, [line.sku for line in lines], cart.currency)
+    unpriced = [line.sku for line in lines if line.sku not in prices]
+    if unpriced:
+        raise CommerceError(422, "unpriced", f"no {cart.currency} price for {', '.join(unpriced)}")
+    first: str | None = None
+    ships: bool | None = True
+    network = True
+    if fulfilment == "click_and_collect":
+        if not pickup_location:
+            raise CommerceError(422, "pickup_location_required", "click & collect needs pickup_location")
+        loc = get_location(conn=conn, code=pickup_location)
+        if loc is None or not loc["active"]:
+            raise CommerceError(422, "unknown_location", f"unknown location {pickup_location!r}")
+        if not loc["pickup"]:
+            raise CommerceError(422, "pickup_not_offered", f"{pickup_location} does not offer pickup")
+        first, ships, network = pickup_location, None, loc["pickup_sourcing"] == "network"
+    elif fulfilment == "ship":
+        if not ship_address:
+            raise CommerceError(422, "ship_address_required", "shipping needs ship_address")
+    else:
+        raise CommerceError(422, "invalid_fulfilment", "fulfilment is 'ship' or 'click_and_collect'")
+    total = sum(prices[line.sku] * line.quantity for line in lines)
+    co_id = conn.execute(
+        sa.insert(CHECKOUTS)
+        .values(
+            cart_id=cart.id,
+            status="open",
+            fulfilment=fulfilment,
+            pickup_location=pickup_location if fulfilment == "click_and_collect" else None,
+            ship_address=ship_address if fulfilment == "ship" else None,
+            currency=cart.currency,
+            total_minor=total,
+            channel=channel,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
+        .returning(CHECKOUTS.c.id)
+    ).scalar_one()
+    reservations = []
+    for line in lines:  # SKU order: each transaction locks stock rows in one global order
+        options = (
+            [first] if first is not None and not network else _candidates(conn, line.sku, ships=ships, first=first)
+        )
+        chosen = next((loc for loc in options if _reserve(conn, line.sku, loc, line.quantity, now)), None)
+        if chosen is None:
+            where = f" at {first}" if first and not network else ""
+            raise CommerceError(
+                409, "insufficient_stock", f"fewer than {line.quantity} units of {line.sku} available{where}"
+            )
+        reservations.append(
+            {
+                "checkout_id": co_id,
+                "reference": f"checkout:{co_id}",
+                "sku": line.sku,
+                "location": chosen,
+                "quantity": line.quantity,
+                "status": "active",
+                "created_at": now,
+                "expires_at": now + timedelta(seconds=ttl_seconds),
+            }
+        )
+    conn.execute(sa.insert(RESERVATIONS), reservations)
+    _record_cart_change(conn, cart.id, "checkout", now, channel=channel, detail={"checkout_id": co_id})
+    co = conn.execute(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == co_id)).one()
+    return _checkout_dict(conn, co, now)
+
+
+def _end_checkout(conn: Connection, checkout_id: int, status: str, now: datetime) -> None:
+    rows = conn.execute(
+        dialect.for_update(
+            sa.select(RESERVATIONS)
+            .where(RESERVATIONS.c.checkout_id == checkout_id, RESERVATIONS.c.status == "active")
+            .order_by(RESERVATIONS.c.id),
+            conn,
+        )
+    ).all()
+    _release(conn, rows, now, "released" if status == "cancelled" else "expired")
+    conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id == checkout_id).values(status=status))
+
+
+def cancel_checkout(*, conn: Connection, checkout_id: int, now: datetime) -> dict[str, Any]:
+    co = conn.execute(sa.select(CHECKOUTS.c.cart_id).where(CHECKOUTS.c.id == checkout_id)).first()
+    if co is None:
+        raise _not_found(f"no checkout {checkout_id}")
+    _lock_cart(conn, co.cart_id, follow=False, active=False)
+    row = conn.execute(dialect.for_update(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == checkout_id), conn)).one()
+    if row.status == "completed":
+        raise CommerceError(409, "checkout_completed", f"checkout {checkout_id} became order {row.order_id}")
+    if row.status == "open":
+        _end_checkout(conn, checkout_id, "cancelled", now)
+    return get_checkout(conn=conn, checkout_id=checkout_id, now=now) or {}
+
+
+def _order_by(conn: Connection, column: Any, value: Any) -> Row[Any] | None:
+    return conn.execute(sa.select(ORDERS).where(column == value)).first()
+
+
+def complete_checkout(
+    *,
+    conn: Connection,
+    checkout_id: int,
+    idempotency_key: str | None,
+    redeem_points: int,
+    rules: IdentityRules | None,
+    config: CommerceConfig,
+    channel: str | None,
+    actor: str | None,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
+    """Turn an open checkout into an order: reserved units become allocated, points are redeemed
+    and earned. Returns (order, created). The same idempotency key, checkout or cart always answers
+    with the one order (created=False), never a second one."""
+    if idempotency_key:
+        existing = _order_by(conn, ORDERS.c.idempotency_key, idempotency_key)
+        if existing is not None:
+            return order_view(conn=conn, order_id=existing.id), False
+    head = conn.execute(sa.select(CHECKOUTS.c.cart_id).where(CHECKOUTS.c.id == checkout_id)).first()
+    if head is None:
+        raise _not_found(f"no checkout {checkout_id}")
+    cart = _lock_cart(conn, head.cart_id, follow=False, active=False)
+    co = conn.execute(dialect.for_update(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == checkout_id), conn)).one()
+    for column, value in ((ORDERS.c.checkout_id, co.id), (ORDERS.c.cart_id, cart.id)):
+        existing = _order_by(conn, column, value)
+        if existing is not None:
+            return order_view(conn=conn, order_id=existing.id), False
+    if co.status != "open" or co.expires_at <= now:
+        raise CommerceError(
+            409, "reservation_expired", f"checkout {checkout_id} is {'expired' if co.status == 'open' else co.status}"
+        )
+    res = conn.execute(
+        dialect.for_update(
+            sa.select(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).order_by(RESERVATIONS.c.id), conn
+        )
+    ).all()
+    if not res or any(r.status != "active" for r in res):
+        raise CommerceError(409, "reservation_expired", f"the reservations of checkout {checkout_id} were released")
+    profile_id = identity.canonical_id(conn=conn, profile_id=cart.profile_id) if cart.profile_id else None
+    if profile_id is None and cart.anonymous_id and rules is not None:
+        profile_id = identity.lookup(conn=conn, rules=rules, id_type="anonymous_id", value=cart.anonymous_id)
+    if redeem_points and profile_id is None:
+        raise CommerceError(409, "no_loyalty_account", "points can only be redeemed by a known customer")
+    inserted = _savepoint_insert(
+        conn,
+        sa.insert(ORDERS)
+        .values(
+            order_ref=f"OJ-{uuid.uuid4().hex[:12].upper()}",
+            profile_id=profile_id,
+            anonymous_id=cart.anonymous_id,
+            cart_id=cart.id,
+            checkout_id=co.id,
+            idempotency_key=idempotency_key,
+            origin="omnijourney",
+            source_id=None,
+            channel=channel or co.channel,
+            store_id=co.pickup_location,
+            fulfilment=co.fulfilment,
+            pickup_location=co.pickup_location,
+            ship_address=co.ship_address,
+            status="placed",
+            currency=co.currency,
+            total_minor=co.total_minor,
+            refunded_minor=0,
+            points_redeemed=0,
+            event_id=None,
+            placed_at=now,
+            updated_at=now,
+        )
+        .returning(ORDERS.c.id),
+    )
+    if inserted is None:  # the same idempotency key won a race on another cart
+        existing = _order_by(conn, ORDERS.c.idempotency_key, idempotency_key)
+        if existing is None:
+            raise CommerceError(409, "conflict", "the order could not be created; retry")
+        return order_view(conn=conn, order_id=existing.id), False
+    order_id = inserted
+    lines = {r.sku: r.quantity for r in conn.execute(sa.select(CART_LINES).where(CART_LINES.c.cart_id == cart.id))}
+    prices = _prices(conn, sorted(lines), co.currency)
+    names = dict(
+        conn.execute(sa.select(PRODUCTS.c.sku, PRODUCTS.c.name).where(PRODUCTS.c.sku.in_(sorted(lines)))).all()
+    )
+    conn.execute(
+        sa.insert(ORDER_LINES),
+        [
+            {
+                "order_id": order_id,
+                "line_no": n,
+                "sku": r.sku,
+                "name": names.get(r.sku),
+                "quantity": r.quantity,
+                "unit_price_minor": prices.get(r.sku, 0),
+                "location": r.location,
+                "returned_quantity": 0,
+            }
+            for n, r in enumerate(sorted(res, key=lambda r: r.sku), start=1)
+        ],
+    )
+    for r in sorted(res, key=lambda r: (r.sku, r.location)):
+        moved = conn.execute(
+            sa.update(STOCK)
+            .where(STOCK.c.sku == r.sku, STOCK.c.location == r.location, STOCK.c.reserved >= r.quantity)
+            .values(reserved=STOCK.c.reserved - r.quantity, allocated=STOCK.c.allocated + r.quantity, updated_at=now)
+        ).rowcount
+        if moved != 1:
+            raise RuntimeError(f"reservation {r.id}: stock {r.sku}@{r.location} lost its reserved units")
+    conn.execute(sa.update(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).values(status="allocated"))
+    conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id == co.id).values(status="completed", order_id=order_id))
+    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart.id).values(status="checked_out", updated_at=now))
+    _record_cart_change(conn, cart.id, "order", now, actor=actor, detail={"order_id": order_id})
+    _history(conn, order_id, "placed", now, actor=actor, location=co.pickup_location)
+    if profile_id is not None:
+        if redeem_points:
+            redeem_loyalty(
+                conn=conn,
+                profile_id=profile_id,
+                points=redeem_points,
+                dedupe_key=f"redeem:order:{order_id}",
+                order_id=order_id,
+                channel=channel or co.channel,
+                actor=actor,
+                now=now,
+                config=config,
+            )
+            conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(points_redeemed=redeem_points))
+        _earn_for_order(conn, profile_id, order_id, co.total_minor, co.currency, config.loyalty, channel, now)
+    return order_view(conn=conn, order_id=order_id), True
+
+
+# ============================================================================ orders
+
+
+def _history(
+    conn: Connection,
+    order_id: int,
+    status: str,
+    now: datetime,
+    *,
+    actor: str | None = None,
+    location: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        sa.insert(ORDER_HISTORY).values(
+            order_id=order_id,
+            status=status,
+            location=location,
+            actor=actor[:100] if actor else None,
+            detail=detail or {},
+            at=now,
+        )
+    )
+
+
+def find_order(*, conn: Connection, ref: str) -> int | None:
+    """An order by its id or its reference (the shop's / POS's order number)."""
+    row = _order_by(conn, ORDERS.c.order_ref, ref)
+    if row is None and ref.isdigit():
+        row = _order_by(conn, ORDERS.c.id, int(ref))
+    return int(row.id) if row else None
+
+
+def order_view(*, conn: Connection, order_id: int) -> dict[str, Any]:
+    o = conn.execute(sa.select(ORDERS).where(ORDERS.c.id == order_id)).first()
+    if o is None:
+        raise _not_found(f"no order {order_id}")
+    lines = conn.execute(
+        sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id).order_by(ORDER_LINES.c.line_no)
+    )
+    history = conn.execute(
+        sa.select(ORDER_HISTORY).where(ORDER_HISTORY.c.order_id == order_id).order_by(ORDER_HISTORY.c.id)
+    )
+    returns = conn.execute(sa.select(RETURNS).where(RETURNS.c.order_id == order_id).order_by(RETURNS.c.id)).all()
+    return {
+        "id": o.id,
+        "order_ref": o.order_ref,
+        "profile_id": o.profile_id,
+        "origin": o.origin,
+        "source_id": o.source_id,
+        "channel": o.channel,
+        "store_id": o.store_id,
+        "fulfilment": o.fulfilment,
+        "pickup_location": o.pickup_location,
+        "status": o.status,
+        "currency": o.currency,
+        "total": to_major(o.total_minor, o.currency),
+        "total_minor": o.total_minor,
+        "refunded": to_major(o.refunded_minor, o.currency),
+        "points_redeemed": o.points_redeemed,
+        "placed_at": o.placed_at,
+        "updated_at": o.updated_at,
+        "lines": [
+            {
+                "sku": r.sku,
+                "name": r.name,
+                "quantity": r.quantity,
+                "unit_price": to_major(r.unit_price_minor, o.currency),
+                "location": r.location,
+                "returned_quantity": r.returned_quantity,
+            }
+            for r in lines
+        ],
+        "history": [
+            {"status": h.status, "at": h.at, "location": h.location, "actor": h.actor, "detail": h.detail}
+            for h in history
+        ],
+        "returns": [
+            {"id": r.id, "location": r.location, "refund": to_major(r.refund_minor, r.currency)} for r in returns
+        ],
+    }
+
+
+def orders_of_profile(*, conn: Connection, profile_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    root = identity.canonical_id(conn=conn, profile_id=profile_id)
+    if root is None:
+        raise _not_found(f"no profile {profile_id}")
+    members = identity.members(conn=conn, root=root)
+    ids = [
+        r[0]
+        for r in conn.execute(
+            sa.select(ORDERS.c.id)
+            .where(ORDERS.c.profile_id.in_(members))
+            .order_by(ORDERS.c.placed_at.desc(), ORDERS.c.id.desc())
+            .limit(limit)
+        )
+    ]
+    return [order_view(conn=conn, order_id=i) for i in ids]
+
+
+def transition_order(
+    *,
+    conn: Connection,
+    order_id: int,
+    status: str,
+    actor: str | None,
+    location: str | None,
+    now: datetime,
+    config: CommerceConfig,
+) -> dict[str, Any]:
+    """Move an order along its lifecycle; repeating the current status is a no-op (safe retries).
+
+    Shipping or picking up consumes the allocated units (on hand and allocated both go down);
+    cancelling gives them back to available, reverses earned points and refunds redeemed ones.
+    """
+    o = conn.execute(dialect.for_update(sa.select(ORDERS).where(ORDERS.c.id == order_id), conn)).first()
+    if o is None:
+        raise _not_found(f"no order {order_id}")
+    if o.status == status:
+        return order_view(conn=conn, order_id=order_id)
+    if status not in TRANSITIONS.get(o.status, set()):
+        raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is {o.status}; it cannot become {status}")
+    if status in PICKUP_ONLY and o.fulfilment != "click_and_collect":
+        raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not click & collect")
+    if status in SHIP_ONLY and o.fulfilment != "ship":
+        raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not shipped")
+    if status in PICKUP_ONLY and location is not None and location != o.pickup_location:
+        raise CommerceError(409, "wrong_store", f"order {o.order_ref} is collected at {o.pickup_location}")
+    lines = conn.execute(sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id)).all()
+    allocated = [r for r in lines if r.location is not None]
+    if status in ("picked_up", "shipped") and o.status in ALLOCATED:
+        for r in sorted(allocated, key=lambda r: (r.sku, r.location)):
+            done = conn.execute(
+                sa.update(STOCK)
+                .where(
+                    STOCK.c.sku == r.sku,
+                    STOCK.c.location == r.location,
+                    STOCK.c.allocated >= r.quantity,
+                    STOCK.c.on_hand >= r.quantity,
+                )
+                .values(on_hand=STOCK.c.on_hand - r.quantity, allocated=STOCK.c.allocated - r.quantity, updated_at=now)
+            ).rowcount
+            if done != 1:
+                raise RuntimeError(f"order {order_id}: {r.sku}@{r.location} lost its allocated units")
+    elif status == "cancelled":
+        for r in sorted(allocated, key=lambda r: (r.sku, r.location)):
+            done = conn.execute(
+                sa.update(STOCK)
+                .where(STOCK.c.sku == r.sku, STOCK.c.location == r.location, STOCK.c.allocated >= r.quantity)
+                .values(allocated=STOCK.c.allocated - r.quantity, updated_at=now)
+            ).rowcount
+            if done != 1:
+                raise RuntimeError(f"order {order_id}: {r.sku}@{r.location} lost its allocated units")
+        if o.profile_id is not None:
+            _reverse_points(conn, o, o.total_minor, f"cancel:{order_id}", config, now)
+    conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(status=status, updated_at=now))
+    _history(conn, order_id, status, now, actor=actor, location=location)
+    return order_view(conn=conn, order_id=order_id)
+
+
+def record_external_order(
+    *,
+    conn: Connection,
+    order_ref: str,
+    profile_id: int | None,
+    anonymous_id: str | None,
+    source_id: int,
+    channel: str,
+    store_id: str | None,
+    currency: str,
+    total_minor: int,
+    lines: Sequence[dict[str, Any]],
+    event_id: int,
+    placed_at: datetime,
+    config: CommerceConfig,
+) -> int | None:
+    """Record an order placed elsewhere (shop, POS) once per order reference; None if known already."""
+    inserted = conn.execute(
+        dialect.insert_ignoring_conflicts(conn, ORDERS, ["order_ref"]).returning(ORDERS.c.id),
+        {
+            "order_ref": order_ref,
+            "profile_id": profile_id,
+            "anonymous_id": anonymous_id,
+            "cart_id": None,
+            "checkout_id": None,
+            "idempotency_key": None,
+            "origin": "event",
+            "source_id": source_id,
+            "channel": channel,
+            "store_id": store_id,
+            "fulfilment": "external",
+            "pickup_location": None,
+            "ship_address": None,
+            "status": "completed",
+            "currency": currency,
+            "total_minor": total_minor,
+            "refunded_minor": 0,
+            "points_redeemed": 0,
+            "event_id": event_id,
+            "placed_at": placed_at,
+            "updated_at": placed_at,
+        },
+    ).first()
+    if inserted is None:
+        return None
+    order_id = int(inserted[0])
+    if lines:
+        conn.execute(
+            sa.insert(ORDER_LINES),
+            [
+                {"order_id": order_id, "line_no": n, "location": None, "returned_quantity": 0, **line}
+                for n, line in enumerate(lines, start=1)
+            ],
+        )
+    _history(conn, order_id, "completed", placed_at, location=store_id, detail={"event_id": event_id})
+    if profile_id is not None:
+        _earn_for_order(conn, profile_id, order_id, total_minor, currency, config.loyalty, channel, placed_at)
+    return order_id
+
+
+# ============================================================================ returns
+
+
+def create_return(
+    *,
+    conn: Connection,
+    order_id: int,
+    location: str,
+    items: Sequence[dict[str, Any]],
+    reason: str,
+    refund_minor: int | None,
+    idempotency_key: str | None,
+    channel: str,
+    actor: str | None,
+    now: datetime,
+    config: CommerceConfig,
+) -> tuple[dict[str, Any], bool]:
+    """Take items back at any location: sellable units are restocked there, damaged ones recorded
+    apart; the refund is recorded and the order becomes partially returned or returned."""
+    if idempotency_key:
+        prev = conn.execute(sa.select(RETURNS).where(RETURNS.c.idempotency_key == idempotency_key)).first()
+        if prev is not None:
+            return return_view(conn=conn, return_id=prev.id), False
+    o = conn.execute(dialect.for_update(sa.select(ORDERS).where(ORDERS.c.id == order_id), conn)).first()
+    if o is None:
+        raise _not_found(f"no order {order_id}")
+    if o.status not in RETURNABLE:
+        raise CommerceError(409, "not_returnable", f"order {o.order_ref} is {o.status}; nothing to return yet")
+    loc = get_location(conn=conn, code=location)
+    if loc is None or not loc["active"]:
+        raise CommerceError(422, "unknown_location", f"unknown location {location!r}")
+    if not items:
+        raise CommerceError(422, "no_items", "a return needs items")
+    _require_skus(conn, {i["sku"] for i in items})
+    lines = conn.execute(
+        sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id).order_by(ORDER_LINES.c.line_no)
+    ).all()
+    left = {r.line_no: r.quantity - r.returned_quantity for r in lines}
+    taken: dict[int, int] = {}
+    value = 0
+    for item in items:
+        need = item["quantity"]
+        for r in lines:
+            if r.sku != item["sku"] or need == 0:
+                continue
+            take = min(need, left[r.line_no])
+            if take:
+                left[r.line_no] -= take
+                taken[r.line_no] = taken.get(r.line_no, 0) + take
+                value += take * r.unit_price_minor
+                need -= take
+        if need:
+            raise CommerceError(
+                422, "not_in_order", f"order {o.order_ref} has fewer returnable units of {item['sku']} than requested"
+            )
+    refund = value if refund_minor is None else refund_minor
+    if refund > o.total_minor - o.refunded_minor:
+        raise CommerceError(422, "refund_too_large", "the refund exceeds what is left to refund on the order")
+    for line_no, q in taken.items():
+        conn.execute(
+            sa.update(ORDER_LINES)
+            .where(ORDER_LINES.c.order_id == order_id, ORDER_LINES.c.line_no == line_no)
+            .values(returned_quantity=ORDER_LINES.c.returned_quantity + q)
+        )
+    restock: dict[str, list[int]] = {}
+    for item in items:
+        acc = restock.setdefault(item["sku"], [0, 0])
+        acc[0 if item["condition"] == "sellable" else 1] += item["quantity"]
+    _ensure_stock_rows(conn, [(sku, location) for sku in restock], now)
+    for sku in sorted(restock):
+        sellable, damaged = restock[sku]
+        conn.execute(
+            sa.update(STOCK)
+            .where(STOCK.c.sku == sku, STOCK.c.location == location)
+            .values(on_hand=STOCK.c.on_hand + sellable, damaged=STOCK.c.damaged + damaged, updated_at=now)
+        )
+    rid = conn.execute(
+        sa.insert(RETURNS)
+        .values(
+            order_id=order_id,
+            location=location,
+            channel=channel,
+            reason=reason,
+            refund_minor=refund,
+            currency=o.currency,
+            idempotency_key=idempotency_key,
+            actor=actor[:100] if actor else None,
+            created_at=now,
+        )
+        .returning(RETURNS.c.id)
+    ).scalar_one()
+    conn.execute(
+        sa.insert(RETURN_LINES),
+        [
+            {"return_id": rid, "line_no": n, "sku": i["sku"], "quantity": i["quantity"], "condition": i["condition"]}
+            for n, i in enumerate(items, start=1)
+        ],
+    )
+    everything = all(v == 0 for v in left.values())
+    status = "returned" if everything else "partially_returned"
+    conn.execute(
+        sa.update(ORDERS)
+        .where(ORDERS.c.id == order_id)
+        .values(status=status, refunded_minor=ORDERS.c.refunded_minor + refund, updated_at=now)
+    )
+    _history(conn, order_id, status, now, actor=actor, location=location, detail={"return_id": rid, "refund": refund})
+    if o.profile_id is not None and refund:
+        _reverse_points(conn, o, refund, f"return:{rid}", config, now)
+    return return_view(conn=conn, return_id=rid), True
+
+
+def return_view(*, conn: Connection, return_id: int) -> dict[str, Any]:
+    r = conn.execute(sa.select(RETURNS).where(RETURNS.c.id == return_id)).one()
+    lines = conn.execute(
+        sa.select(RETURN_LINES).where(RETURN_LINES.c.return_id == return_id).order_by(RETURN_LINES.c.line_no)
+    )
+    order = conn.execute(sa.select(ORDERS.c.order_ref, ORDERS.c.status).where(ORDERS.c.id == r.order_id)).one()
+    return {
+        "id": r.id,
+        "order_id": r.order_id,
+        "order_ref": order.order_ref,
+        "order_status": order.status,
+        "location": r.location,
+        "channel": r.channel,
+        "reason": r.reason,
+        "refund": to_major(r.refund_minor, r.currency),
+        "refund_minor": r.refund_minor,
+        "currency": r.currency,
+        "created_at": r.created_at,
+        "items": [{"sku": x.sku, "quantity": x.quantity, "condition": x.condition} for x in lines],
+    }
+
+
+# ============================================================================ loyalty
+
+
+def _ledger(
+    conn: Connection,
+    *,
+    profile_id: int,
+    kind: str,
+    points: int,
+    order_id: int | None,
+    dedupe_key: str | None,
+    channel: str | None,
+    actor: str | None,
+    now: datetime,
+) -> bool:
+    row = {
+        "profile_id": profile_id,
+        "kind": kind,
+        "points": points,
+        "order_id": order_id,
+        "dedupe_key": dedupe_key,
+        "channel": channel,
+        "actor": actor[:100] if actor else None,
+        "at": now,
+    }
+    if dedupe_key is None:
+        conn.execute(sa.insert(LEDGER), [row])
+        return True
+    return _inserted(conn, dialect.insert_ignoring_conflicts(conn, LEDGER, ["dedupe_key"]).returning(LEDGER.c.id), row)
+
+
+def _credit(
+    conn: Connection,
+    *,
+    profile_id: int,
+    points: int,
+    kind: str,
+    order_id: int | None,
+    dedupe_key: str,
+    channel: str | None,
+    actor: str | None,
+    now: datetime,
+) -> bool:
+    """Add points once per dedupe key (the ledger's UNIQUE key decides, not a read)."""
+    if points <= 0:
+        return False
+    if not _ledger(
+        conn,
+        profile_id=profile_id,
+        kind=kind,
+        points=points,
+        order_id=order_id,
+        dedupe_key=dedupe_key,
+        channel=channel,
+        actor=actor,
+        now=now,
+    ):
+        return False
+    conn.execute(
+        dialect.insert_ignoring_conflicts(conn, ACCOUNTS, ["profile_id"]),
+        [{"profile_id": profile_id, "balance": 0, "lifetime_earned": 0, "updated_at": now}],
+    )
+    earned = points if kind == "earn" else 0
+    conn.execute(
+        sa.update(ACCOUNTS)
+        .where(ACCOUNTS.c.profile_id == profile_id)
+        .values(
+            balance=ACCOUNTS.c.balance + points, lifetime_earned=ACCOUNTS.c.lifetime_earned + earned, updated_at=now
+        )
+    )
+    return True
+
+
+def _earn_for_order(
+    conn: Connection,
+    profile_id: int,
+    order_id: int,
+    total_minor: int,
+    currency: str,
+    rules: LoyaltyRules,
+    channel: str | None,
+    now: datetime,
+) -> None:
+    _credit(
+        conn,
+        profile_id=profile_id,
+        points=rules.points_for(total_minor, currency),
+        kind="earn",
+        order_id=order_id,
+        dedupe_key=f"earn:order:{order_id}",
+        channel=channel,
+        actor=None,
+        now=now,
+    )
+
+
+def _debit(conn: Connection, root: int, points: int, now: datetime, *, partial: bool) -> int:
+    """Take points from the cluster's member accounts (locked in profile-id order); returns points taken."""
+    members = identity.members(conn=conn, root=root) or [root]
+    accounts = conn.execute(
+        dialect.for_update(
+            sa.select(ACCOUNTS.c.profile_id, ACCOUNTS.c.balance)
+            .where(ACCOUNTS.c.profile_id.in_(members))
+            .order_by(ACCOUNTS.c.profile_id),
+            conn,
+        )
+    ).all()
+    have = sum(a.balance for a in accounts)
+    if have < points and not partial:
+        raise CommerceError(409, "insufficient_points", f"balance {have} is less than {points} points")
+    want = min(points, have)
+    left = want
+    for a in accounts:
+        take = min(left, a.balance)
+        if take <= 0:
+            continue
+        done = conn.execute(
+            sa.update(ACCOUNTS)
+            .where(ACCOUNTS.c.profile_id == a.profile_id, ACCOUNTS.c.balance >= take)
+            .values(balance=ACCOUNTS.c.balance - take, updated_at=now)
+        ).rowcount
+        if done != 1:
+            raise CommerceError(409, "insufficient_points", "the balance changed; retry")
+        left -= take
+    return want
+
+
+def redeem_loyalty(
+    *,
+    conn: Connection,
+    profile_id: int,
+    points: int,
+    dedupe_key: str | None,
+    order_id: int | None,
+    channel: str | None,
+    actor: str | None,
+    now: datetime,
+    config: CommerceConfig,
+) -> dict[str, Any]:
+    """Spend points in any channel; never below zero; once per dedupe key."""
+    root = identity.canonical_id(conn=conn, profile_id=profile_id)
+    if root is None:
+        raise _not_found(f"no profile {profile_id}")
+    if points <= 0:
+        raise CommerceError(422, "invalid_points", "points must be positive")
+    if dedupe_key:
+        prev = conn.execute(sa.select(LEDGER).where(LEDGER.c.dedupe_key == dedupe_key)).first()
+        if prev is not None:
+            return {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": True}
+    _debit(conn, root, points, now, partial=False)
+    if not _ledger(
+        conn,
+        profile_id=root,
+        kind="redeem",
+        points=-points,
+        order_id=order_id,
+        dedupe_key=dedupe_key,
+        channel=channel,
+        actor=actor,
+        now=now,
+    ):
+        # a concurrent request with the same key committed first: undo ours by failing the transaction
+        raise CommerceError(409, "duplicate_redemption", f"redemption {dedupe_key!r} was already made")
+    return {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": False}
+
+
+def _reverse_points(
+    conn: Connection, o: Any, refund_minor: int, key: str, config: CommerceConfig, now: datetime
+) -> None:
+    """Take back points earned on the refunded share of an order (never below zero), and give back
+    points redeemed on a cancelled order."""
+    root = identity.canonical_id(conn=conn, profile_id=o.profile_id) or o.profile_id
+    earned = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0)).where(
+            LEDGER.c.order_id == o.id, LEDGER.c.kind == "earn"
+        )
+    ).scalar_one()
+    share = int(earned) * refund_minor // o.total_minor if o.total_minor else 0
+    if share > 0 and _ledger(
+        conn,
+        profile_id=root,
+        kind="reverse",
+        points=0,
+        order_id=o.id,
+        dedupe_key=f"reverse:{key}",
+        channel=None,
+        actor=None,
+        now=now,
+    ):
+        taken = _debit(conn, root, share, now, partial=True)
+        conn.execute(sa.update(LEDGER).where(LEDGER.c.dedupe_key == f"reverse:{key}").values(points=-taken))
+    if key.startswith("cancel:") and o.points_redeemed:
+        _credit(
+            conn,
+            profile_id=root,
+            points=o.points_redeemed,
+            kind="adjust",
+            order_id=o.id,
+            dedupe_key=f"refund_points:{key}",
+            channel=None,
+            actor=None,
+            now=now,
+        )
+
+
+def loyalty_view(*, conn: Connection, profile_id: int, config: CommerceConfig, history: int = 50) -> dict[str, Any]:
+    root = identity.canonical_id(conn=conn, profile_id=profile_id)
+    if root is None:
+        raise _not_found(f"no profile {profile_id}")
+    members = identity.members(conn=conn, root=root)
+    row = conn.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.balance), 0),
+            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.lifetime_earned), 0),
+        ).where(ACCOUNTS.c.profile_id.in_(members))
+    ).one()
+    out: dict[str, Any] = {
+        "profile_id": root,
+        "balance": int(row[0]),
+        "lifetime_earned": int(row[1]),
+        "tier": config.loyalty.tier_for(int(row[1])),
+    }
+    if history:
+        out["history"] = [
+            {
+                "kind": r.kind,
+                "points": r.points,
+                "order_id": r.order_id,
+                "channel": r.channel,
+                "actor": r.actor,
+                "at": r.at,
+            }
+            for r in conn.execute(
+                sa.select(LEDGER).where(LEDGER.c.profile_id.in_(members)).order_by(LEDGER.c.id.desc()).limit(history)
+            )
+        ]
+    return out
+
+
+def valid_currency(code: str) -> bool:
+    return is_currency(code)
