@@ -75,23 +75,40 @@ def _fullmatch(pattern: str, value: str) -> bool:
     return compiled.fullmatch(value) is not None
 
 
-def _dig(message: dict[str, Any], path: str) -> Any:
+def _dig(message: dict[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = message
-    for part in path.split("."):
+    for part in path:
         if not isinstance(node, dict):
             return None
         node = node.get(part)
     return node
 
 
+_CACHE_LIMIT = 200_000
+
+
 def extract_identifiers(message: dict[str, Any], rules: IdentityRules) -> list[tuple[str, str]]:
-    """(type, value) pairs found in a message, normalised, junk dropped, highest priority first."""
+    """(type, value) pairs found in a message, normalised, junk dropped, highest priority first.
+
+    Normalisation results are memoised per rules object: the same e-mail or anonymous id
+    arrives many times, and e-mail/phone parsing is the expensive part of resolution.
+    """
+    cache: dict[tuple[str, Any], str | None] = rules.normalise_cache
     out: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for name, id_type in rules.by_priority:
-        for path in id_type.fields:
-            value = normalise_value(_dig(message, path), id_type, rules)
-            if value is not None and (name, value) not in seen:
-                seen.add((name, value))
+    for name, id_type, paths in rules.extraction_plan:
+        for path in paths:
+            raw = _dig(message, path)
+            if raw is None:
+                continue
+            key = (name, raw) if type(raw) is str else None
+            if key is not None and key in cache:
+                value = cache[key]
+            else:
+                value = normalise_value(raw, id_type, rules)
+                if key is not None:
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    cache[key] = value
+            if value is not None and (name, value) not in out:
                 out.append((name, value))
     return out

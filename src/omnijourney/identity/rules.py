@@ -77,6 +77,15 @@ class IdentityRules(BaseModel):
     def blocked_res(self) -> list[re.Pattern[str]]:
         return [re.compile(p, re.IGNORECASE) for p in self.blocked_patterns]
 
+    @cached_property
+    def extraction_plan(self) -> list[tuple[str, IdentifierType, list[tuple[str, ...]]]]:
+        """Types in priority order with their field paths pre-split (the hot path of resolution)."""
+        return [(name, t, [tuple(f.split(".")) for f in t.fields]) for name, t in self.by_priority]
+
+    @cached_property
+    def normalise_cache(self) -> dict[tuple[str, object], str | None]:
+        return {}
+
     def priority(self, id_type: str) -> int:
         return self.identifier_types[id_type].priority
 
