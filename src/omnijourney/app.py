@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from omnijourney import __version__, errors
 from omnijourney.access import views as access_views
 from omnijourney.access.cache import SourceCache
+from omnijourney.commerce import views as commerce_views
 from omnijourney.config import Settings
 from omnijourney.identity import views as identity_views
 from omnijourney.identity.rules import load_rules
@@ -132,5 +133,6 @@ def create_app(
     app.include_router(pipeline_views.router)
     app.include_router(profile_views.router)
     app.include_router(identity_views.router)
+    app.include_router(commerce_views.router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -144,13 +143,14 @@ def worker(
     database_url: str | None = DatabaseOpt,
     data_dir: Path | None = DataDirOpt,
     until_idle: bool = typer.Option(False, "--until-idle", help="exit once the log is fully processed"),
+    poll_interval: float = typer.Option(
+        0.05, "--poll-interval", min=0.001, help="seconds between checks for new events while idle"
+    ),
+    parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True, help="exit when this process exits"),
 ) -> None:
-    """Run the processing stage on its own (scale-out, or when `serve --no-pipeline`)."""
-    import signal
-    import threading
-
+    """Run the processing stage on its own (`serve` starts one; run more to scale out, or with `serve --no-pipeline`)."""
     from omnijourney.pipeline import service as pipeline_service
-    from omnijourney.pipeline.worker import PipelineWorker, run_until_idle
+    from omnijourney.pipeline.worker import run_until_idle, run_worker
 
     engine = _engine(_settings(database_url, data_dir))
     handlers = pipeline_service.default_handlers()
@@ -158,13 +158,7 @@ def worker(
         n = run_until_idle(engine, handlers)
         console.print(f"processed {n} events")
         return
-    w = PipelineWorker(engine, handlers)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    w.start()
-    with contextlib.suppress(KeyboardInterrupt):
-        done.wait()
-    w.stop()
+    run_worker(engine, handlers, poll_interval=poll_interval, parent_pid=parent_pid)
 
 
 @app.command("serve")
@@ -173,17 +167,45 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="overrides OMNIJOURNEY_PORT (default 8000)"),
     database_url: str | None = DatabaseOpt,
     data_dir: Path | None = DataDirOpt,
-    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="run the processing stage in-process"),
+    pipeline: bool = typer.Option(
+        True, "--pipeline/--no-pipeline", help="run the processing stage (in a child process, stopped with the server)"
+    ),
+    pipeline_thread: bool = typer.Option(
+        False, "--pipeline-thread", help="run the processing stage as a thread of the API process instead"
+    ),
 ) -> None:
     """Start the API server (migrations are applied on start-up)."""
+    import gc
+    import sys
+
     import uvicorn
 
     from omnijourney.app import create_app
+    from omnijourney.pipeline.worker import PipelineProcess
 
-    settings = _settings(database_url, data_dir, host=host, port=port, run_pipeline=pipeline)
+    settings = _settings(database_url, data_dir, host=host, port=port, run_pipeline=pipeline and pipeline_thread)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    child = None
+    if pipeline and not pipeline_thread:
+        # migrate before the child starts, so the two processes never migrate at once
+        _engine(settings).dispose()
+        child = PipelineProcess(database_url=settings.database_url, data_dir=settings.data_dir)
+        child.start()
     console.print(f"omnijourney on [bold]http://{settings.host}:{settings.port}[/bold]")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    api = create_app(settings)
+    # Everything built so far lives as long as the process: keep it out of the cyclic GC's
+    # full collections, which otherwise rescan it (~100 ms each) while requests wait.
+    gc.collect()
+    gc.freeze()
+    # The group-commit writer releases the GIL around every SQLite call and must win it back
+    # from the event loop; the default 5 ms switch interval made each of those calls cost up
+    # to 5 ms. 0.5 ms lets the writer back in quickly (benchmarks/README.md).
+    sys.setswitchinterval(0.0005)
+    try:
+        uvicorn.run(api, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        if child is not None:
+            child.stop()
 
 
 @app.command("demo")

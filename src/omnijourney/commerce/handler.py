@@ -7,8 +7,19 @@
 - `Inventory Updated` (`sku`, `location_id` or `store_id`, `on_hand` or `delta`, `update_id`) applies
   a stock update, once per update id; one that would oversell is recorded as rejected.
 
-It runs after identity in the same transaction and uses the member each event was resolved to.
-A bad event never stops the stage: each is applied in a savepoint and skipped (logged) when refused.
+It runs after identity in the same transaction and uses the member each event was resolved to
+(the survivors of all members are read in one query).
+
+Carts and orders are set-based per batch, with the rules of the per-call service functions:
+the batch's carts are read and locked in id order with their lines (`service.CartBatch`), the
+cart events are applied to them in memory in log order (`resolve_cart`, `add_to_cart`, relative
+`set_cart_quantity`), and the result is written back in bulk; orders whose reference is known are
+skipped after one query and the new ones written in bulk (`service.record_external_orders`).
+A bad event never stops the stage: a refused cart event changes nothing and is skipped (logged),
+and each stock update, the one path that can fail in the database, runs in its own savepoint.
+Should the set-based path meet a concurrent change it did not see (PostgreSQL; `BatchConflict` or
+a constraint), its work is rolled back and the batch's events are applied one by one, each in a
+savepoint, as before.
 Work is done in lock order (carts, then stock in (sku, location) order, then orders and loyalty),
 the same order the API takes, so the stage does not deadlock with checkouts.
 """
@@ -59,6 +70,19 @@ def _sku(props: dict[str, Any]) -> str | None:
     return None
 
 
+def _roots(conn: Connection, members: dict[int, int], events: Sequence[Row[Any]]) -> dict[int, int | None]:
+    """Event id -> the surviving profile of the member it was resolved to (one query per 500 members)."""
+    wanted = sorted({m for e in events if (m := members.get(e.id)) is not None})
+    survivor: dict[int, int] = {}
+    profiles = identity.PROFILES
+    for start in range(0, len(wanted), service.CHUNK):
+        chunk = wanted[start : start + service.CHUNK]
+        survivor.update(
+            conn.execute(sa.select(profiles.c.id, profiles.c.canonical_id).where(profiles.c.id.in_(chunk))).all()
+        )
+    return {e.id: survivor.get(members[e.id]) if e.id in members else None for e in events}
+
+
 class CommerceHandler:
     name = "commerce"
 
@@ -67,27 +91,29 @@ class CommerceHandler:
 
     def apply(self, conn: Connection, events: Sequence[Row[Any]], ctx: dict[str, Any]) -> None:
         members: dict[int, int] = ctx.get("event_member", {})
-        carts = [e for e in events if e.type == "track" and e.event in CART_EVENTS and e.cart_id]
-        stock = [e for e in events if e.type == "track" and e.event == STOCK_EVENT]
-        orders = [e for e in events if e.type == "track" and e.event == "Order Completed" and e.order_id]
+        carts: list[Row[Any]] = []
+        stock: list[Row[Any]] = []
+        orders: list[Row[Any]] = []
+        for e in events:
+            if e.type != "track":
+                continue
+            name = e.event
+            if name in CART_EVENTS:
+                if e.cart_id:
+                    carts.append(e)
+            elif name == STOCK_EVENT:
+                stock.append(e)
+            elif name == "Order Completed" and e.order_id:
+                orders.append(e)
         if not (carts or stock or orders):
             return
-        roots: dict[int, int | None] = {}
-
-        def root_of(e: Row[Any]) -> int | None:
-            member = members.get(e.id)
-            if member is None:
-                return None
-            if member not in roots:
-                roots[member] = identity.canonical_id(conn=conn, profile_id=member)
-            return roots[member]
-
-        for e in carts:
-            self._guarded(conn, e, self._cart_event, root_of(e))
+        roots = _roots(conn, members, [*carts, *orders])
+        if carts:
+            self._apply_carts(conn, carts, roots)
         for e in sorted(stock, key=lambda e: (str(_props(e).get("sku")), str(self._location(e)), e.id)):
             self._guarded(conn, e, self._stock_event, None)
-        for e in orders:
-            self._guarded(conn, e, self._order_event, root_of(e))
+        if orders:
+            self._apply_orders(conn, orders, roots)
 
     def _guarded(self, conn: Connection, e: Row[Any], fn: Any, root: int | None) -> None:
         try:
@@ -96,13 +122,123 @@ class CommerceHandler:
         except (CommerceError, IntegrityError, ValueError) as exc:
             log.info("commerce: event %s (%s) not applied: %s", e.id, e.event, exc)
 
+    # ------------------------------------------------------------------ carts, set-based
+
+    def _apply_carts(self, conn: Connection, events: list[Row[Any]], roots: dict[int, int | None]) -> None:
+        items: list[tuple[Row[Any], str, int]] = []
+        for e in events:
+            props = _props(e)
+            sku = _sku(props)
+            if sku is None:
+                continue
+            quantity = _int(props.get("quantity"))
+            if e.event == "Product Added":
+                quantity = quantity if quantity and quantity > 0 else 1
+            else:
+                quantity = quantity if quantity and quantity > 0 else service.MAX_LINE_QUANTITY
+            if quantity > service.MAX_LINE_QUANTITY:  # refused by add_to_cart / set_cart_quantity, whatever the cart
+                log.info("commerce: event %s (%s) not applied: quantity out of range", e.id, e.event)
+                continue
+            items.append((e, sku, quantity))
+        # adding needs an active SKU (add_to_cart refuses others before changing anything)
+        active = service.known_skus(
+            conn=conn, skus={sku for e, sku, _ in items if e.event == "Product Added"}, active_only=True
+        )
+        for e, sku, _ in items:
+            if e.event == "Product Added" and sku not in active:
+                log.info("commerce: event %s (%s) not applied: unknown or inactive SKU %s", e.id, e.event, sku)
+        items = [i for i in items if i[0].event != "Product Added" or i[1] in active]
+        if not items:
+            return
+        try:
+            with conn.begin_nested():
+                batch = service.CartBatch(conn)
+                batch.load(
+                    (e.cart_id, roots.get(e.id), None if roots.get(e.id) is not None else e.anonymous_id)
+                    for e, _, _ in items
+                )
+                applied = batch.applied_events(e.id for e, _, _ in items)
+                for e, sku, quantity in items:
+                    try:
+                        self._batch_cart_event(batch, e, sku, quantity, roots.get(e.id), e.id in applied)
+                    except CommerceError as exc:
+                        log.info("commerce: event %s (%s) not applied: %s", e.id, e.event, exc)
+                batch.flush()
+        except (service.BatchConflict, IntegrityError) as exc:
+            log.info("commerce: %d cart events applied one by one: %s", len(events), exc)
+            for e in events:
+                self._guarded(conn, e, self._cart_event, roots.get(e.id))
+
+    def _batch_cart_event(
+        self, batch: service.CartBatch, e: Row[Any], sku: str, quantity: int, root: int | None, applied: bool
+    ) -> None:
+        """`_cart_event` on the batch's carts; raises (changing nothing) where that would be refused."""
+        cart = batch.by_external(e.cart_id)
+        plan = None
+        if cart is None:
+            plan = batch.plan(root=root, anonymous_id=None if root is not None else e.anonymous_id)
+        elif cart.status == "checked_out":
+            return
+        else:
+            cart = batch.follow(cart)
+        added = e.event == "Product Added"
+        if added and not applied:  # a line that would overflow refuses the event, resolution included
+            have = plan.quantity(sku) if plan is not None else cart.quantity(sku)  # type: ignore[union-attr]
+            if have is not None and have + quantity > service.MAX_LINE_QUANTITY:
+                raise CommerceError(
+                    422, "invalid_quantity", f"a cart line holds at most {service.MAX_LINE_QUANTITY} units"
+                )
+        at: datetime = e.timestamp
+        if plan is not None:
+            cart = batch.resolve(plan, currency=self._currency(e), now=at)
+            batch.set_external(cart, e.cart_id)
+        assert cart is not None
+        if applied:
+            return
+        payload = e.payload if isinstance(e.payload, dict) else {}
+        change = {
+            "sku": sku,
+            "quantity": quantity,
+            "channel": e.channel,
+            "device": service._device(payload),
+            "actor": f"source:{e.source_id}",
+            "now": at,
+            "event_id": e.id,
+        }
+        if added:
+            batch.add(cart, **change)
+        else:
+            batch.remove(cart, **change)
+
+    # ------------------------------------------------------------------ orders, set-based
+
+    def _apply_orders(self, conn: Connection, events: list[Row[Any]], roots: dict[int, int | None]) -> None:
+        orders = []
+        for e in events:
+            try:
+                orders.append(self._order_fields(e, roots.get(e.id)))
+            except (CommerceError, IntegrityError, ValueError) as exc:
+                log.info("commerce: event %s (%s) not applied: %s", e.id, e.event, exc)
+        if not orders:
+            return
+        try:
+            with conn.begin_nested():
+                service.record_external_orders(conn=conn, orders=orders, config=self.config)
+        except IntegrityError as exc:
+            log.info("commerce: %d orders recorded one by one: %s", len(events), exc)
+            for e in events:
+                self._guarded(conn, e, self._order_event, roots.get(e.id))
+
     @staticmethod
     def _location(e: Row[Any]) -> str | None:
         props = _props(e)
         value = props.get("location_id") or props.get("store_id")
         return str(value)[:64] if isinstance(value, str | int) and not isinstance(value, bool) else None
 
+    # ------------------------------------------------------------------ one event at a time (the fallback)
+
     def _cart_event(self, conn: Connection, e: Row[Any], root: int | None) -> None:
+        """One cart event through the API-grade functions (the fallback of `_apply_carts`)."""
         props = _props(e)
         sku = _sku(props)
         if sku is None:
@@ -187,6 +323,10 @@ class CommerceHandler:
         )
 
     def _order_event(self, conn: Connection, e: Row[Any], root: int | None) -> None:
+        """One order event through `record_external_order` (the fallback of `_apply_orders`)."""
+        service.record_external_order(conn=conn, **self._order_fields(e, root), config=self.config)
+
+    def _order_fields(self, e: Row[Any], root: int | None) -> dict[str, Any]:
         props = _props(e)
         currency = self._currency(e)
         lines = []
@@ -217,21 +357,19 @@ class CommerceHandler:
         else:
             total = sum(line["quantity"] * line["unit_price_minor"] for line in lines)
         store = props.get("store_id")
-        service.record_external_order(
-            conn=conn,
-            order_ref=str(e.order_id)[:128],
-            profile_id=root,
-            anonymous_id=e.anonymous_id,
-            source_id=e.source_id,
-            channel=e.channel,
-            store_id=str(store)[:64] if isinstance(store, str | int) and not isinstance(store, bool) else None,
-            currency=currency,
-            total_minor=total,
-            lines=lines,
-            event_id=e.id,
-            placed_at=e.timestamp,
-            config=self.config,
-        )
+        return {
+            "order_ref": str(e.order_id)[:128],
+            "profile_id": root,
+            "anonymous_id": e.anonymous_id,
+            "source_id": e.source_id,
+            "channel": e.channel,
+            "store_id": str(store)[:64] if isinstance(store, str | int) and not isinstance(store, bool) else None,
+            "currency": currency,
+            "total_minor": total,
+            "lines": lines,
+            "event_id": e.id,
+            "placed_at": e.timestamp,
+        }
 
     def reset(self, conn: Connection) -> None:
         """Nothing is deleted, on purpose (docs/COMMERCE.md, "Rebuilds").

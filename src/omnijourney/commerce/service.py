@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,7 +47,7 @@ from omnijourney.commerce.models import (
     StockUpdate,
 )
 from omnijourney.identity import service as identity
-from omnijourney.identity.models import IdentityLink
+from omnijourney.identity.models import IdentityLink, Profile
 from omnijourney.identity.rules import IdentityRules
 from omnijourney.store import dialect
 
@@ -69,6 +70,7 @@ RETURN_LINES = ReturnLine.__table__
 ACCOUNTS = LoyaltyAccount.__table__
 LEDGER = LoyaltyEntry.__table__
 LINKS = IdentityLink.__table__
+PROFILES = Profile.__table__
 
 MAX_LINE_QUANTITY = 999
 MAX_STOCK = 10_000_000
@@ -1003,6 +1005,542 @@ def cart_changes(*, conn: Connection, cart_id: int, limit: int = 200) -> list[di
     return [dict(r._mapping) for r in rows]
 
 
+# ============================================================================ carts, set-based (the processing stage)
+
+
+class BatchConflict(Exception):
+    """The set-based path cannot vouch for the per-call result (a cart changed under it between its
+    read and its lock, or a new cart collided): the caller undoes the batch and goes call by call."""
+
+
+@dataclass(eq=False)
+class BatchCart:
+    """One cart of a `CartBatch`; `lines` maps a SKU to [quantity, channel, device, added_at, updated_at]."""
+
+    id: int | None  # None until a cart created in this batch is written
+    seq: int  # creation order within the batch (new carts sort after every stored one, by seq)
+    profile_id: int | None
+    anonymous_id: str | None
+    external_id: str | None
+    status: str
+    currency: str
+    merged_into: BatchCart | int | None
+    created_at: datetime
+    updated_at: datetime
+    value_minor: int
+    lines: dict[str, list[Any]] = field(default_factory=dict)
+    stored: tuple[Any, ...] | None = None  # the row as loaded (None: new in this batch)
+    stored_lines: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    touched: bool = False
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (0, self.id or 0) if self.stored is not None else (1, self.seq)
+
+    def quantity(self, sku: str) -> int | None:
+        line = self.lines.get(sku)
+        return line[0] if line is not None else None
+
+
+@dataclass
+class CartPlan:
+    """What `resolve_cart` would do for one owner, computed without changing anything."""
+
+    root: int | None  # the surviving profile (None: an anonymous device's cart)
+    anonymous_id: str | None
+    target: BatchCart | None  # None: a cart is created
+    others: list[BatchCart]  # carts merged into the target, in id order
+
+    def quantity(self, sku: str) -> int | None:
+        """The quantity of `sku` on the resolved cart once merged (the larger one wins, never the sum)."""
+        found = [q for c in ([self.target] if self.target else []) + self.others if (q := c.quantity(sku)) is not None]
+        return max(found) if found else None
+
+
+def _chunked(values: Iterable[Any]) -> Iterable[list[Any]]:
+    items = sorted(set(values))
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+class CartBatch:
+    """The carts one processing batch works on, held in memory from one `load` to one `flush`.
+
+    The same rules as `resolve_cart` (without identity rules), `add_to_cart` and relative
+    `set_cart_quantity`, applied call by call in the caller's order (the event log's), then written
+    back in a few bulk statements: carts, lines, and the change records in the order they happened.
+    Checks that may refuse a call (`follow`, `plan`) come before anything changes, so a refused call
+    changes nothing, as a rolled-back savepoint would.
+
+    `load` reads the carts the batch may touch (by external id, the merged carts they lead to, and
+    the active carts of every owner that may need resolving), then locks them in id order with
+    their lines; on PostgreSQL a cart whose owner, status or merge changed between the read and the
+    lock raises `BatchConflict`, and so does a new cart colliding with one created meanwhile
+    (IntegrityError, on flush): the caller rolls back and applies the calls one by one.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._by_id: dict[int, BatchCart] = {}
+        self._by_external: dict[str, BatchCart] = {}
+        self._by_profile: dict[int, list[BatchCart]] = {}
+        self._by_anonymous: dict[str, list[BatchCart]] = {}
+        self._new: list[BatchCart] = []
+        self._changes: list[dict[str, Any]] = []
+        self._canonical: dict[int, int | None] = {}
+        self._members: dict[int, list[int]] = {}
+        self._linked: dict[int, list[str]] = {}  # member profile -> its anonymous ids
+        self._anonymous: set[str] = set()
+
+    # ------------------------------------------------------------------ load
+
+    def _select(self, where: Any) -> list[Row[Any]]:
+        return self.conn.execute(sa.select(CARTS).where(where)).all()
+
+    def load(self, wanted: Iterable[tuple[str, int | None, str | None]]) -> None:
+        """Read and lock the carts needed for (external cart id, root profile, anonymous id) requests;
+        owners are loaded for external ids no cart has yet (those are resolved like `resolve_cart`)."""
+        conn = self.conn
+        wanted = list(wanted)
+        rows: dict[int, Row[Any]] = {}
+        for chunk in _chunked(ext for ext, _, _ in wanted):
+            rows.update((r.id, r) for r in self._select(CARTS.c.external_id.in_(chunk)))
+        known = {r.external_id for r in rows.values()}
+        # the carts merged ones lead to (`_lock_cart` follows at most 20 rows)
+        for _ in range(20):
+            pending = {r.merged_into for r in rows.values() if r.status == "merged" and r.merged_into is not None}
+            pending -= rows.keys()
+            if not pending:
+                break
+            for chunk in _chunked(pending):
+                rows.update((r.id, r) for r in self._select(CARTS.c.id.in_(chunk)))
+        # owners of external ids not known yet: the identity graph is fixed while the batch runs
+        roots = {root for ext, root, _ in wanted if ext not in known and root is not None}
+        self._anonymous = {anon for ext, root, anon in wanted if ext not in known and root is None and anon}
+        for chunk in _chunked(roots):
+            self._canonical.update(
+                conn.execute(sa.select(PROFILES.c.id, PROFILES.c.canonical_id).where(PROFILES.c.id.in_(chunk))).all()
+            )
+        for root in roots:
+            self._canonical.setdefault(root, None)
+        for chunk in _chunked(c for c in self._canonical.values() if c is not None):
+            for pid, canonical in conn.execute(
+                sa.select(PROFILES.c.id, PROFILES.c.canonical_id).where(PROFILES.c.canonical_id.in_(chunk))
+            ):
+                self._members.setdefault(canonical, []).append(pid)
+        members = [m for ms in self._members.values() for m in ms]
+        for chunk in _chunked(members):
+            for value, pid in conn.execute(
+                sa.select(LINKS.c.value, LINKS.c.profile_id).where(
+                    LINKS.c.id_type == "anonymous_id", LINKS.c.profile_id.in_(chunk)
+                )
+            ):
+                self._linked.setdefault(pid, []).append(value)
+        active = CARTS.c.status == "active"
+        for chunk in _chunked(members):
+            rows.update((r.id, r) for r in self._select(active & CARTS.c.profile_id.in_(chunk)))
+        owned_anonymous = self._anonymous | {a for values in self._linked.values() for a in values}
+        for chunk in _chunked(owned_anonymous):
+            rows.update(
+                (r.id, r) for r in self._select(active & CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(chunk))
+            )
+        if not rows:
+            return
+        if not dialect.is_sqlite(conn):  # lock in id order (SQLite's write transaction already excludes writers)
+            locked: dict[int, Row[Any]] = {}
+            for chunk in _chunked(rows):
+                stmt = sa.select(CARTS).where(CARTS.c.id.in_(chunk)).order_by(CARTS.c.id)
+                locked.update((r.id, r) for r in conn.execute(dialect.for_update(stmt, conn)))
+            shape = ("profile_id", "anonymous_id", "external_id", "status", "merged_into")
+            for cid, r in rows.items():
+                now = locked.get(cid)
+                if now is None or any(getattr(now, k) != getattr(r, k) for k in shape):
+                    raise BatchConflict(f"cart {cid} changed while the batch was reading it")
+            rows = locked
+        for r in rows.values():
+            c = BatchCart(
+                id=r.id,
+                seq=0,
+                profile_id=r.profile_id,
+                anonymous_id=r.anonymous_id,
+                external_id=r.external_id,
+                status=r.status,
+                currency=r.currency,
+                merged_into=r.merged_into,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+                value_minor=r.value_minor,
+            )
+            c.stored = self._row_state(c)
+            self._register(c)
+        for chunk in _chunked(rows):
+            for line in conn.execute(sa.select(CART_LINES).where(CART_LINES.c.cart_id.in_(chunk))):
+                c = self._by_id[line.cart_id]
+                values = (line.quantity, line.channel, line.device, line.added_at, line.updated_at)
+                c.lines[line.sku] = list(values)
+                c.stored_lines[line.sku] = values
+
+    def _register(self, c: BatchCart) -> None:
+        if c.id is not None:
+            self._by_id[c.id] = c
+        if c.external_id is not None:
+            self._by_external[c.external_id] = c
+        if c.profile_id is not None:
+            self._by_profile.setdefault(c.profile_id, []).append(c)
+        if c.anonymous_id is not None:
+            self._by_anonymous.setdefault(c.anonymous_id, []).append(c)
+
+    @staticmethod
+    def _row_state(c: BatchCart) -> tuple[Any, ...]:
+        merged = c.merged_into.id if isinstance(c.merged_into, BatchCart) else c.merged_into
+        return (c.profile_id, c.external_id, c.status, merged, c.updated_at, c.value_minor)
+
+    def applied_events(self, event_ids: Iterable[int]) -> set[int]:
+        """Event ids that already changed a cart (an event is applied once). Events are applied in
+        id order, so only ids up to the highest one recorded (a replay) need looking up."""
+        top = self.conn.execute(sa.select(sa.func.max(CART_CHANGES.c.event_id))).scalar()
+        out: set[int] = set()
+        for chunk in _chunked(i for i in event_ids if top is not None and i <= top):
+            out.update(
+                r[0]
+                for r in self.conn.execute(sa.select(CART_CHANGES.c.event_id).where(CART_CHANGES.c.event_id.in_(chunk)))
+            )
+        return out
+
+    # ------------------------------------------------------------------ reads and checks (change nothing)
+
+    def by_external(self, external_id: str) -> BatchCart | None:
+        return self._by_external.get(external_id)
+
+    def _cart(self, ref: BatchCart | int | None) -> BatchCart | None:
+        return ref if isinstance(ref, BatchCart) or ref is None else self._by_id.get(ref)
+
+    def follow(self, cart: BatchCart) -> BatchCart:
+        """`_lock_cart`: a merged cart leads to the cart it was merged into, which must be active."""
+        c: BatchCart | None = cart
+        for _ in range(20):
+            if c is None:
+                raise _not_found("no cart")
+            if c.status == "merged" and c.merged_into is not None:
+                c = self._cart(c.merged_into)
+                continue
+            if c.status != "active":
+                raise CommerceError(409, "cart_closed", f"cart {c.id} is {c.status}")
+            return c
+        raise CommerceError(409, "cart_closed", "merged-cart chain too long")
+
+    def plan(self, *, root: int | None, anonymous_id: str | None) -> CartPlan:
+        """`resolve_cart(rules=None, profile_id=root, anonymous_id=...)` without changing anything."""
+        if root is not None:
+            if root not in self._canonical:
+                raise BatchConflict(f"profile {root} was not loaded")  # a caller's mistake: go call by call
+            survivor = self._canonical[root]
+            if survivor is None:
+                raise _not_found(f"no profile {root}")
+            members = set(self._members.get(survivor, ()))
+            linked = {a for m in members for a in self._linked.get(m, ())}
+            found: dict[int, BatchCart] = {}
+            for m in members:
+                found.update((id(c), c) for c in self._by_profile.get(m, ()))
+            for a in linked:
+                found.update((id(c), c) for c in self._by_anonymous.get(a, ()) if c.profile_id is None)
+            carts = sorted(
+                (
+                    c
+                    for c in found.values()
+                    if c.status == "active"
+                    and (c.profile_id in members or (c.profile_id is None and c.anonymous_id in linked))
+                ),
+                key=lambda c: c.order,
+            )
+            if not carts:
+                return CartPlan(survivor, None, None, [])
+            target = next(
+                (c for c in carts if c.profile_id == survivor),
+                next((c for c in carts if c.profile_id is not None), carts[0]),
+            )
+            return CartPlan(survivor, None, target, [c for c in carts if c is not target])
+        if not anonymous_id:
+            raise CommerceError(422, "no_owner", "a cart needs a profile_id or an anonymous_id")
+        if anonymous_id not in self._anonymous:
+            raise BatchConflict(f"anonymous id {anonymous_id!r} was not loaded")
+        mine = sorted(
+            (c for c in self._by_anonymous.get(anonymous_id, ()) if c.status == "active" and c.profile_id is None),
+            key=lambda c: c.order,
+        )
+        return CartPlan(None, anonymous_id, mine[0] if mine else None, [])
+
+    # ------------------------------------------------------------------ changes
+
+    def _change(self, cart: BatchCart, action: str, now: datetime, **values: Any) -> None:
+        actor = values.get("actor")
+        self._changes.append(
+            {
+                "cart": cart,
+                "action": action,
+                "sku": values.get("sku"),
+                "quantity": values.get("quantity"),
+                "channel": values.get("channel"),
+                "device": values.get("device"),
+                "actor": actor[:100] if actor else None,
+                "event_id": values.get("event_id"),
+                "detail": values.get("detail") or {},
+                "at": now,
+            }
+        )
+
+    def _touch(self, cart: BatchCart, now: datetime) -> None:
+        cart.updated_at = now
+        cart.touched = True
+
+    def _sku_order(self, skus: Iterable[str]) -> list[str]:
+        """SKUs in the order `ORDER BY sku` gives them (the database's collation), as `_merge_lines` reads them."""
+        skus = list(skus)
+        if len(skus) < 2:
+            return skus
+        if len(skus) > CHUNK:
+            return sorted(skus)
+        stmt = sa.select(PRODUCTS.c.sku).where(PRODUCTS.c.sku.in_(skus)).order_by(PRODUCTS.c.sku)
+        out = [r[0] for r in self.conn.execute(stmt)]
+        return out + sorted(set(skus) - set(out))
+
+    def resolve(self, plan: CartPlan, *, currency: str, now: datetime) -> BatchCart:
+        """Carry out a plan as `resolve_cart` does: create the cart, or merge into the target."""
+        if plan.target is None:
+            cart = BatchCart(
+                id=None,
+                seq=len(self._new),
+                profile_id=plan.root,
+                anonymous_id=plan.anonymous_id,
+                external_id=None,
+                status="active",
+                currency=currency,
+                merged_into=None,
+                created_at=now,
+                updated_at=now,
+                value_minor=0,
+            )
+            self._new.append(cart)
+            self._register(cart)
+            return cart
+        target = plan.target
+        for src in plan.others:  # `_merge_lines`
+            moved = []
+            for sku in self._sku_order(src.lines):
+                r = src.lines[sku]
+                have = target.lines.get(sku)
+                if have is None:
+                    target.lines[sku] = list(r)
+                else:
+                    first = r if r[3] < have[3] else have
+                    target.lines[sku] = [max(r[0], have[0]), first[1], first[2], first[3], max(r[4], have[4])]
+                moved.append({"sku": sku, "quantity": r[0]})
+            src.status, src.merged_into, src.updated_at = "merged", target, now
+            self._change(target, "merge", now, detail={"from_cart": src, "lines": moved})
+        if plan.root is not None and target.profile_id != plan.root:
+            target.profile_id = plan.root
+            self._by_profile.setdefault(plan.root, []).append(target)
+        if plan.others:
+            self._touch(target, now)
+        return target
+
+    def set_external(self, cart: BatchCart, external_id: str) -> None:
+        if cart.external_id is None:
+            cart.external_id = external_id
+            self._by_external[external_id] = cart
+
+    def add(
+        self,
+        cart: BatchCart,
+        *,
+        sku: str,
+        quantity: int,
+        channel: str,
+        device: str | None,
+        actor: str | None,
+        now: datetime,
+        event_id: int | None,
+    ) -> None:
+        """`add_to_cart` on an active cart, for a known active SKU, once checked not to overflow the line."""
+        line = cart.lines.get(sku)
+        if line is not None and line[0] + quantity > MAX_LINE_QUANTITY:
+            raise CommerceError(422, "invalid_quantity", f"a cart line holds at most {MAX_LINE_QUANTITY} units")
+        self._change(
+            cart, "add", now, sku=sku, quantity=quantity, channel=channel, device=device, actor=actor, event_id=event_id
+        )
+        if line is None:
+            cart.lines[sku] = [quantity, channel, device, now, now]
+        else:
+            line[0] += quantity
+            line[4] = now
+        self._touch(cart, now)
+
+    def remove(
+        self,
+        cart: BatchCart,
+        *,
+        sku: str,
+        quantity: int,
+        channel: str,
+        device: str | None,
+        actor: str | None,
+        now: datetime,
+        event_id: int | None,
+    ) -> None:
+        """`set_cart_quantity(relative=True)`: take `quantity` units off the line (all of it: remove it)."""
+        line = cart.lines.get(sku)
+        left = max(0, (line[0] if line is not None else 0) - quantity)
+        self._change(
+            cart,
+            "remove" if left == 0 else "set",
+            now,
+            sku=sku,
+            quantity=left,
+            channel=channel,
+            device=device,
+            actor=actor,
+            event_id=event_id,
+        )
+        if left == 0:
+            cart.lines.pop(sku, None)
+        elif line is not None:
+            line[0] = left
+            line[4] = now
+        self._touch(cart, now)
+
+    # ------------------------------------------------------------------ write back
+
+    def flush(self) -> None:
+        """Write carts, lines and change records back (carts, then new carts, lines, change records)."""
+        conn = self.conn
+        carts = [*self._by_id.values(), *self._new]
+        touched = [c for c in carts if c.touched]
+        if touched:  # `_touch_cart`: the value of the lines the cart holds now, in its currency
+            prices: dict[tuple[str, str], int] = {}
+            for chunk in _chunked(sku for c in touched for sku in c.lines):
+                prices.update(
+                    ((r.sku, r.currency), r.amount_minor)
+                    for r in conn.execute(
+                        sa.select(PRICES.c.sku, PRICES.c.currency, PRICES.c.amount_minor).where(PRICES.c.sku.in_(chunk))
+                    )
+                )
+            for c in touched:
+                c.value_minor = sum(prices.get((sku, c.currency), 0) * line[0] for sku, line in c.lines.items())
+
+        def merged_id(c: BatchCart) -> int | None:
+            target = c.merged_into
+            return target.id if isinstance(target, BatchCart) else target
+
+        changed = [c for c in self._by_id.values() if self._row_state(c) != c.stored]
+        if changed:
+            # a merge into a cart new in this batch is written once that cart has its id
+            rows = [
+                {
+                    "b_id": c.id,
+                    "b_profile_id": c.profile_id,
+                    "b_external_id": c.external_id,
+                    "b_status": c.status,
+                    "b_merged_into": merged_id(c) if merged_id(c) is not None else c.stored[3],  # type: ignore[index]
+                    "b_updated_at": c.updated_at,
+                    "b_value_minor": c.value_minor,
+                }
+                for c in sorted(changed, key=lambda c: c.order)
+            ]
+            conn.execute(
+                sa.update(CARTS)
+                .where(CARTS.c.id == sa.bindparam("b_id"))
+                .values(
+                    profile_id=sa.bindparam("b_profile_id"),
+                    external_id=sa.bindparam("b_external_id"),
+                    status=sa.bindparam("b_status"),
+                    merged_into=sa.bindparam("b_merged_into"),
+                    updated_at=sa.bindparam("b_updated_at", type_=CARTS.c.updated_at.type),
+                    value_minor=sa.bindparam("b_value_minor"),
+                ),
+                rows,
+            )
+        if self._new:
+            rows = [
+                {
+                    "profile_id": c.profile_id,
+                    "anonymous_id": c.anonymous_id,
+                    "external_id": c.external_id,
+                    "status": c.status,
+                    "currency": c.currency,
+                    "merged_into": None,
+                    "created_at": c.created_at,
+                    "updated_at": c.updated_at,
+                    "value_minor": c.value_minor,
+                }
+                for c in self._new
+            ]
+            external = [c.external_id for c in self._new]
+            if None not in external and len(set(external)) == len(external):
+                # only the stage sets external ids: read the new ids back by them (cheaper than RETURNING)
+                conn.execute(sa.insert(CARTS), rows)
+                ids: dict[str, int] = {}
+                for chunk in _chunked(external):
+                    ids.update(
+                        conn.execute(sa.select(CARTS.c.external_id, CARTS.c.id).where(CARTS.c.external_id.in_(chunk)))
+                        .tuples()
+                        .all()
+                    )
+                for c in self._new:
+                    c.id = int(ids[c.external_id])  # type: ignore[index]
+            else:
+                inserted = conn.execute(sa.insert(CARTS).returning(CARTS.c.id, sort_by_parameter_order=True), rows)
+                for c, r in zip(self._new, inserted.all(), strict=True):
+                    c.id = int(r[0])
+            late = [
+                {"b_id": c.id, "b_merged_into": merged_id(c)}
+                for c in carts
+                if isinstance(c.merged_into, BatchCart) and (c.stored is None or c.merged_into.stored is None)
+            ]
+            if late:
+                conn.execute(
+                    sa.update(CARTS)
+                    .where(CARTS.c.id == sa.bindparam("b_id"))
+                    .values(merged_into=sa.bindparam("b_merged_into")),
+                    late,
+                )
+        upserts: list[dict[str, Any]] = []
+        deletes: list[dict[str, Any]] = []
+        for c in sorted(carts, key=lambda c: c.order):
+            for sku, line in c.lines.items():
+                if c.stored_lines.get(sku) != tuple(line):
+                    upserts.append(
+                        {
+                            "cart_id": c.id,
+                            "sku": sku,
+                            "quantity": line[0],
+                            "channel": line[1],
+                            "device": line[2],
+                            "added_at": line[3],
+                            "updated_at": line[4],
+                        }
+                    )
+            deletes.extend({"b_cart_id": c.id, "b_sku": sku} for sku in c.stored_lines if sku not in c.lines)
+        if deletes:
+            conn.execute(
+                sa.delete(CART_LINES).where(
+                    CART_LINES.c.cart_id == sa.bindparam("b_cart_id"), CART_LINES.c.sku == sa.bindparam("b_sku")
+                ),
+                deletes,
+            )
+        if upserts:
+            dialect.upsert_replace(conn, CART_LINES, upserts, ["cart_id", "sku"])
+        if self._changes:
+            rows = []
+            for ch in self._changes:
+                row = {k: v for k, v in ch.items() if k != "cart"}
+                row["cart_id"] = ch["cart"].id
+                detail = row["detail"]
+                if isinstance(detail.get("from_cart"), BatchCart):
+                    row["detail"] = {**detail, "from_cart": detail["from_cart"].id}
+                rows.append(row)
+            conn.execute(dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]), rows)
+
+
 # ============================================================================ checkout
 
 
@@ -1535,6 +2073,139 @@ def record_external_order(
     if profile_id is not None:
         _earn_for_order(conn, profile_id, order_id, total_minor, currency, config.loyalty, channel, placed_at)
     return order_id
+
+
+def record_external_orders(
+    *, conn: Connection, orders: Sequence[dict[str, Any]], config: CommerceConfig
+) -> list[int | None]:
+    """`record_external_order` for many orders at once, in the order given; None for each order whose
+    reference is known already (or came earlier in `orders`).
+
+    Known references are read in one query; the new orders, their lines, history and loyalty
+    credits are written in bulk, the same rows the per-order call writes, in the same order
+    (loyalty accounts in profile-id order, each credited once with the batch's sum).
+    """
+    refs = [o["order_ref"] for o in orders]
+    seen: set[str] = set()
+    for chunk in _chunked(refs):
+        seen.update(r[0] for r in conn.execute(sa.select(ORDERS.c.order_ref).where(ORDERS.c.order_ref.in_(chunk))))
+    fresh = []
+    for o in orders:
+        if o["order_ref"] not in seen:
+            seen.add(o["order_ref"])
+            fresh.append(o)
+    ids: dict[str, tuple[int, int | None]] = {}
+    if fresh:
+        rows = [
+            {
+                "order_ref": o["order_ref"],
+                "profile_id": o["profile_id"],
+                "anonymous_id": o["anonymous_id"],
+                "cart_id": None,
+                "checkout_id": None,
+                "idempotency_key": None,
+                "origin": "event",
+                "source_id": o["source_id"],
+                "channel": o["channel"],
+                "store_id": o["store_id"],
+                "fulfilment": "external",
+                "pickup_location": None,
+                "ship_address": None,
+                "status": "completed",
+                "currency": o["currency"],
+                "total_minor": o["total_minor"],
+                "refunded_minor": 0,
+                "points_redeemed": 0,
+                "event_id": o["event_id"],
+                "placed_at": o["placed_at"],
+                "updated_at": o["placed_at"],
+            }
+            for o in fresh
+        ]
+        stmt = dialect.insert_ignoring_conflicts(conn, ORDERS, ["order_ref"])
+        if all(o["event_id"] is not None for o in fresh):
+            # ids read back by reference and event (cheaper than RETURNING): a row someone else wrote
+            # under the same reference meanwhile does not match, and that order is skipped, as on conflict
+            conn.execute(stmt, rows)
+            for chunk in _chunked(o["order_ref"] for o in fresh):
+                for r in conn.execute(
+                    sa.select(ORDERS.c.id, ORDERS.c.order_ref, ORDERS.c.event_id).where(ORDERS.c.order_ref.in_(chunk))
+                ):
+                    ids[r.order_ref] = (int(r.id), r.event_id)
+        else:
+            returning = stmt.returning(ORDERS.c.id, ORDERS.c.order_ref, ORDERS.c.event_id)
+            ids = {r.order_ref: (int(r.id), r.event_id) for r in conn.execute(returning, rows)}
+    placed = [(o, ids[o["order_ref"]][0]) for o in fresh if ids.get(o["order_ref"], (0, -1))[1] == o["event_id"]]
+    line_rows = [
+        {"order_id": oid, "line_no": n, "location": None, "returned_quantity": 0, **line}
+        for o, oid in placed
+        for n, line in enumerate(o["lines"], start=1)
+    ]
+    if line_rows:
+        conn.execute(sa.insert(ORDER_LINES), line_rows)
+    if placed:
+        conn.execute(
+            sa.insert(ORDER_HISTORY),
+            [
+                {
+                    "order_id": oid,
+                    "status": "completed",
+                    "location": o["store_id"],
+                    "actor": None,
+                    "detail": {"event_id": o["event_id"]},
+                    "at": o["placed_at"],
+                }
+                for o, oid in placed
+            ],
+        )
+    # `_earn_for_order` / `_credit`: once per order (the ledger's dedupe key), then the accounts
+    credits = []
+    for o, oid in placed:
+        points = config.loyalty.points_for(o["total_minor"], o["currency"]) if o["profile_id"] is not None else 0
+        if points > 0:
+            credits.append(
+                {
+                    "profile_id": o["profile_id"],
+                    "kind": "earn",
+                    "points": points,
+                    "order_id": oid,
+                    "dedupe_key": f"earn:order:{oid}",
+                    "channel": o["channel"],
+                    "actor": None,
+                    "at": o["placed_at"],
+                }
+            )
+    if credits:
+        done: set[str] = set()
+        for chunk in _chunked(c["dedupe_key"] for c in credits):
+            done.update(
+                r[0] for r in conn.execute(sa.select(LEDGER.c.dedupe_key).where(LEDGER.c.dedupe_key.in_(chunk)))
+            )
+        credits = [c for c in credits if c["dedupe_key"] not in done]
+    if credits:
+        conn.execute(dialect.insert_ignoring_conflicts(conn, LEDGER, ["dedupe_key"]), credits)
+        earned: dict[int, list[Any]] = {}
+        for c in credits:
+            acc = earned.setdefault(c["profile_id"], [0, c["at"]])
+            acc[0] += c["points"]
+            acc[1] = c["at"]
+        profiles = sorted(earned)
+        conn.execute(
+            dialect.insert_ignoring_conflicts(conn, ACCOUNTS, ["profile_id"]),
+            [{"profile_id": p, "balance": 0, "lifetime_earned": 0, "updated_at": earned[p][1]} for p in profiles],
+        )
+        conn.execute(
+            sa.update(ACCOUNTS)
+            .where(ACCOUNTS.c.profile_id == sa.bindparam("b_profile_id"))
+            .values(
+                balance=ACCOUNTS.c.balance + sa.bindparam("b_points", type_=ACCOUNTS.c.balance.type),
+                lifetime_earned=ACCOUNTS.c.lifetime_earned + sa.bindparam("b_points", type_=ACCOUNTS.c.balance.type),
+                updated_at=sa.bindparam("b_at", type_=ACCOUNTS.c.updated_at.type),
+            ),
+            [{"b_profile_id": p, "b_points": earned[p][0], "b_at": earned[p][1]} for p in profiles],
+        )
+    placed_ids = {id(o): oid for o, oid in placed}
+    return [placed_ids.get(id(o)) for o in orders]
 
 
 # ============================================================================ returns

@@ -97,7 +97,11 @@ def extract_identifiers(message: dict[str, Any], rules: IdentityRules) -> list[t
     out: list[tuple[str, str]] = []
     for name, id_type, paths in rules.extraction_plan:
         for path in paths:
-            raw = _dig(message, path)
+            raw: Any = message
+            for part in path:  # inlined _dig: this loop runs ~20 times per event
+                raw = raw.get(part) if isinstance(raw, dict) else None
+                if raw is None:
+                    break
             if raw is None:
                 continue
             key = (name, raw) if type(raw) is str else None

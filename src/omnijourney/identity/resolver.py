@@ -38,6 +38,7 @@ from omnijourney.identity.models import (
 )
 from omnijourney.identity.normalise import extract_identifiers
 from omnijourney.identity.rules import IdentityRules
+from omnijourney.store import dialect
 from omnijourney.store.base import utcnow
 
 PROFILES = Profile.__table__
@@ -353,7 +354,18 @@ class GraphState:
             elif link.moved:
                 moved.append({"t": t, "v": v, "owner": link.owner})
         if new_links:
-            conn.execute(sa.insert(LINKS), new_links)
+            when = dialect.datetime_binder(conn)
+            cols = ["id_type", "value", "profile_id", "linked_at", "event_id", "source_id"]
+            dialect.insert_rows_ignoring_conflicts(
+                conn,
+                LINKS,
+                cols,
+                [
+                    (r["id_type"], r["value"], r["profile_id"], when(r["linked_at"]), r["event_id"], r["source_id"])
+                    for r in new_links
+                ],
+                ["id_type", "value"],
+            )
         if moved:
             conn.execute(
                 sa.update(LINKS)
@@ -365,18 +377,14 @@ class GraphState:
             conn.execute(sa.insert(MERGES), self.new_merges)
         if self.conflicts:
             conn.execute(sa.insert(CONFLICTS), self.conflicts)
-        rows = [
-            {
-                "event_id": eid,
-                "profile_id": member,
-                "timestamp": events_by_id[eid].timestamp,
-                "channel": events_by_id[eid].channel,
-                "event": events_by_id[eid].event,
-            }
-            for eid, member in self.event_member.items()
-        ]
-        if rows:
-            conn.execute(sa.insert(PROFILE_EVENTS), rows)
+        if self.event_member:
+            when = dialect.datetime_binder(conn)
+            rows = [
+                (eid, member, when(events_by_id[eid].timestamp), events_by_id[eid].channel, events_by_id[eid].event)
+                for eid, member in self.event_member.items()
+            ]
+            cols = ["event_id", "profile_id", "timestamp", "channel", "event"]
+            dialect.insert_rows_ignoring_conflicts(conn, PROFILE_EVENTS, cols, rows, ["event_id"])
 
 
 def load_trusted_sources(conn: Connection) -> frozenset[int]:

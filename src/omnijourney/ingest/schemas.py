@@ -8,6 +8,7 @@ single gate for the HTTP API and the bulk importer.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -158,6 +159,109 @@ class ServiceProperties(BaseModel):
 _SENT_AT_KEYS = ("sentAt", "writeKey", "receivedAt", "_metadata")
 
 
+# --------------------------------------------------------------------------- fast path
+#
+# Pydantic is the authority on what is valid and on every error message. Most messages,
+# though, are plainly well typed: ids are strings, times are RFC 3339 strings, objects are
+# objects. For those the checks below give exactly the values Pydantic would (they are
+# compared field by field in tests/ingest/test_validation_fast_path.py) at a fraction of
+# the cost. Anything unusual (a number where a string is expected, a bool, a date in
+# another format, a value out of range) returns None and goes through Pydantic as before.
+
+_MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+#: what fromisoformat and Pydantic both accept, and parse identically
+_RFC3339 = re.compile(
+    r"\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?"
+)
+_FLOAT_SAFE_INT = 2**53
+_MISSING = object()
+
+
+def _plain_id(value: Any) -> bool:
+    return value is None or type(value) is str or type(value) is int
+
+
+def _plain_str(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def _plain_dict(value: Any) -> bool:
+    return value is None or type(value) is dict
+
+
+def _plain_time(value: Any) -> datetime | object | None:
+    """A datetime parsed exactly as Pydantic would, None for None, `_MISSING` to ask Pydantic."""
+    if value is None:
+        return None
+    if type(value) is not str or _RFC3339.fullmatch(value) is None:
+        return _MISSING
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:  # e.g. February 30th: let Pydantic word the error
+        return _MISSING
+
+
+def _plain_float(value: Any) -> float | object | None:
+    if value is None or type(value) is float:
+        return value
+    if type(value) is int and -_FLOAT_SAFE_INT <= value <= _FLOAT_SAFE_INT:
+        return float(value)
+    return _MISSING
+
+
+def _plain_quantity(value: Any) -> bool:
+    return value is None or (type(value) is int and value >= 0)
+
+
+class _Commerce:
+    """The `CommerceProperties` attributes `validate_message` reads."""
+
+    __slots__ = ("cart_id", "currency", "order_id", "revenue", "total")
+
+
+_COMMERCE_IDS = ("checkout_id", "product_id", "sku")
+_COMMERCE_FLOATS = ("price", "subtotal", "value", "shipping", "tax", "discount")
+_PRODUCT_IDS = ("product_id", "sku")
+_PRODUCT_STRS = ("name", "category", "brand", "variant", "coupon")
+
+
+def _plain_product(item: Any) -> bool:
+    if type(item) is not dict:
+        return False
+    get = item.get
+    return (
+        all(_plain_id(get(k)) for k in _PRODUCT_IDS)
+        and all(_plain_str(get(k)) for k in _PRODUCT_STRS)
+        and _plain_float(get("price")) is not _MISSING
+        and _plain_quantity(get("quantity"))
+        and (get("position") is None or type(get("position")) is int)
+    )
+
+
+def fast_commerce(props: dict[str, Any]) -> _Commerce | None:
+    """`CommerceProperties.model_validate(props)` for plainly well-typed properties; None: use Pydantic."""
+    get = props.get
+    out = _Commerce()
+    order_id, cart_id = get("order_id"), get("cart_id")
+    if not (_plain_id(order_id) and _plain_id(cart_id) and all(_plain_id(get(k)) for k in _COMMERCE_IDS)):
+        return None
+    out.order_id, out.cart_id = order_id, cart_id
+    revenue, total = _plain_float(get("revenue")), _plain_float(get("total"))
+    if revenue is _MISSING or total is _MISSING:
+        return None
+    out.revenue, out.total = revenue, total  # type: ignore[assignment]
+    if any(_plain_float(get(k)) is _MISSING for k in _COMMERCE_FLOATS) or not _plain_quantity(get("quantity")):
+        return None
+    currency = get("currency")
+    if currency is not None and not (type(currency) is str and len(currency) == 3):
+        return None
+    out.currency = currency.upper() if currency else currency
+    products = get("products")
+    if products is not None and not (type(products) is list and all(_plain_product(p) for p in products)):
+        return None
+    return out
+
+
 def _as_id(value: Id | None) -> str | None:
     if value is None:
         return None
@@ -213,6 +317,141 @@ def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]
     return out
 
 
+def _plain_text_id(value: Any) -> Any:
+    """`_as_id` of a plainly typed id; `_MISSING` for anything Pydantic has to look at."""
+    if value is None:
+        return None
+    if type(value) is str:
+        return value.strip() or None
+    if type(value) is int:
+        return str(value)
+    return _MISSING
+
+
+def validate_plain(
+    raw: dict[str, Any],
+    encoded: bytes,
+    *,
+    source_channel: str,
+    received_at: datetime,
+    batch_sent_at: datetime | None,
+    client_ip: str | None,
+    limits: IngestLimits,
+) -> ValidMessage | None:
+    """`validate_checked` for a valid, plainly typed message; None for anything else.
+
+    It never reports an error: whatever it does not accept outright (a wrong or unusual
+    type, a missing field, deep nesting, invalid properties) goes to `validate_checked`,
+    which decides and words the errors. tests/ingest/test_validation_fast_path.py checks
+    that both give the same `ValidMessage` wherever this one gives one.
+    """
+    get = raw.get
+    kind = get("type")
+    if type(kind) is not str or kind not in _MESSAGE_TYPES:
+        return None
+    user_id = _plain_text_id(get("userId"))
+    anonymous_id = _plain_text_id(get("anonymousId"))
+    message_id = _plain_text_id(get("messageId"))
+    previous_id = _plain_text_id(get("previousId"))
+    group_id = _plain_text_id(get("groupId"))
+    if (
+        user_id is _MISSING
+        or anonymous_id is _MISSING
+        or message_id is _MISSING
+        or previous_id is _MISSING
+        or group_id is _MISSING
+        or (user_id is None and anonymous_id is None)
+        or (user_id is not None and len(user_id) > 255)
+        or (anonymous_id is not None and len(anonymous_id) > 255)
+        or (message_id is not None and len(message_id) > 128)
+        or (kind == "alias" and previous_id is None)
+        or (kind == "group" and group_id is None)
+    ):
+        return None
+    event = get("event")
+    if event is not None:
+        if type(event) is not str or len(event) > 200:
+            return None
+        event = event.strip() if event else None
+    if kind == "track" and not event:
+        return None
+    name = get("name")
+    if not _plain_str(name):
+        return None
+    timestamp = _plain_time(get("timestamp"))
+    original_timestamp = _plain_time(get("originalTimestamp"))
+    sent_at = _plain_time(get("sentAt"))
+    if timestamp is _MISSING or original_timestamp is _MISSING or sent_at is _MISSING:
+        return None
+    context = get("context")
+    properties = get("properties")
+    if not (
+        _plain_dict(context)
+        and _plain_dict(properties)
+        and _plain_dict(get("traits"))
+        and _plain_dict(get("integrations"))
+    ):
+        return None
+    # Every object or array is one '{' or '[' in the encoded message (brackets inside strings
+    # only add to the count), so with no more of them than the limit nothing can be nested
+    # deeper; above that, validate_checked walks the message exactly.
+    if encoded.count(b"{") + encoded.count(b"[") > limits.max_nesting_depth:
+        return None
+
+    order_id = cart_id = currency = None
+    revenue: float | None = None
+    if kind == "track" and event in ECOMMERCE_EVENTS:
+        commerce = fast_commerce(properties or {})
+        if commerce is None:
+            return None
+        order_id = _as_id(commerce.order_id)
+        cart_id = _as_id(commerce.cart_id)
+        currency = commerce.currency
+        revenue = commerce.revenue if commerce.revenue is not None else commerce.total
+        if event in ORDER_EVENTS and order_id is None:
+            return None
+    elif kind == "track" and event in SERVICE_EVENTS:
+        try:
+            service = ServiceProperties.model_validate(properties or {})
+        except ValidationError:
+            return None
+        order_id = _as_id(service.order_id)
+        if event == "Survey Responded":
+            if service.survey_type is None or service.score is None:
+                return None
+            low, high = (1, 5) if service.survey_type == "csat" else (0, 10)
+            if not low <= service.score <= high:
+                return None
+
+    context = dict(context) if context else {}
+    if client_ip and "ip" not in context:
+        context["ip"] = client_ip
+    channel = context.get("channel")
+    if not (isinstance(channel, str) and channel in CHANNELS):
+        channel = source_channel
+
+    sent = _aware(sent_at) or batch_sent_at  # type: ignore[arg-type]
+    original = _aware(original_timestamp) or _aware(timestamp)  # type: ignore[arg-type]
+    return ValidMessage(
+        message_id=message_id or assigned_message_id(raw),
+        type=kind,
+        event=event if kind == "track" else (name if kind in ("page", "screen") else None),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        channel=channel,
+        timestamp=corrected_timestamp(received_at=received_at, sent_at=sent, original=original),
+        received_at=received_at,
+        sent_at=sent,
+        original_timestamp=original,
+        order_id=order_id,
+        cart_id=cart_id,
+        revenue=revenue,
+        currency=currency,
+        context=context,
+        payload=Encoded(encoded.decode()),
+    )
+
+
 def validate_message(
     raw: Any,
     *,
@@ -230,6 +469,39 @@ def validate_message(
     encoded = orjson.dumps(raw)
     if len(encoded) > limits.max_message_bytes:
         return [FieldError("message", f"message is {len(encoded)} bytes; the limit is {limits.max_message_bytes}")]
+    plain = validate_plain(
+        raw,
+        encoded,
+        source_channel=source_channel,
+        received_at=received_at,
+        batch_sent_at=batch_sent_at,
+        client_ip=client_ip,
+        limits=limits,
+    )
+    if plain is not None:
+        return plain
+    return validate_checked(
+        raw,
+        encoded,
+        source_channel=source_channel,
+        received_at=received_at,
+        batch_sent_at=batch_sent_at,
+        client_ip=client_ip,
+        limits=limits,
+    )
+
+
+def validate_checked(
+    raw: dict[str, Any],
+    encoded: bytes,
+    *,
+    source_channel: str,
+    received_at: datetime,
+    batch_sent_at: datetime | None,
+    client_ip: str | None,
+    limits: IngestLimits,
+) -> ValidMessage | list[FieldError]:
+    """Validate with Pydantic: every message, valid or not, with precise errors."""
     try:
         env = Envelope.model_validate(raw)
     except ValidationError as exc:
@@ -250,10 +522,14 @@ def validate_message(
         errors.append(FieldError("previousId", "an alias call needs previousId"))
     if env.type == "group" and _as_id(env.groupId) is None:
         errors.append(FieldError("groupId", "a group call needs groupId"))
-    for name in ("context", "properties", "traits"):
-        value = getattr(env, name)
-        if value and _depth_exceeds(value, limits.max_nesting_depth):
-            errors.append(FieldError(name, f"nested deeper than {limits.max_nesting_depth} levels"))
+    # Every object or array is one '{' or '[' in the encoded message (and brackets inside
+    # strings only add to the count), so a message with no more of them than the limit
+    # cannot be nested deeper: the exact walk is only needed above that.
+    if encoded.count(b"{") + encoded.count(b"[") > limits.max_nesting_depth:
+        for name in ("context", "properties", "traits"):
+            value = getattr(env, name)
+            if value and _depth_exceeds(value, limits.max_nesting_depth):
+                errors.append(FieldError(name, f"nested deeper than {limits.max_nesting_depth} levels"))
     if errors:
         return errors
 

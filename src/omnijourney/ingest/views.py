@@ -124,7 +124,7 @@ async def _ingest(request: Request, default_type: str | None) -> Response:
         messages = [body]
     batch_sent_at = parse_time(body.get("sentAt"))
 
-    valid: list[dict[str, Any]] = []
+    valid: list[ValidMessage] = []
     dead: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for index, raw in enumerate(messages):
@@ -138,7 +138,7 @@ async def _ingest(request: Request, default_type: str | None) -> Response:
             limits=limits,
         )
         if isinstance(result, ValidMessage):
-            valid.append(result.row(source.id))
+            valid.append(result)
         else:
             errors.extend({"index": index, **e.as_dict()} for e in result)
             dead.append(service.dead_letter_row(source_id=source.id, received_at=received_at, raw=raw, errors=result))
@@ -148,7 +148,7 @@ async def _ingest(request: Request, default_type: str | None) -> Response:
         raise ApiError(400, "invalid_message", "no message in the request is valid", errors=errors)
 
     try:
-        future = state.writer.submit(valid, dead)
+        future = state.writer.submit_messages(source.id, valid, dead)
     except Overloaded as exc:
         raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": "1"}) from exc
     try:

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from omnijourney.ingest import service
+from omnijourney.ingest.schemas import ValidMessage
 from omnijourney.store import db
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,9 @@ class Overloaded(Exception):
 
 @dataclass
 class _Job:
-    events: list[dict[str, Any]]
+    #: the events, encoded flat by `service.EventEncoder` on the submitting thread
+    values: list[Any]
+    events: int
     dead_letters: list[dict[str, Any]]
     future: Future[None] = field(default_factory=Future)
 
@@ -47,6 +50,7 @@ class EventWriter:
         on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._encoder = service.EventEncoder(engine)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._max_pending = max_pending_events
         self._pending = 0
@@ -71,12 +75,31 @@ class EventWriter:
             self._started = False
 
     def submit(self, events: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> Future[None]:
-        n = len(events) + len(dead_letters)
+        """Queue `ValidMessage.row()` dicts (and dead letters); the future resolves after their commit."""
+        return self._enqueue(len(events), lambda: self._encoder.encode(events), dead_letters)
+
+    def submit_messages(
+        self, source_id: int, messages: list[ValidMessage], dead_letters: list[dict[str, Any]]
+    ) -> Future[None]:
+        """`submit` for validated messages of one source (what the tracking API hands over)."""
+        return self._enqueue(len(messages), lambda: self._encoder.encode_messages(source_id, messages), dead_letters)
+
+    def _enqueue(
+        self, events: int, encode: Callable[[], list[Any]], dead_letters: list[dict[str, Any]]
+    ) -> Future[None]:
+        # Rows are encoded here, on the caller's thread: the writer thread then spends its
+        # time in the database rather than in Python, where it would wait for the GIL.
+        n = events + len(dead_letters)
         with self._lock:
             if self._pending + n > self._max_pending and self._pending > 0:
                 raise Overloaded(f"{self._pending} events are waiting to be written")
             self._pending += n
-        job = _Job(events, dead_letters)
+        try:
+            job = _Job(encode(), events, dead_letters)
+        except BaseException:
+            with self._lock:
+                self._pending -= n
+            raise
         self._queue.put(job)
         return job.future
 
@@ -86,7 +109,7 @@ class EventWriter:
             if first is None:
                 return
             group = [first]
-            rows = len(first.events)
+            rows = first.events
             stop = False
             while rows < MAX_GROUP_ROWS:
                 try:
@@ -97,17 +120,20 @@ class EventWriter:
                     stop = True
                     break
                 group.append(nxt)
-                rows += len(nxt.events)
+                rows += nxt.events
             self._write(group)
             if stop:
                 return
 
     def _write(self, group: list[_Job]) -> None:
-        events = [row for job in group for row in job.events]
+        values: list[Any] = []
+        for job in group:
+            values.extend(job.values)
+        events = sum(job.events for job in group)
         dead = [row for job in group for row in job.dead_letters]
         try:
             with db.write(self._engine) as conn:
-                service.append_events(conn=conn, rows=events)
+                service.append_encoded_events(conn=conn, values=values)
                 service.append_dead_letters(conn=conn, rows=dead)
         except Exception as exc:  # nothing was committed: every request in the group fails
             log.exception("event write failed; %d requests answered 503", len(group))
@@ -120,4 +146,4 @@ class EventWriter:
                 self._on_commit()
         finally:
             with self._lock:
-                self._pending -= len(events) + len(dead)
+                self._pending -= events + len(dead)

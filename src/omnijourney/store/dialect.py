@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+
+from omnijourney.store.base import json_serializer
 
 #: advisory lock key serialising event appends on PostgreSQL (arbitrary, stable)
 INGEST_LOCK_KEY = 7_140_001
@@ -59,3 +63,130 @@ def upsert_replace(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
     cols = [c for c in rows[0] if c not in keys]
     stmt = ins.on_conflict_do_update(index_elements=keys, set_={c: getattr(ins.excluded, c) for c in cols})
     conn.execute(stmt, rows)
+
+
+# --------------------------------------------------------------------------- bulk appends at driver level
+#
+# The ingestion hot path writes thousands of rows per transaction. Binding them through
+# SQLAlchemy costs more than the insert itself (a TypeDecorator and the dialect's datetime
+# processor per value, parameter construction per row), and on PostgreSQL executemany runs
+# one INSERT per row. These helpers take rows whose values are already what the driver
+# needs (`datetime_binder`, `json_binder`) and insert them with one driver-level statement
+# per chunk. The stored values are exactly what SQLAlchemy's own types would have stored,
+# so reading them back through the ORM types (UTCDateTime, JSONType) gives the same objects.
+
+#: most rows per multi-row INSERT statement (17 columns x 512 rows = 8,704 parameters, far below
+#: SQLite's 32,766 and PostgreSQL's 65,535). A group is split into full chunks plus power-of-two
+#: remainders, so only ten distinct statements are ever compiled (and then cached by the driver).
+INSERT_CHUNK = 512
+
+
+def _naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given; omnijourney stores aware UTC timestamps only")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None)
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    # SQLAlchemy's SQLite DATETIME storage format: "YYYY-MM-DD HH:MM:SS.ffffff", naive UTC
+    if value is None:
+        return None
+    if value.tzinfo is UTC:  # the common case, in one call: drop the "+00:00"
+        return value.isoformat(" ", "microseconds")[:-6]
+    return _naive_utc(value).isoformat(" ", "microseconds")
+
+
+def _pg_datetime(value: datetime | None) -> datetime | None:
+    return None if value is None else _naive_utc(value)
+
+
+def datetime_binder(bind: Connection | sa.Engine) -> Callable[[datetime | None], Any]:
+    """Aware datetime -> the driver value `store.base.UTCDateTime` binds (naive UTC; text on SQLite)."""
+    return _sqlite_datetime if is_sqlite(bind) else _pg_datetime
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json_serializer(value)
+
+
+def json_binder(bind: Connection | sa.Engine) -> Callable[[Any], Any]:
+    """Python value (or `Encoded` text) -> the JSON text the JSON/JSONB column stores."""
+    return _json_text
+
+
+def _chunks(n: int) -> list[int]:
+    sizes = [INSERT_CHUNK] * (n // INSERT_CHUNK)
+    rest = n % INSERT_CHUNK
+    bit = INSERT_CHUNK
+    while rest:
+        bit //= 2
+        if rest >= bit:
+            sizes.append(bit)
+            rest -= bit
+    return sizes
+
+
+def insert_values_ignoring_conflicts(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    values: Sequence[Any],
+    index_elements: Sequence[str],
+    *,
+    json_columns: Sequence[str] = (),
+) -> None:
+    """INSERT rows with ON CONFLICT (keys) DO NOTHING; `values` holds them flat, row after row.
+
+    The values must be what the driver binds (`datetime_binder`, `json_binder`). Rows are
+    inserted in the order given, so on both dialects ids follow that order. A row whose key
+    is already stored, or repeated earlier in `values`, is skipped.
+
+    Each chunk is one multi-row INSERT. On SQLite that also keeps the calling thread from
+    fighting the others for the GIL: the driver releases it around every statement step,
+    so `executemany` would give it up and wait to win it back once per row; one statement
+    per chunk does so once per chunk.
+    """
+    width = len(columns)
+    if len(values) % width:
+        raise ValueError(f"{len(values)} values do not make rows of {width} columns")
+    if not values:
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
+    conflict = f" ON CONFLICT ({', '.join(quote(c) for c in index_elements)}) DO NOTHING"
+    if is_sqlite(conn):
+        row_sql = "(" + ", ".join("?" for _ in columns) + ")"
+    else:
+        row_sql = "(" + ", ".join("%s::jsonb" if c in json_columns else "%s" for c in columns) + ")"
+    start = 0
+    for size in _chunks(len(values) // width):
+        end = start + size * width
+        conn.exec_driver_sql(head + ", ".join([row_sql] * size) + conflict, tuple(values[start:end]))
+        start = end
+
+
+def insert_rows_ignoring_conflicts(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    index_elements: Sequence[str],
+    *,
+    json_columns: Sequence[str] = (),
+) -> None:
+    """`insert_values_ignoring_conflicts` for rows given as driver-ready tuples."""
+    insert_values_ignoring_conflicts(
+        conn,
+        table,
+        columns,
+        [value for row in rows for value in row],
+        index_elements,
+        json_columns=json_columns,
+    )
+
+
+def for_update_skip_locked(stmt: sa.Select[Any], conn: Connection) -> sa.Select[Any]:
+    """Lock rows nobody else holds and skip the rest (PostgreSQL); SQLite's write transaction is exclusive."""
+    return stmt if is_sqlite(conn) else stmt.with_for_update(skip_locked=True)
