@@ -1480,11 +1480,8 @@ class CartBatch:
                 conn.execute(sa.insert(CARTS), rows)
                 ids: dict[str, int] = {}
                 for chunk in _chunked(external):
-                    ids.update(
-                        conn.execute(sa.select(CARTS.c.external_id, CARTS.c.id).where(CARTS.c.external_id.in_(chunk)))
-                        .tuples()
-                        .all()
-                    )
+                    stmt = sa.select(CARTS.c.external_id, CARTS.c.id).where(CARTS.c.external_id.in_(chunk))
+                    ids.update((r.external_id, r.id) for r in conn.execute(stmt))
                 for c in self._new:
                     c.id = int(ids[c.external_id])  # type: ignore[index]
             else:
