@@ -152,13 +152,20 @@ def worker(
     from omnijourney.pipeline import service as pipeline_service
     from omnijourney.pipeline.worker import run_until_idle, run_worker
 
-    engine = _engine(_settings(database_url, data_dir))
+    settings = _settings(database_url, data_dir)
+    engine = _engine(settings)
     handlers = pipeline_service.default_handlers()
     if until_idle:
         n = run_until_idle(engine, handlers)
         console.print(f"processed {n} events")
         return
-    run_worker(engine, handlers, poll_interval=poll_interval, parent_pid=parent_pid)
+    run_worker(
+        engine,
+        handlers,
+        poll_interval=poll_interval,
+        max_lag=settings.limits.max_processing_lag,
+        parent_pid=parent_pid,
+    )
 
 
 @app.command("serve")
@@ -176,6 +183,7 @@ def serve(
 ) -> None:
     """Start the API server (migrations are applied on start-up)."""
     import gc
+    import signal
     import sys
 
     import uvicorn
@@ -191,6 +199,16 @@ def serve(
         _engine(settings).dispose()
         child = PipelineProcess(database_url=settings.database_url, data_dir=settings.data_dir)
         child.start()
+        # uvicorn shuts down on SIGTERM, then raises it again with the handler found at start:
+        # this one, which stops the child before the signal's default action ends the process
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def stop_child_on_sigterm(signum: int, frame: object) -> None:
+            child.stop()
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+        signal.signal(signal.SIGTERM, stop_child_on_sigterm)
     console.print(f"omnijourney on [bold]http://{settings.host}:{settings.port}[/bold]")
     api = create_app(settings)
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's

@@ -13,14 +13,16 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from omnijourney.config import ENV_PREFIX
+from omnijourney.ingest import service as ingest_service
 from omnijourney.pipeline import service
 from omnijourney.pipeline.service import Handler
-from omnijourney.store import db
+from omnijourney.store import db, dialect
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,38 @@ def run_until_idle(engine: sa.Engine, handlers: Sequence[Handler], *, batch: int
         if n == 0:
             return total
         total += n
+
+
+@dataclass(frozen=True)
+class IngestFirst:
+    """How a processing stage on a single-writer database (SQLite) leaves the write lock to ingestion.
+
+    A processing step holds the database's one write lock for as long as its handlers run
+    (identity and profiles take about a millisecond per event), and while it does, no
+    ingest group can commit: a 2,000-event step stalled every ingest request for seconds.
+    Collect must not wait for Process (docs/ARCHITECTURE.md), so a worker with this policy
+
+    * sizes its steps to last about `step_seconds` (from the time per event it measures);
+    * runs flat out while it keeps up: when the backlog takes at most `catch_up_seconds`
+      to process, or nothing new arrived since its last step;
+    * otherwise (a burst it cannot keep up with) pauses after each step so that it holds
+      the lock for `min_share` of the time, rising linearly to all of it as the lag
+      approaches `max_lag` (where ingestion starts answering 503 anyway).
+
+    Processing stays ordered and exactly-once; only its pace changes.
+    """
+
+    step_seconds: float = 0.1
+    catch_up_seconds: float = 1.0
+    min_share: float = 0.25
+    max_lag: int = 2_000_000
+    min_batch: int = 20
+
+    def share(self, lag: int, seconds_per_event: float) -> float:
+        """The share of time the stage may hold the write lock while events keep arriving."""
+        if lag * seconds_per_event <= self.catch_up_seconds or self.max_lag <= 0:
+            return 1.0
+        return self.min_share + (1.0 - self.min_share) * min(1.0, lag / self.max_lag)
 
 
 class PipelineWorker:
@@ -50,12 +84,21 @@ class PipelineWorker:
     IDLE_STEP_INTERVAL = 0.5
 
     def __init__(
-        self, engine: sa.Engine, handlers: Sequence[Handler], *, batch: int = 2000, poll_interval: float = 0.5
+        self,
+        engine: sa.Engine,
+        handlers: Sequence[Handler],
+        *,
+        batch: int = 2000,
+        poll_interval: float = 0.5,
+        ingest_first: IngestFirst | None = None,
     ) -> None:
         self._engine = engine
         self._handlers = list(handlers)
         self._batch = batch
         self._poll_interval = poll_interval
+        self._ingest_first = ingest_first
+        self._limit = batch if ingest_first is None else max(ingest_first.min_batch, min(batch, 100))
+        self._last_seen = -1
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="omnijourney-pipeline", daemon=True)
@@ -88,18 +131,41 @@ class PipelineWorker:
                 self._wake.clear()
                 continue
             last_step = time.monotonic()
+            limit = self._limit
             try:
                 with db.write(self._engine) as conn:
-                    n = service.process_step(conn=conn, handlers=self._handlers, limit=self._batch)
+                    n = service.process_step(conn=conn, handlers=self._handlers, limit=limit)
             except Exception:  # the step rolled back; try again shortly, never skip
                 log.exception("processing step failed; retrying")
                 time.sleep(1.0)
                 continue
             self.processed += n
-            busy = n >= self._batch
+            busy = n >= limit
+            if self._ingest_first is not None and n > 0:
+                self._yield_to_ingest(n, time.monotonic() - last_step)
             if not busy:
                 self._wake.wait(timeout=self._poll_interval)
                 self._wake.clear()
+
+    def _yield_to_ingest(self, n: int, seconds: float) -> None:
+        policy = self._ingest_first
+        assert policy is not None
+        per_event = seconds / n
+        self._limit = max(
+            policy.min_batch, min(self._batch, int(policy.step_seconds / per_event) if per_event > 0 else self._batch)
+        )
+        try:
+            with db.read(self._engine) as conn:
+                last = ingest_service.last_event_id(conn=conn)
+                lag = service.lag(conn=conn)
+        except Exception:  # the next step will fail and log too
+            return
+        arriving = self._last_seen >= 0 and last > self._last_seen
+        self._last_seen = last
+        if arriving:
+            share = policy.share(lag, per_event)
+            if share < 1.0:
+                self._stop.wait(seconds * (1.0 - share) / share)
 
 
 def _exit_with_parent(parent_pid: int, done: threading.Event) -> None:
@@ -111,10 +177,26 @@ def _exit_with_parent(parent_pid: int, done: threading.Event) -> None:
 
 
 def run_worker(
-    engine: sa.Engine, handlers: Sequence[Handler], *, poll_interval: float, parent_pid: int | None = None
+    engine: sa.Engine,
+    handlers: Sequence[Handler],
+    *,
+    poll_interval: float,
+    max_lag: int,
+    parent_pid: int | None = None,
 ) -> None:
-    """Run a `PipelineWorker` in this process until SIGTERM, Ctrl-C, or the parent's exit."""
-    w = PipelineWorker(engine, handlers, poll_interval=poll_interval)
+    """Run a `PipelineWorker` in this process until SIGTERM, Ctrl-C, or the parent's exit.
+
+    Ingestion comes first: on a single-writer database (SQLite) the worker paces its steps
+    (`IngestFirst`); elsewhere it lowers its CPU priority, which is safe because it shares
+    no lock with ingestion there (on SQLite a descheduled step would hold the write lock).
+    """
+    ingest_first = None
+    if dialect.single_writer(engine):
+        ingest_first = IngestFirst(max_lag=max_lag)
+    else:
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(10)
+    w = PipelineWorker(engine, handlers, poll_interval=poll_interval, ingest_first=ingest_first)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     if parent_pid is not None:

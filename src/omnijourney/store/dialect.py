@@ -20,6 +20,11 @@ def is_sqlite(conn_or_engine: Connection | sa.Engine) -> bool:
     return conn_or_engine.dialect.name == "sqlite"
 
 
+def single_writer(conn_or_engine: Connection | sa.Engine) -> bool:
+    """Whether every write transaction takes one database-wide lock (SQLite), so writers queue."""
+    return is_sqlite(conn_or_engine)
+
+
 def insert_ignoring_conflicts(conn: Connection, table: sa.Table, index_elements: list[str]) -> Any:
     """INSERT ... ON CONFLICT (keys) DO NOTHING for the connection's dialect."""
     if is_sqlite(conn):
@@ -128,6 +133,40 @@ def _chunks(n: int) -> list[int]:
     return sizes
 
 
+#: from this many rows on, PostgreSQL appends through COPY into a staging table: psycopg
+#: re-parses (in Python) every multi-row statement longer than 4 KB, which cost more than
+#: the insert; COPY streams the rows and the INSERT .. SELECT is one short statement
+PG_COPY_MIN_ROWS = 32
+
+
+def _pg_copy_insert(
+    conn: Connection, table: sa.Table, columns: Sequence[str], values: Sequence[Any], conflict: str
+) -> None:
+    quote = conn.dialect.identifier_preparer.quote
+    cols = ", ".join(quote(c) for c in columns)
+    stage = quote(f"oj_stage_{table.name}")
+    # a temporary table of the target's column types, private to this session and emptied in
+    # place at every commit (and after each append); IF NOT EXISTS because the transaction
+    # that created it may have been rolled back
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+        f"SELECT {cols} FROM {quote(table.name)} WITH NO DATA"
+    )
+    width = len(columns)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+            write = copy.write_row
+            for start in range(0, len(values), width):
+                write(values[start : start + width])
+    finally:
+        cursor.close()
+    # rows only ever go to the end of the staging heap within a transaction, so ctid order
+    # is the order they were written in
+    conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {stage} ORDER BY ctid{conflict}")
+    conn.exec_driver_sql(f"DELETE FROM {stage}")
+
+
 def insert_values_ignoring_conflicts(
     conn: Connection,
     table: sa.Table,
@@ -146,7 +185,8 @@ def insert_values_ignoring_conflicts(
     Each chunk is one multi-row INSERT. On SQLite that also keeps the calling thread from
     fighting the others for the GIL: the driver releases it around every statement step,
     so `executemany` would give it up and wait to win it back once per row; one statement
-    per chunk does so once per chunk.
+    per chunk does so once per chunk. On PostgreSQL larger appends go through COPY
+    (`PG_COPY_MIN_ROWS`).
     """
     width = len(columns)
     if len(values) % width:
@@ -158,6 +198,9 @@ def insert_values_ignoring_conflicts(
     conflict = f" ON CONFLICT ({', '.join(quote(c) for c in index_elements)}) DO NOTHING"
     if is_sqlite(conn):
         row_sql = "(" + ", ".join("?" for _ in columns) + ")"
+    elif len(values) // width >= PG_COPY_MIN_ROWS:
+        _pg_copy_insert(conn, table, columns, values, conflict)
+        return
     else:
         row_sql = "(" + ", ".join("%s::jsonb" if c in json_columns else "%s" for c in columns) + ")"
     start = 0
