@@ -125,3 +125,14 @@ def test_too_many_messages_in_a_batch(client: httpx.Client, world: World, engine
 def test_malformed_basic_auth_is_401(client: httpx.Client, world: World) -> None:
     r = client.post("/v1/track", json={"userId": "u", "event": "E"}, headers={"Authorization": "Basic !!!"})
     assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+
+
+def test_absurd_sent_at_is_a_400_not_a_500(client: httpx.Client, world: World, engine) -> None:
+    body = {
+        "batch": [{"type": "track", "event": "E", "userId": "u", "timestamp": "0001-01-02T00:00:00Z"}],
+        "sentAt": "9999-12-30T00:00:00Z",
+    }
+    r = client.post("/v1/batch", json=body, headers=basic(world.web_key))
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["field"] == "sentAt"
+    assert count(engine, "events") == 0

@@ -289,6 +289,14 @@ def corrected_timestamp(*, received_at: datetime, sent_at: datetime | None, orig
     return received_at - (sent_at - original)
 
 
+def _correct_or_none(received_at: datetime, sent_at: datetime | None, original: datetime | None) -> datetime | None:
+    """The corrected time, or None when an absurd sentAt/timestamp pushes it outside the datetime range."""
+    try:
+        return corrected_timestamp(received_at=received_at, sent_at=sent_at, original=original)
+    except OverflowError:
+        return None
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -432,6 +440,9 @@ def validate_plain(
 
     sent = _aware(sent_at) or batch_sent_at  # type: ignore[arg-type]
     original = _aware(original_timestamp) or _aware(timestamp)  # type: ignore[arg-type]
+    corrected = _correct_or_none(received_at, sent, original)
+    if corrected is None:
+        return None  # the checked path says why
     return ValidMessage(
         message_id=message_id or assigned_message_id(raw),
         type=kind,
@@ -439,7 +450,7 @@ def validate_plain(
         user_id=user_id,
         anonymous_id=anonymous_id,
         channel=channel,
-        timestamp=corrected_timestamp(received_at=received_at, sent_at=sent, original=original),
+        timestamp=corrected,
         received_at=received_at,
         sent_at=sent,
         original_timestamp=original,
@@ -571,6 +582,9 @@ def validate_checked(
     sent_at = _aware(env.sentAt) or batch_sent_at
     original = _aware(env.originalTimestamp) or _aware(env.timestamp)
     message_id = _as_id(env.messageId) or assigned_message_id(raw)
+    corrected = _correct_or_none(received_at, sent_at, original)
+    if corrected is None:
+        return [FieldError("sentAt", "sentAt and the event time are too far apart to correct the clock skew")]
     return ValidMessage(
         message_id=message_id,
         type=env.type,
@@ -578,7 +592,7 @@ def validate_checked(
         user_id=user_id,
         anonymous_id=anonymous_id,
         channel=channel,
-        timestamp=corrected_timestamp(received_at=received_at, sent_at=sent_at, original=original),
+        timestamp=corrected,
         received_at=received_at,
         sent_at=sent_at,
         original_timestamp=original,
