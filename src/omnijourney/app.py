@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from omnijourney import __version__, errors
 from omnijourney.access import views as access_views
-from omnijourney.access.cache import SourceCache
+from omnijourney.access.cache import SourceCache, TokenCache
 from omnijourney.commerce import views as commerce_views
 from omnijourney.config import Settings
 from omnijourney.identity import views as identity_views
@@ -42,6 +42,7 @@ class Runtime:
         self.settings = settings
         self.engine = engine
         self.sources = SourceCache(engine)
+        self.tokens = TokenCache(engine)
         self.worker = PipelineWorker(engine, pipeline_service.default_handlers()) if settings.run_pipeline else None
         self.writer = EventWriter(
             engine,
@@ -91,6 +92,7 @@ def create_app(
     app.state.engine = engine
     app.state.runtime = runtime
     app.state.sources = runtime.sources
+    app.state.tokens = runtime.tokens
     app.state.writer = runtime.writer
     app.state.lag_monitor = runtime.lag_monitor
     # loaded (and validated) at start-up: a broken rules file stops the server, not a request
