@@ -47,23 +47,24 @@ READERS = ("admin", "marketer", "agent", "store_staff")
 STORE = ("admin", "store_staff")
 ADMIN = ("admin",)
 
+#: channel badges: short labels in a colour per channel (no icon font or emoji font needed)
 CHANNEL_ICONS = {
-    "web": "🌐",
-    "app": "📱",
-    "email": "✉️",
-    "sms": "💬",
-    "push": "🔔",
-    "chat": "🗨️",
-    "call_center": "📞",
-    "store": "🏬",
-    "social": "👥",
-    "ads": "📣",
-    "kiosk": "🖥️",
-    "marketplace": "🛒",
-    "erp": "🗄️",
-    "other": "•",
+    "web": "WEB",
+    "app": "APP",
+    "email": "MAIL",
+    "sms": "SMS",
+    "push": "PUSH",
+    "chat": "CHAT",
+    "call_center": "CALL",
+    "store": "STORE",
+    "social": "SOC",
+    "ads": "ADS",
+    "kiosk": "KIOSK",
+    "marketplace": "MKT",
+    "erp": "ERP",
+    "other": "OTHER",
 }
-templates.env.globals["channel_icon"] = lambda ch: CHANNEL_ICONS.get(ch or "other", "•")
+templates.env.globals["channel_icon"] = lambda ch: CHANNEL_ICONS.get(ch or "other", "OTHER")
 templates.env.globals["channels"] = sorted(CHANNELS)
 templates.env.globals["roles"] = ROLES
 STATUS_LABELS = {
