@@ -227,19 +227,33 @@ def record_attempt(*, conn: Connection, username: str, client: str, succeeded: b
         conn.execute(sa.delete(ATTEMPTS).where(ATTEMPTS.c.at < now - THROTTLE_WINDOW * 4))
 
 
-def authenticate(*, conn: Connection, username: str, password: str) -> User | None:
-    """The active user with this password, or None (in constant-ish time whether or not the user exists)."""
-    row = conn.execute(sa.select(USERS).where(USERS.c.username == username.strip().lower())).first()
-    stored = row.password_hash if row is not None else _DUMMY_HASH
+def login_candidate(*, conn: Connection, username: str) -> tuple[User | None, str]:
+    """The user of this name (None if unknown) and the hash to verify against (a dummy one if unknown)."""
+    row = conn.execute(sa.select(USERS).where(USERS.c.username == username.strip().lower()[:64])).first()
+    return (_user(row), row.password_hash) if row is not None else (None, _DUMMY_HASH)
+
+
+def verify_password(stored_hash: str, password: str) -> bool:
+    """Argon2 verification; deliberately slow, so callers run it outside any transaction."""
     try:
-        _hasher.verify(stored, password)
+        return bool(_hasher.verify(stored_hash, password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def rehash_if_needed(*, conn: Connection, user: User, stored_hash: str, password: str) -> None:
+    """Upgrade a verified password's hash when the argon2 parameters changed."""
+    if _hasher.check_needs_rehash(stored_hash):
+        conn.execute(sa.update(USERS).where(USERS.c.id == user.id).values(password_hash=_hasher.hash(password)))
+
+
+def authenticate(*, conn: Connection, username: str, password: str) -> User | None:
+    """The active user with this password, or None (taking as long whether or not the user exists)."""
+    user, stored = login_candidate(conn=conn, username=username)
+    if not verify_password(stored, password) or user is None or not user.active:
         return None
-    if row is None or not row.active:
-        return None
-    if _hasher.check_needs_rehash(stored):
-        conn.execute(sa.update(USERS).where(USERS.c.id == row.id).values(password_hash=_hasher.hash(password)))
-    return _user(row)
+    rehash_if_needed(conn=conn, user=user, stored_hash=stored, password=password)
+    return user
 
 
 def start_session(*, conn: Connection, user: User, now: datetime) -> str:
@@ -308,7 +322,7 @@ def find_customers(
     for id_type in LOOKUP_TYPES:  # exact identifier first (normalised: +420 777..., card with spaces)
         try:
             pid = identity.lookup(conn=conn, rules=rules, id_type=id_type, value=q)
-        except Exception:  # a value that does not normalise as this type (e.g. a name as a phone)
+        except ValueError:  # IdentityError: a value that does not normalise as this type (a name as a phone)
             pid = None
         if pid is not None and pid not in ids:
             ids.append(pid)

@@ -257,6 +257,7 @@ def login(
     client = _client(request)
     with db.read(engine) as conn:
         blocked = service.throttled(conn=conn, username=username, client=client, now=now)
+        candidate, stored = service.login_candidate(conn=conn, username=username)
     if blocked:
         response = _render(
             request,
@@ -271,10 +272,15 @@ def login(
         )
         response.headers["Retry-After"] = str(int(service.THROTTLE_WINDOW.total_seconds()))
         return response
+    # argon2 is slow on purpose: verify outside any transaction (never while holding SQLite's write lock)
+    ok = service.verify_password(stored, password) and candidate is not None and candidate.active
+    user = candidate if ok else None
     with db.write(engine) as conn:
-        user = service.authenticate(conn=conn, username=username, password=password)
         service.record_attempt(conn=conn, username=username, client=client, succeeded=user is not None, now=now)
-        token = service.start_session(conn=conn, user=user, now=now) if user else None
+        token = None
+        if user is not None:
+            service.rehash_if_needed(conn=conn, user=user, stored_hash=stored, password=password)
+            token = service.start_session(conn=conn, user=user, now=now)
     if user is None or token is None:
         return _render(
             request,
