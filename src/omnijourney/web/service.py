@@ -387,12 +387,12 @@ def customer_view(
     root = view["id"]
     members = identity.members(conn=conn, root=root)
     items, next_cursor = profiles.timeline(conn=conn, member_ids=members, limit=timeline_limit, cursor=cursor)
-    orders = commerce.orders_of_profile(conn=conn, profile_id=root, limit=20)
+    orders = commerce.orders_of_profile(conn=conn, profile_id=root, limit=10)
     loyalty = commerce.loyalty_view(conn=conn, profile_id=root, config=commerce_config, history=0)
     cart = commerce.current_cart(conn=conn, profile_id=root)
     bought = {line["sku"] for o in orders for line in o["lines"]}
     browsed: list[str] = []
-    recent, _ = profiles.timeline(conn=conn, member_ids=members, limit=200, events=["Product Viewed", "Product Added"])
+    recent, _ = profiles.timeline(conn=conn, member_ids=members, limit=100, events=["Product Viewed", "Product Added"])
     for item in recent + [{"properties": {"sku": line["sku"]}} for line in (cart or {}).get("lines", [])]:
         for sku in _skus_of(item["properties"]):
             if sku not in browsed and sku not in bought:
