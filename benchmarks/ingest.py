@@ -466,7 +466,7 @@ def _get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class Server:
     """`omnijourney serve` in a subprocess; always stopped by `stop()` (call it in `finally`)."""
 
-    def __init__(self, database_url: str, workdir: Path, *, synchronous: str, pipeline: bool) -> None:
+    def __init__(self, database_url: str, workdir: Path, *, synchronous: str, pipeline: bool, workers: int = 1) -> None:
         self.port = free_port()
         self.data_dir = workdir / "server-data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -477,6 +477,8 @@ class Server:
         cmd = [*omnijourney_command(), "serve", "--port", str(self.port), "--database-url", database_url]
         if not pipeline:
             cmd.append("--no-pipeline")
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -733,7 +735,7 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> BackendResu
             url = pg.fresh_database("oj_bench_http")
         source = prepare_database(url, "bench-http")
 
-        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=args.pipeline)
+        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=args.pipeline, workers=args.workers)
         server.wait_healthy()
         say(f"server up on 127.0.0.1:{server.port}; sending {args.events} events from {args.clients} clients")
         result.http = drive(
@@ -810,6 +812,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="serve with --no-pipeline (no processing stage competing with ingestion)",
     )
+    p.add_argument("--workers", type=int, default=1, help="API server processes (serve --workers; default 1)")
     p.add_argument("--ceiling-chunk", type=int, default=10_000, help="rows per ceiling transaction (default 10000)")
     args = p.parse_args(argv)
     if args.events < 1 or args.clients < 1 or args.batch_size < 1 or args.ceiling_chunk < 1:

@@ -145,25 +145,27 @@ def _pg_copy_insert(
     quote = conn.dialect.identifier_preparer.quote
     cols = ", ".join(quote(c) for c in columns)
     stage = quote(f"oj_stage_{table.name}")
-    # a temporary table of the target's column types, private to this session and emptied in
-    # place at every commit (and after each append); IF NOT EXISTS because the transaction
-    # that created it may have been rolled back
+    # a temporary table of the target's column types plus the rows' ordinal, private to this
+    # session and emptied at every commit (and after each append); IF NOT EXISTS because the
+    # transaction that created it may have been rolled back
     conn.exec_driver_sql(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-        f"SELECT {cols} FROM {quote(table.name)} WITH NO DATA"
+        f"SELECT {cols}, 0::bigint AS oj_ord FROM {quote(table.name)} WITH NO DATA"
     )
     width = len(columns)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+        with cursor.copy(f"COPY {stage} ({cols}, oj_ord) FROM STDIN") as copy:
             write = copy.write_row
-            for start in range(0, len(values), width):
-                write(values[start : start + width])
+            for n, start in enumerate(range(0, len(values), width)):
+                write((*values[start : start + width], n))
     finally:
         cursor.close()
-    # rows only ever go to the end of the staging heap within a transaction, so ctid order
-    # is the order they were written in
-    conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {stage} ORDER BY ctid{conflict}")
+    # The ordinal, not ctid: once the staging heap has been emptied, COPY may fill it in any
+    # page order, and the log's ids must follow the order the rows were given in.
+    conn.exec_driver_sql(
+        f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {stage} ORDER BY oj_ord{conflict}"
+    )
     conn.exec_driver_sql(f"DELETE FROM {stage}")
 
 
