@@ -381,11 +381,13 @@ def customer_view(
     cursor: str | None = None,
 ) -> dict[str, Any] | None:
     """Everything the 360 page shows, from the profile and commerce services."""
-    view = profiles.profile_360(conn=conn, profile_id=profile_id, config=profile_config)
+    cluster = identity.cluster(conn=conn, profile_id=profile_id)
+    if cluster is None:
+        return None
+    view = profiles.profile_360(conn=conn, profile_id=profile_id, config=profile_config, cluster=cluster)
     if view is None:
         return None
-    root = view["id"]
-    members = identity.members(conn=conn, root=root)
+    root, members = cluster.root, cluster.members
     items, next_cursor = profiles.timeline(conn=conn, member_ids=members, limit=timeline_limit, cursor=cursor)
     orders = commerce.orders_of_profile(conn=conn, profile_id=root, limit=10)
     loyalty = commerce.loyalty_view(conn=conn, profile_id=root, config=commerce_config, history=0)
@@ -431,11 +433,10 @@ def preferences(traits: dict[str, Any], computed: dict[str, Any]) -> list[tuple[
 def timeline_page(
     *, conn: Connection, profile_id: int, cursor: str | None, limit: int = 30, after_event_id: int | None = None
 ) -> tuple[int, list[dict[str, Any]], str | None] | None:
-    root = identity.canonical_id(conn=conn, profile_id=profile_id)
-    if root is None:
+    cluster = identity.cluster(conn=conn, profile_id=profile_id)
+    if cluster is None:
         return None
-    members = identity.members(conn=conn, root=root)
     items, next_cursor = profiles.timeline(
-        conn=conn, member_ids=members, limit=limit, cursor=cursor, after_event_id=after_event_id
+        conn=conn, member_ids=cluster.members, limit=limit, cursor=cursor, after_event_id=after_event_id
     )
-    return root, items, next_cursor
+    return cluster.root, items, next_cursor
