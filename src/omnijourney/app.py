@@ -31,6 +31,7 @@ from omnijourney.pipeline.worker import PipelineWorker
 from omnijourney.profiles import views as profile_views
 from omnijourney.profiles.config import load_profile_config
 from omnijourney.store import db, migrate
+from omnijourney.web import views as web_views
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def create_app(
     app.include_router(profile_views.router)
     app.include_router(identity_views.router)
     app.include_router(commerce_views.router)
+    web_views.install(app)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app
 

@@ -19,6 +19,8 @@ tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for people and i
 app.add_typer(db_app, name="db")
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
+users_app = typer.Typer(no_args_is_help=True, help="Staff console users (log in at /console).")
+app.add_typer(users_app, name="users")
 identity_app = typer.Typer(no_args_is_help=True, help="Identity resolution.")
 app.add_typer(identity_app, name="identity")
 
@@ -108,6 +110,42 @@ def tokens_create(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     print(token)
+
+
+@users_app.command("create")
+def users_create(
+    username: str = typer.Argument(..., help="the login name (stored lower-case)"),
+    role: str = typer.Option(..., "--role", help="admin, marketer, agent or store_staff"),
+    home_store: str | None = typer.Option(None, "--home-store", help="store staff: their store's location code"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="read the password from standard input instead of prompting"
+    ),
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Create a console user. The password is prompted for (or read from stdin); it is never printed or logged."""
+    import sys
+
+    from omnijourney.store.base import utcnow
+    from omnijourney.web import service
+    from omnijourney.web.service import ConsoleError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    engine = _engine(_settings(database_url, data_dir))
+    try:
+        with db.write(engine) as conn:
+            user = service.create_user(
+                conn=conn, username=username, role=role, password=password, home_location=home_store, now=utcnow()
+            )
+    except ConsoleError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+    finally:
+        engine.dispose()
+    print(f"created console user {user.username} ({user.role})")
 
 
 @app.command("import")

@@ -2579,3 +2579,70 @@ def loyalty_view(*, conn: Connection, profile_id: int, config: CommerceConfig, h
 
 def valid_currency(code: str) -> bool:
     return is_currency(code)
+
+
+# ------------------------------------------------------------------ reads for the staff console
+
+
+#: click & collect orders still waiting to be made ready or collected
+OPEN_PICKUP = ("placed", "paid", "ready_for_pickup")
+
+
+def pickups_at(*, conn: Connection, location: str, limit: int = 200) -> list[dict[str, Any]]:
+    """Click & collect orders to prepare or hand over at a store, oldest first (what is due now)."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            sa.select(ORDERS.c.id)
+            .where(
+                ORDERS.c.fulfilment == "click_and_collect",
+                ORDERS.c.pickup_location == location,
+                ORDERS.c.status.in_(OPEN_PICKUP),
+            )
+            .order_by(ORDERS.c.placed_at, ORDERS.c.id)
+            .limit(limit)
+        )
+    ]
+    return [order_view(conn=conn, order_id=i) for i in ids]
+
+
+def related_products(
+    *, conn: Connection, skus: Iterable[str], kinds: Sequence[str] = ("accessory",)
+) -> list[dict[str, Any]]:
+    """Active products related to any of `skus` (accessories by default), with the SKU they go with."""
+    skus = sorted(set(skus))
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(skus), CHUNK):
+        rows = conn.execute(
+            sa.select(RELATED.c.sku, RELATED.c.related_sku, RELATED.c.kind, PRODUCTS.c.name, PRODUCTS.c.category)
+            .join(PRODUCTS, PRODUCTS.c.sku == RELATED.c.related_sku)
+            .where(RELATED.c.sku.in_(skus[start : start + CHUNK]), RELATED.c.kind.in_(kinds), PRODUCTS.c.active)
+            .order_by(RELATED.c.sku, RELATED.c.related_sku)
+        )
+        out.extend(
+            {"sku": r.related_sku, "name": r.name, "category": r.category, "kind": r.kind, "for_sku": r.sku}
+            for r in rows
+        )
+    return out
+
+
+def current_cart(*, conn: Connection, profile_id: int) -> dict[str, Any] | None:
+    """The profile's active cart as `resolve_cart` would pick it, without merging (a read-only view)."""
+    root = identity.canonical_id(conn=conn, profile_id=profile_id)
+    if root is None:
+        return None
+    members = identity.members(conn=conn, root=root)
+    anon = _anonymous_ids(conn, members)
+    owned = CARTS.c.profile_id.in_(members)
+    if anon:
+        owned = owned | (CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(anon))
+    carts = conn.execute(
+        sa.select(CARTS.c.id, CARTS.c.profile_id).where(CARTS.c.status == "active", owned).order_by(CARTS.c.id)
+    ).all()
+    if not carts:
+        return None
+    target = next(
+        (c for c in carts if c.profile_id == root),
+        next((c for c in carts if c.profile_id is not None), carts[0]),
+    )
+    return cart_view(conn=conn, cart_id=int(target.id))

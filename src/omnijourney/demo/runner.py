@@ -36,6 +36,7 @@ from rich.table import Table
 from omnijourney.access import service as access
 from omnijourney.access.service import SourceInfo
 from omnijourney.config import Settings
+from omnijourney.demo import console as demo_console
 from omnijourney.demo.world import DemoWorld, build_world
 from omnijourney.ingest import service as ingest_service
 from omnijourney.store import db, migrate
@@ -107,10 +108,17 @@ def run_demo(
         sources = ensure_sources(engine, world)
         credentials = ensure_credentials(engine, data_dir)
         url = _client_url(settings)
-        _write_credentials(credentials, sources, url)
+        console_users, users_created = demo_console.ensure_console_users(engine, _saved_console(credentials.path))
+        _write_credentials(credentials, sources, url, console_users)
         if credentials.created:
             console.print(f"API tokens and write keys saved to [bold]{credentials.path}[/bold] (owner-only)")
             console.print(f"admin token (shown once): [bold]{credentials.tokens['admin']}[/bold]")
+        if users_created:
+            console.print(f"console users and passwords saved to [bold]{credentials.path}[/bold] (owner-only)")
+            for name, u in console_users.items():
+                console.print(
+                    f"  console login (shown once): [bold]{name}[/bold] / [bold]{u['password']}[/bold] ({u['role']})"
+                )
         before = _stored(engine, sources)
 
         server = DemoServer(settings, engine)
@@ -129,6 +137,14 @@ def run_demo(
                         console.print(
                             "[yellow]the processing stage is not catching up (see the server log above); "
                             "the events are stored and will be processed when it recovers[/yellow]"
+                        )
+                    with console.status("loading the catalog, stores and today's click & collect orders"):
+                        demo_console.load_commerce(client, world, credentials.tokens["admin"])
+                        pickups = demo_console.place_pickups(client, world, credentials.tokens["admin"])
+                    if pickups:
+                        console.print(
+                            f"{len(pickups)} click & collect orders wait at the stores today "
+                            f"(e.g. {pickups[0]['order']} for {pickups[0]['customer']} at {pickups[0]['store']})"
                         )
                 else:
                     console.print("the in-process pipeline is off; run `omnijourney worker` to process the events")
@@ -196,15 +212,30 @@ def ensure_credentials(engine: sa.Engine, data_dir: Path) -> _Credentials:
     return _Credentials(path, tokens, created=True)
 
 
-def _write_credentials(credentials: _Credentials, sources: dict[str, SourceInfo], url: str) -> None:
+def _saved_console(path: Path) -> dict[str, Any] | None:
+    """The console users' passwords a previous run saved (None if there are none)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        saved = json.loads(path.read_text()).get("console_users")
+        return saved if isinstance(saved, dict) else None
+    return None
+
+
+def _write_credentials(
+    credentials: _Credentials,
+    sources: dict[str, SourceInfo],
+    url: str,
+    console_users: dict[str, dict[str, Any]] | None = None,
+) -> None:
     body = {
         "url": url,
+        "console": f"{url}/console/login",
+        "console_users": console_users or {},
         "tokens": credentials.tokens,
         "sources": {
             name: {"channel": s.channel, "trusted": s.trusted, "write_key": s.write_key} for name, s in sources.items()
         },
-        "note": "API tokens (Authorization: Bearer <token>) and source write keys (Basic auth username) "
-        "of the omnijourney demo. Keep this file private.",
+        "note": "API tokens (Authorization: Bearer <token>), source write keys (Basic auth username) and "
+        "staff console logins of the omnijourney demo. Keep this file private.",
     }
     path = credentials.path
     tmp = path.with_name(path.name + ".tmp")
@@ -456,5 +487,8 @@ def _print_summary(
             f"loyalty card {hero.loyalty_card}, user id {hero.user_id}"
         )
     console.print(f"omnijourney on [bold]{summary.url}[/bold] (API docs at {summary.url}/docs)")
+    console.print(
+        f"staff console: [bold]{summary.url}/console/[/bold] (users and passwords in {summary.credentials_path})"
+    )
     console.print(f"tokens and write keys: {summary.credentials_path}")
     console.print(f"loaded in {summary.seconds} s")

@@ -7,5 +7,6 @@ from omnijourney.ingest import models as _ingest  # noqa: F401
 from omnijourney.pipeline import models as _pipeline  # noqa: F401
 from omnijourney.profiles import models as _profiles  # noqa: F401
 from omnijourney.store.base import Base
+from omnijourney.web import models as _web  # noqa: F401
 
 metadata = Base.metadata

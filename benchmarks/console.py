@@ -1,0 +1,442 @@
+"""Staff console latency: the search page and the customer 360 page under concurrent logged-in sessions.
+
+For each backend this script
+
+1. prepares a database as benchmarks/identity.py does (the same seeded population and
+   event stream, loaded with `append_events` and fully processed with `run_until_idle`;
+   not timed) and creates a console user (`agent` role) with `web.service.create_user`;
+2. samples e-mail addresses the graph knows (seeded), so every search should find someone;
+3. starts `omnijourney serve --no-pipeline` as a subprocess on a free loopback port (the
+   log is fully processed, so only reads are measured);
+4. runs --readers concurrent sessions (threads spread over --client-procs processes, one
+   keep-alive httpx client each with its own cookie jar, closed loop, no think time). Each
+   session logs in through the login form (not timed), then repeats the agent's sequence:
+   GET /console/search?q=<e-mail> (the results page), then GET /console/customers/{id} (the
+   whole 360 page: profile, identifiers, consents, loyalty, orders, cart, suggestions and the
+   first 30 timeline entries, rendered), --requests sequences in total;
+5. prints p50/p99/max latency and requests/s for each page against the issue's targets
+   (search p99 < 100 ms, 360 page p99 < 150 ms), and one plain line per backend.
+
+It is a script, not a test: run `.venv/bin/python benchmarks/console.py --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import queue
+import random
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import PgServer, Server, make_console, percentile, prepare_processed
+
+TARGETS_MS = {"search": 100.0, "page": 150.0}
+TARGET_P99_MS = 150.0  # the whole sequence is reported against the page's target
+CALLS = ("search", "page")
+LABELS = {
+    "search": "search page (by e-mail)",
+    "page": "customer 360 page",
+    "sequence": "whole sequence",
+}
+PASSWORD = "bench-console-password"
+USERNAME = "bench-agent"
+_HREF = re.compile(r'href="/console/customers/(\d+)"')
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _reader_process(
+    index: int,
+    port: int,
+    token: str,
+    emails: list[str],
+    sequences: int,
+    threads: int,
+    timeline_limit: int,
+    warmup: int,
+    seed: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """`threads` readers sharing this process's `sequences`; results go to the queue as one dict."""
+    import httpx
+
+    rng = random.Random(seed * 7919 + index)
+    plan = [rng.choice(emails) for _ in range(sequences)]
+    warm = [rng.choice(emails) for _ in range(warmup * threads)]
+    lock = threading.Lock()
+    cursor = [0]
+    lat: dict[str, list[float]] = {k: [] for k in (*CALLS, "sequence")}
+    errors: list[str] = []
+    failed = [0]
+    ready = threading.Barrier(threads + 1)
+    go = threading.Event()
+
+    def one(client: httpx.Client, email: str, record: bool) -> None:
+        t0 = time.perf_counter()
+        r = client.get("/console/search", params={"q": email})
+        t1 = time.perf_counter()
+        found = _HREF.search(r.text) if r.status_code == 200 else None
+        if found is None:
+            raise RuntimeError(f"search {email}: HTTP {r.status_code}, no customer link")
+        pid = found.group(1)
+        r = client.get(f"/console/customers/{pid}")
+        t2 = time.perf_counter()
+        if r.status_code != 200 or 'data-testid="timeline"' not in r.text:
+            raise RuntimeError(f"360 page {pid}: HTTP {r.status_code} {r.text[:200]}")
+        if record:
+            with lock:
+                lat["search"].append(t1 - t0)
+                lat["page"].append(t2 - t1)
+                lat["sequence"].append(t2 - t0)
+
+    def log_in(client: httpx.Client) -> None:
+        form = client.get("/console/login")
+        m = _CSRF.search(form.text)
+        if m is None:
+            raise RuntimeError(f"login form: HTTP {form.status_code}")
+        r = client.post("/console/login", data={"username": USERNAME, "password": PASSWORD, "csrf_token": m.group(1)})
+        if r.status_code != 303:
+            raise RuntimeError(f"login: HTTP {r.status_code} {r.text[:200]}")
+
+    def reader(n: int) -> None:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=60,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        ) as client:
+            try:
+                log_in(client)
+            except Exception as exc:
+                with lock:
+                    failed[0] += 1
+                    errors.append(f"login: {exc!r}")
+            for email in warm[n * warmup : (n + 1) * warmup]:
+                try:
+                    one(client, email, record=False)
+                except Exception as exc:
+                    with lock:
+                        failed[0] += 1
+                        if len(errors) < 5:
+                            errors.append(f"warm-up: {exc!r}")
+            ready.wait(timeout=600)
+            go.wait(timeout=600)
+            while True:
+                with lock:
+                    k = cursor[0]
+                    cursor[0] += 1
+                if k >= len(plan):
+                    return
+                try:
+                    one(client, plan[k], record=True)
+                except Exception as exc:
+                    with lock:
+                        failed[0] += 1
+                        if len(errors) < 5:
+                            errors.append(repr(exc))
+
+    workers = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(threads)]
+    for w in workers:
+        w.start()
+    ready.wait(timeout=600)  # every reader has connected and warmed up
+    barrier.wait(timeout=600)  # ... in every process
+    start = time.monotonic()
+    go.set()
+    for w in workers:
+        w.join(timeout=3600)
+    end = time.monotonic()
+    results.put({"index": index, "start": start, "end": end, "lat": lat, "failed": failed[0], "errors": errors})
+
+
+@dataclass
+class ReadResult:
+    backend: str
+    lat: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in (*CALLS, "sequence")})
+    wall: float = 0.0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    customers: int = 0
+    events: int = 0
+    error: str | None = None
+
+    def ms(self, call: str, q: float) -> float:
+        return 1000 * percentile(self.lat[call], q)
+
+    @property
+    def sequences(self) -> int:
+        return len(self.lat["sequence"])
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(CALLS) * self.sequences / self.wall if self.wall else 0.0
+
+    @property
+    def calls_met(self) -> bool:
+        return all(self.ms(c, 0.99) < TARGETS_MS[c] for c in CALLS)
+
+    @property
+    def sequence_met(self) -> bool:
+        return self.ms("sequence", 0.99) < TARGET_P99_MS
+
+    def line(self) -> str:
+        if self.error:
+            return f"{self.backend} ERROR {self.error}"
+        parts = [self.backend]
+        for c in (*CALLS, "sequence"):
+            parts.append(f"{c} p50={self.ms(c, 0.5):.1f}ms p99={self.ms(c, 0.99):.1f}ms max={self.ms(c, 1.0):.1f}ms")
+        parts.append(f"req/s={self.requests_per_s:.0f} sequences={self.sequences} failed={self.failed}")
+        parts.append(f"target_calls={'MET' if self.calls_met else 'NOT-MET'}")
+        parts.append(f"target_sequence={'MET' if self.sequence_met else 'NOT-MET'}")
+        return " ".join(parts)
+
+
+def drive(port: int, token: str, emails: list[str], args: argparse.Namespace) -> ReadResult:
+    procs_n = max(1, min(args.client_procs, args.readers))
+    threads = [args.readers // procs_n + (1 if i < args.readers % procs_n else 0) for i in range(procs_n)]
+    shares = [args.requests * t // args.readers for t in threads]
+    shares[0] += args.requests - sum(shares)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs_n + 1)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_reader_process,
+            args=(
+                i,
+                port,
+                token,
+                emails,
+                shares[i],
+                threads[i],
+                args.timeline_limit,
+                args.warmup,
+                args.seed,
+                barrier,
+                results,
+            ),
+            name=f"bench-reader-{i}",
+            daemon=True,
+        )
+        for i in range(procs_n)
+    ]
+    for p in procs:
+        p.start()
+    out: list[dict[str, Any]] = []
+    try:
+        barrier.wait(timeout=900)
+        deadline = time.monotonic() + 3600
+        while len(out) < procs_n:
+            try:
+                out.append(results.get(timeout=1.0))
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("readers did not finish within an hour") from None
+                if all(not p.is_alive() for p in procs) and results.empty():
+                    raise RuntimeError("a reader process died; see its traceback above") from None
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    res = ReadResult("")
+    res.wall = max(r["end"] for r in out) - min(r["start"] for r in out)
+    for r in out:
+        for k, v in r["lat"].items():
+            res.lat[k].extend(v)
+        res.failed += r["failed"]
+        res.errors.extend(r["errors"])
+    return res
+
+
+# --------------------------------------------------------------------------- one backend
+
+
+def _token_and_emails(url: str, sample: int, seed: int) -> tuple[str, list[str]]:
+    """Create the console user; sample e-mail addresses the graph knows. (The "token" is unused.)"""
+    import sqlalchemy as sa
+
+    from omnijourney.store import db, migrate
+    from omnijourney.store.base import utcnow
+    from omnijourney.web.service import create_user, user_by_name
+
+    engine = db.create_engine(url)
+    try:
+        migrate.upgrade(engine)
+        with db.write(engine) as conn:
+            if user_by_name(conn=conn, username=USERNAME) is None:
+                create_user(conn=conn, username=USERNAME, role="agent", password=PASSWORD, now=utcnow())
+        with db.read(engine) as conn:
+            emails = [
+                r[0]
+                for r in conn.execute(
+                    sa.text("SELECT value FROM identity_links WHERE id_type = 'email' ORDER BY id LIMIT 500000")
+                )
+            ]
+    finally:
+        engine.dispose()
+    if not emails:
+        raise RuntimeError("the processed graph holds no e-mail address")
+    rng = random.Random(seed)
+    return "", rng.sample(emails, min(sample, len(emails)))
+
+
+def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
+    from rich.markup import escape
+
+    result = ReadResult(backend)
+    workdir = Path(tempfile.mkdtemp(prefix=f"oj-bench-console-{backend}-"))
+    pg: PgServer | None = None
+    server: Server | None = None
+    try:
+        if backend == "sqlite":
+            url = f"sqlite:///{workdir / 'console.db'}"
+        else:
+            say("starting PostgreSQL" if not args.pg_url else "using the PostgreSQL server at --pg-url")
+            pg = PgServer(args.pg_url)
+            url = pg.fresh_database("oj_bench_console")
+        say(f"preparing {args.events:,} events for {args.profiles:,} people (load and process; not timed)")
+        _, stats, _ = prepare_processed(
+            url, profiles=args.profiles, events=args.events, seed=args.seed, batch=args.batch, say=say
+        )
+        result.customers, result.events = stats.clusters, stats.events
+        token, emails = _token_and_emails(url, args.sample, args.seed)
+        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=False)
+        server.wait_healthy()
+        say(
+            f"server up on 127.0.0.1:{server.port} (--no-pipeline); {args.readers} readers in "
+            f"{min(args.client_procs, args.readers)} processes, {args.requests:,} sequences over {len(emails):,} e-mails"
+        )
+        measured = drive(server.port, token, emails, args)
+        measured.backend, measured.customers, measured.events = backend, result.customers, result.events
+        result = measured
+        for e in result.errors[:5]:
+            say(f"  reader error: {e}")
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        say(f"[red]failed:[/red]\n{escape(traceback.format_exc())}")
+        if server is not None:
+            say(f"server log tail:\n{escape(server.log_tail())}")
+    finally:
+        if server is not None:
+            server.stop()
+        if pg is not None:
+            pg.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    p.add_argument("--profiles", type=int, default=1_000_000, help="people in the population (default 1000000)")
+    p.add_argument("--events", type=int, default=5_000_000, help="events loaded and processed (default 5000000)")
+    p.add_argument("--readers", type=int, default=50, help="concurrent readers (default 50)")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=5000,
+        help="sequences (search page + 360 page = 2 requests each) in total (default 5000)",
+    )
+    p.add_argument(
+        "--client-procs", type=int, default=2, help="processes the reader threads are spread over (default 2)"
+    )
+    p.add_argument("--timeline-limit", type=int, default=30, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")
+    p.add_argument("--sample", type=int, default=20_000, help="distinct e-mail addresses looked up (default 20000)")
+    p.add_argument("--batch", type=int, default=5000, help="processing batch while preparing (default 5000)")
+    p.add_argument("--seed", type=int, default=1, help="workload seed (same seed, same data and lookups)")
+    p.add_argument(
+        "--pg-url",
+        default=None,
+        help="PostgreSQL server to use instead of a throwaway cluster;\n"
+        "the role needs CREATEDB (fresh databases are created and dropped)",
+    )
+    p.add_argument(
+        "--sqlite-synchronous",
+        default=os.environ.get("OMNIJOURNEY_SQLITE_SYNCHRONOUS", "FULL").upper(),
+        type=str.upper,
+        choices=("OFF", "NORMAL", "FULL", "EXTRA"),
+        help="SQLite synchronous pragma for the server (default FULL, the server's default)",
+    )
+    args = p.parse_args(argv)
+    if min(args.profiles, args.events, args.readers, args.requests, args.client_procs, args.sample) < 1:
+        p.error("sizes, --readers, --requests, --client-procs and --sample must be positive")
+    if args.warmup < 0 or not 1 <= args.timeline_limit <= 500:
+        p.error("--warmup must be >= 0 and --timeline-limit 1..500")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.table import Table
+
+    args = parse_args(argv)
+    console = make_console()
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    console.print(
+        f"[bold]staff console benchmark[/bold]: {args.profiles:,} people, {args.events:,} events, "
+        f"{args.readers} sessions, {args.requests:,} sequences, "
+        f"seed {args.seed}, {os.cpu_count()} CPUs"
+    )
+    results = []
+    for backend in backends:
+        console.rule(backend)
+        results.append(run_backend(backend, args, lambda m, b=backend: console.print(f"[dim]{b}:[/dim] {m}")))
+
+    table = Table(
+        title=f"Staff console: {args.readers} concurrent sessions (targets: search p99 < 100 ms, 360 page < 150 ms)"
+    )
+    for col in ("backend", "call", "count", "p50 ms", "p99 ms", "max ms", "req/s"):
+        table.add_column(col, justify="left" if col in ("backend", "call") else "right")
+    for r in results:
+        if r.error:
+            table.add_row(r.backend, "[red]ERROR[/red]", *["-"] * 5)
+            continue
+        for c in (*CALLS, "sequence"):
+            p99 = r.ms(c, 0.99)
+            colour = "green" if p99 < TARGETS_MS.get(c, TARGET_P99_MS) else "red"
+            rate = r.requests_per_s if c == "sequence" else r.requests_per_s / len(CALLS)
+            table.add_row(
+                r.backend,
+                LABELS[c],
+                f"{len(r.lat[c]):,}",
+                f"{r.ms(c, 0.5):.1f}",
+                f"[{colour}]{p99:.1f}[/{colour}]",
+                f"{r.ms(c, 1.0):.1f}",
+                f"{rate:,.0f}" if c != "sequence" else f"{rate:,.0f} (all calls)",
+            )
+    console.print(table)
+    for r in results:
+        if r.error:
+            continue
+        console.print(
+            f"{r.backend}: {r.customers:,} customers over {r.events:,} events; {r.failed} failed sequences; "
+            "targets (search p99 < 100 ms, 360 page p99 < 150 ms): "
+            f"{'[green]met[/green]' if r.calls_met else '[red]not met[/red]'}; whole sequence < 150 ms: "
+            f"{'[green]met[/green]' if r.sequence_met else '[red]not met[/red]'}"
+        )
+    for r in results:
+        print(r.line(), flush=True)
+    return 0 if all(not r.error and r.failed == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The console in a real browser: headless Chromium (Debian's, driven by Playwright) against a live server
+loaded by the demo (`run_demo`, through the HTTP API), on SQLite. Screenshots go to test-artifacts/console/."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from rich.console import Console
+
+from omnijourney.app import create_app
+from omnijourney.config import IngestLimits, Settings
+from omnijourney.demo import runner
+from omnijourney.demo.world import build_world
+from omnijourney.store import db
+from tests.conftest import LiveServer, free_port, start_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(os.environ.get("OMNIJOURNEY_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")) / "console"
+CUSTOMERS = 60
+SEED = 11
+
+
+@dataclass
+class Demo:
+    server: LiveServer
+    credentials: dict[str, Any]
+    hero: Any
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def password(self, username: str) -> str:
+        return self.credentials["console_users"][username]["password"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    data_dir = tmp_path_factory.mktemp("console-demo")
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'omnijourney.db'}",
+        limits=IngestLimits(),
+        sqlite_synchronous="NORMAL",
+    )
+    anchor = runner.default_anchor()
+    out = StringIO()
+    runner.run_demo(
+        settings=replace(settings, port=free_port()),
+        customers=CUSTOMERS,
+        seed=SEED,
+        serve_after=False,
+        console=Console(file=out, width=160),
+        anchor=anchor,
+    )
+    credentials = json.loads((data_dir / runner.CREDENTIALS_FILE).read_text())
+    hero = build_world(customers=CUSTOMERS, seed=SEED, anchor=anchor).hero
+    assert hero is not None
+    engine = db.create_engine(settings.database_url, sqlite_synchronous="NORMAL")
+    server = start_server(create_app(settings, engine=engine, migrate_db=False), engine)
+    try:
+        yield Demo(server, credentials, hero)
+    finally:
+        server.stop()
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any, demo: Demo) -> Iterator[Any]:
+    context = browser.new_context(base_url=demo.url, viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    yield pg
+    context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Any, demo: Demo, username: str) -> None:
+    page.goto("/console/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(demo.password(username))
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_selector("[data-testid=whoami]")
+
+
+def test_agent_finds_the_customer_by_loyalty_card_and_sees_new_events_live(page: Any, demo: Demo) -> None:
+    hero = demo.hero
+    log_in(page, demo, "agent")
+    page.get_by_label("E-mail, phone, loyalty card, name or order number").fill(hero.loyalty_card)
+    page.get_by_role("button", name="Search").click()
+    results = page.locator("[data-testid=results]")
+    results.wait_for()
+    shot(page, "01-search-by-loyalty-card")
+    results.get_by_role("link", name=hero.name).click()
+    page.wait_for_selector("[data-testid=customer-name]")
+    assert page.locator("[data-testid=customer-name]").inner_text() == hero.name
+    assert hero.loyalty_card in page.locator("[data-testid=identifiers]").inner_text()
+    orders = page.locator("[data-testid=orders]").inner_text()
+    assert "click and collect at store-praha-1" in orders  # today's order, waiting at Praha
+    assert page.locator("[data-testid=suggestions] li").count() >= 1
+    assert page.locator("#timeline li.event").count() >= 10
+    page.wait_for_selector("[data-live-status]:has-text('live')")
+    shot(page, "02-customer-360")
+
+    # a new event through the ingestion API appears without a reload
+    page.evaluate("window.__notReloaded = true")
+    pos = demo.credentials["sources"]["pos"]["write_key"]
+    r = httpx.post(
+        f"{demo.url}/v1/track",
+        auth=(pos, ""),
+        json={
+            "userId": hero.user_id,
+            "event": "Store Visited",
+            "properties": {"store_id": "store-praha-1", "name": "came for the live-test pickup"},
+        },
+    )
+    assert r.status_code == 200, r.text
+    fresh = page.locator("#timeline li.event.new", has_text="came for the live-test pickup")
+    fresh.wait_for()
+    assert page.evaluate("window.__notReloaded") is True
+    assert page.locator("#timeline li.event").first.get_attribute("data-event-id") == fresh.get_attribute(
+        "data-event-id"
+    )
+    shot(page, "03-live-event")
+
+
+def test_store_staff_mark_the_pickup_ready_then_picked_up(page: Any, demo: Demo) -> None:
+    hero = demo.hero
+    log_in(page, demo, "store.praha")
+    assert page.url.endswith("/console/store")
+    row = page.locator("[data-testid=pickups] tr", has_text=hero.name)
+    row.wait_for()
+    ref = row.get_attribute("data-order")
+    shot(page, "04-store-pickups")
+    row.get_by_role("button", name="Mark ready").click()
+    page.get_by_role("status").filter(has_text=f"order {ref} is ready for pickup").wait_for()
+    page.locator(f"tr[data-order='{ref}']").get_by_role("button", name="Picked up").click()
+    page.get_by_role("status").filter(has_text=f"order {ref} is picked up").wait_for()
+    assert page.locator(f"tr[data-order='{ref}']").count() == 0
+    shot(page, "05-picked-up")
+    token = demo.credentials["tokens"]["admin"]
+    order = httpx.get(f"{demo.url}/api/commerce/orders/{ref}", headers={"Authorization": f"Bearer {token}"}).json()
+    assert [h["status"] for h in order["history"]] == ["placed", "ready_for_pickup", "picked_up"]
+
+    # find the customer by card: preferences and suggestions
+    page.get_by_label("Loyalty card or phone").fill(hero.loyalty_card)
+    page.get_by_role("button", name="Find").click()
+    card = page.locator("[data-testid=store-customer]")
+    card.wait_for()
+    assert hero.name in card.inner_text() and "Favourite store" in card.inner_text()
+
+
+def test_a_marketer_cannot_open_the_admin_page(page: Any, demo: Demo) -> None:
+    log_in(page, demo, "marketer")
+    assert page.get_by_role("link", name="Admin").count() == 0
+    response = page.goto("/console/admin")
+    assert response.status == 403
+    assert "Not allowed" in page.locator("h1").inner_text()
+    shot(page, "06-marketer-denied-admin")
+    # the admin can
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url("**/console/login")
+    log_in(page, demo, "admin")
+    assert page.goto("/console/admin").status == 200
+    assert page.locator("[data-testid=users]").inner_text().count("store") >= 1
