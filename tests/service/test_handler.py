@@ -258,3 +258,22 @@ def test_api_changes_go_through_the_log_once_and_a_rebuild_recreates_them(engine
         assert conn.execute(sa.text("SELECT count(*) FROM service_conversations")).scalar_one() == 0
     run_until_idle(engine, handlers)
     assert h.conversations_snapshot(engine) == after
+
+
+def test_a_call_logged_before_the_chat_arrives_is_still_linked_to_it(engine) -> None:
+    """Sources deliver in any order (a call centre uploading before the chat tool): the result is the same."""
+    shop = source(engine, "shop", "web", True)
+    chat = source(engine, "chat-tool", "chat", True)
+    hotline = source(engine, "hotline", "call_center", True)
+    append(engine, hotline, "call_center", h.call_messages())
+    append(engine, shop, "web", h.shop_messages())
+    process(engine)
+    append(engine, chat, "chat", h.chat_messages())
+    process(engine)
+    pid = profile_of(engine, "user_id", "user-jana")
+    assert pid == profile_of(engine, "phone", "+420601123456")
+    chat_c, call_c = sorted(conversations(engine, pid), key=lambda c: c["started_at"])
+    assert call_c["id"] < chat_c["id"]  # the call was seen first ...
+    assert call_c["measures"]["previous_conversation_id"] == chat_c["id"]  # ... and still follows the chat
+    assert call_c["measures"]["lost_context"] is True and call_c["measures"]["contact_number"] == 2
+    assert chat_c["measures"]["contacts"] == 2 and chat_c["measures"]["resolved_first_contact"] is False

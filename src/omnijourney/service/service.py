@@ -467,54 +467,109 @@ def refresh(conn: Connection, *, conversation_id: int, config: ServiceConfig) ->
         conv["handoff_at"] = handoff
         conv["started_at"] = min(conv["started_at"], msgs[0].sent_at)
         conv["last_activity_at"] = max(conv["last_activity_at"], msgs[-1].sent_at)
-    if conv["previous_conversation_id"] is None:
-        _detect_repeat(conn, conv, config)
+    _detect_repeat(conn, conv, config)
     _save(conn, conv)
 
 
-def _detect_repeat(conn: Connection, conv: dict[str, Any], config: ServiceConfig) -> None:
-    """Mark `conv` as a repeat contact of the latest earlier conversation of the same customer about the
-    same matter (a shared order, or the same topic) whose last activity is within the window; through
-    another channel, that is lost context."""
+def _matter(conn: Connection, conv: dict[str, Any], config: ServiceConfig) -> tuple[list[int], Any] | None:
+    """The customer's cluster members and the condition "same matter as `conv`" (a shared order or
+    the same topic, as configured), or None when there is nothing to compare."""
     if conv["profile_id"] is None:
-        return
+        return None
     refs = [r[0] for r in conn.execute(sa.select(ORDERS.c.order_ref).where(ORDERS.c.conversation_id == conv["id"]))]
-    use_orders = "order" in config.same_matter and refs
-    use_topic = "topic" in config.same_matter and conv["topic"]
-    if not (use_orders or use_topic):
-        return
+    matter = []
+    if "order" in config.same_matter and refs:
+        matter.append(CONV.c.id.in_(sa.select(ORDERS.c.conversation_id).where(ORDERS.c.order_ref.in_(refs))))
+    if "topic" in config.same_matter and conv["topic"]:
+        matter.append(CONV.c.topic == conv["topic"])
+    if not matter:
+        return None
     root = identity.canonical_id(conn=conn, profile_id=conv["profile_id"])
     if root is None:
-        return
-    members = identity.members(conn=conn, root=root)
-    start = conv["started_at"]
-    matter = []
-    if use_orders:
-        matter.append(CONV.c.id.in_(sa.select(ORDERS.c.conversation_id).where(ORDERS.c.order_ref.in_(refs))))
-    if use_topic:
-        matter.append(CONV.c.topic == conv["topic"])
-    prev = conn.execute(
-        sa.select(CONV.c.id, CONV.c.channel, CONV.c.contact_number)
-        .where(
-            CONV.c.profile_id.in_(members),
-            CONV.c.id != conv["id"],
-            sa.or_(CONV.c.started_at < start, sa.and_(CONV.c.started_at == start, CONV.c.id < conv["id"])),
-            CONV.c.last_activity_at >= start - timedelta(hours=config.lost_context_window_hours),
-            sa.or_(*matter),
+        return None
+    return identity.members(conn=conn, root=root), sa.or_(*matter)
+
+
+def _link_repeat(conn: Connection, later: Any, earlier: dict[str, Any], old_previous: int | None) -> None:
+    """Make `later` the repeat contact of `earlier`, moving it from `old_previous`."""
+    if old_previous is not None:
+        conn.execute(
+            sa.update(CONV)
+            .where(CONV.c.id == old_previous)
+            .values(followup_count=CONV.c.followup_count - 1, updated_at=utcnow())
         )
-        .order_by(CONV.c.started_at.desc(), CONV.c.id.desc())
-        .limit(1)
-    ).first()
-    if prev is None:
-        return
-    conv["previous_conversation_id"] = prev.id
-    conv["lost_context"] = prev.channel != conv["channel"]
-    conv["contact_number"] = prev.contact_number + 1
     conn.execute(
         sa.update(CONV)
-        .where(CONV.c.id == prev.id)
-        .values(followup_count=CONV.c.followup_count + 1, updated_at=utcnow())
+        .where(CONV.c.id == later.id)
+        .values(
+            previous_conversation_id=earlier["id"],
+            lost_context=later.channel != earlier["channel"],
+            contact_number=earlier["contact_number"] + 1,
+            updated_at=utcnow(),
+        )
     )
+
+
+def _detect_repeat(conn: Connection, conv: dict[str, Any], config: ServiceConfig) -> None:
+    """Link `conv` with the customer's other conversations about the same matter within the window.
+
+    Backwards: `conv` becomes the repeat contact of the latest conversation that started before it
+    and whose last activity is at most the window before `conv` started. Forwards (events from
+    different sources arrive in any order): each conversation that started after `conv`, within
+    the window of its last activity, becomes a repeat contact of `conv` unless it already follows
+    a conversation that started later than `conv`. Through another channel, a repeat contact is
+    lost context.
+    """
+    found = _matter(conn, conv, config)
+    if found is None:
+        return
+    members, same_matter = found
+    window = timedelta(hours=config.lost_context_window_hours)
+    start, cid = conv["started_at"], conv["id"]
+    earlier = sa.or_(CONV.c.started_at < start, sa.and_(CONV.c.started_at == start, CONV.c.id < cid))
+    if conv["previous_conversation_id"] is None:
+        prev = conn.execute(
+            sa.select(CONV.c.id, CONV.c.channel, CONV.c.contact_number)
+            .where(
+                CONV.c.profile_id.in_(members),
+                CONV.c.id != cid,
+                earlier,
+                CONV.c.last_activity_at >= start - window,
+                same_matter,
+            )
+            .order_by(CONV.c.started_at.desc(), CONV.c.id.desc())
+            .limit(1)
+        ).first()
+        if prev is not None:
+            conv["previous_conversation_id"] = prev.id
+            conv["lost_context"] = prev.channel != conv["channel"]
+            conv["contact_number"] = prev.contact_number + 1
+            conn.execute(
+                sa.update(CONV)
+                .where(CONV.c.id == prev.id)
+                .values(followup_count=CONV.c.followup_count + 1, updated_at=utcnow())
+            )
+    later = conn.execute(
+        sa.select(CONV.c.id, CONV.c.channel, CONV.c.previous_conversation_id)
+        .where(
+            CONV.c.profile_id.in_(members),
+            CONV.c.id != cid,
+            sa.not_(earlier),
+            CONV.c.started_at <= conv["last_activity_at"] + window,
+            sa.or_(CONV.c.previous_conversation_id.is_(None), CONV.c.previous_conversation_id != cid),
+            same_matter,
+        )
+        .order_by(CONV.c.started_at, CONV.c.id)
+    ).all()
+    for row in later:
+        if row.previous_conversation_id is not None:
+            current = conn.execute(
+                sa.select(CONV.c.started_at, CONV.c.id).where(CONV.c.id == row.previous_conversation_id)
+            ).first()
+            if current is not None and (current.started_at, current.id) > (start, cid):
+                continue  # it already follows a more recent contact
+        _link_repeat(conn, row, conv, row.previous_conversation_id)
+        conv["followup_count"] += 1
 
 
 # --------------------------------------------------------------------------- API changes (through the outbox)
@@ -545,10 +600,12 @@ def _member_for(
 
 
 def _existing_conversation(conn: Connection, conversation_id: int) -> dict[str, Any]:
-    row = conn.execute(sa.select(CONV).where(CONV.c.id == conversation_id)).first()
-    if row is None:
+    """The conversation, row-locked (PostgreSQL) before the event log's append lock is taken, so a
+    change waiting for a busy conversation never holds up ingestion."""
+    conv = _lock_conversation(conn, conversation_id)
+    if conv is None:
         raise ServiceError(404, "not_found", f"no conversation {conversation_id}")
-    return dict(row._mapping)
+    return conv
 
 
 def _emit(
@@ -636,7 +693,7 @@ def create_conversation(
 ) -> tuple[int, bool]:
     """A conversation made by staff (an e-mail thread, a store visit, a social message). Returns (id, created)."""
     member = _member_for(conn, profile_id=profile_id, identifier=identifier, rules=rules)
-    key = external_id or idempotency_key
+    key = f"external:{external_id}" if external_id else (f"key:{idempotency_key}" if idempotency_key else None)
     ext = external_id or (f"api-{idempotency_key}" if idempotency_key else None)
     props: dict[str, Any] = {"channel": channel, "status": status}
     for k, v in (("topic", topic), ("subject", subject)):
@@ -713,7 +770,7 @@ def add_message(
         ).scalar_one_or_none()
         if found is not None:
             return int(found), False
-    key = external_id or idempotency_key
+    key = f"external:{external_id}" if external_id else (f"key:{idempotency_key}" if idempotency_key else None)
     msg_key = key if key is not None else secrets.token_hex(16)
     props: dict[str, Any] = {
         "conversation_id": conv["external_id"],
@@ -913,7 +970,7 @@ def log_call(
 ) -> tuple[int, bool]:
     """A phone call logged by the agent: a phone conversation with its notes, like Call Completed."""
     member = _member_for(conn, profile_id=profile_id, identifier=identifier, rules=rules)
-    key = call_id or idempotency_key
+    key = f"call:{call_id}" if call_id else (f"key:{idempotency_key}" if idempotency_key else None)
     msg_key = key if key is not None else secrets.token_hex(16)
     props: dict[str, Any] = {
         "call_id": call_id or outbox.message_id("call", "-", msg_key),
@@ -1134,3 +1191,22 @@ def conversation_view(*, conn: Connection, conversation_id: int) -> dict[str, An
 def reset(conn: Connection) -> None:
     for table in (OUTBOX, ORDERS, NOTES, MSG, CONV):
         conn.execute(sa.delete(table))
+
+
+def overview(*, conn: Connection) -> dict[str, Any]:
+    """Counts for a summary line: conversations by status and channel, repeat and lost-context contacts."""
+    by_status = dict(conn.execute(sa.select(CONV.c.status, sa.func.count()).group_by(CONV.c.status)).all())
+    by_channel = dict(conn.execute(sa.select(CONV.c.channel, sa.func.count()).group_by(CONV.c.channel)).all())
+    repeats = conn.execute(sa.select(sa.func.count()).where(CONV.c.previous_conversation_id.is_not(None))).scalar_one()
+    lost = conn.execute(sa.select(sa.func.count()).where(CONV.c.lost_context.is_(True))).scalar_one()
+    example = conn.execute(
+        sa.select(CONV.c.id).where(CONV.c.lost_context.is_(True)).order_by(CONV.c.id).limit(1)
+    ).scalar_one_or_none()
+    return {
+        "conversations": sum(by_status.values()),
+        "by_status": by_status,
+        "by_channel": by_channel,
+        "repeat_contacts": int(repeats),
+        "lost_context": int(lost),
+        "lost_context_example": example,
+    }
