@@ -361,7 +361,7 @@ def _call(conn: Connection, ev: ServiceEvent) -> int | None:
         conv["first_response_at"] = answered
         conv["first_reply_at"] = answered
     attrs = dict(conv["attributes"] or {})
-    for key in ("direction", "duration_seconds", "wait_seconds", "caller_phone", "call_id"):
+    for key in ("direction", "duration_seconds", "wait_seconds", "call_id"):
         if props.get(key) is not None and not isinstance(props.get(key), dict | list):
             attrs[key] = props[key]
     conv["attributes"] = attrs
