@@ -277,3 +277,16 @@ def test_a_call_logged_before_the_chat_arrives_is_still_linked_to_it(engine) -> 
     assert call_c["measures"]["previous_conversation_id"] == chat_c["id"]  # ... and still follows the chat
     assert call_c["measures"]["lost_context"] is True and call_c["measures"]["contact_number"] == 2
     assert chat_c["measures"]["contacts"] == 2 and chat_c["measures"]["resolved_first_contact"] is False
+
+
+def test_a_broken_service_config_stops_the_server_at_start_up(settings, engine, tmp_path: Path, monkeypatch) -> None:
+    from omnijourney.app import create_app
+
+    bad = tmp_path / "service.yaml"
+    bad.write_text("lost_context_window_hours: 0\n")
+    monkeypatch.setenv("OMNIJOURNEY_SERVICE_CONFIG", str(bad))
+    with pytest.raises(pydantic.ValidationError, match="lost_context_window_hours"):
+        create_app(settings, engine=engine, migrate_db=False)
+    monkeypatch.setenv("OMNIJOURNEY_SERVICE_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(FileNotFoundError):
+        create_app(settings, engine=engine, migrate_db=False)

@@ -797,12 +797,12 @@ def add_message(
         actor=actor,
         now=now,
     )
-    if not created:
-        found = conn.execute(
-            sa.select(MSG.c.id).where(MSG.c.channel == conv["channel"], MSG.c.external_id == props["message_id"])
-        ).scalar_one_or_none()
-        return int(found if found is not None else event_id), False
-    return event_id, True
+    # the stored message (a chat event may have delivered the same external id a moment earlier)
+    found = conn.execute(
+        sa.select(MSG.c.id).where(MSG.c.channel == conv["channel"], MSG.c.external_id == props["message_id"])
+    ).scalar_one_or_none()
+    stored = int(found) if found is not None else event_id
+    return stored, created and stored == event_id
 
 
 def add_note(
