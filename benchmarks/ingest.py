@@ -466,7 +466,7 @@ def _get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class Server:
     """`omnijourney serve` in a subprocess; always stopped by `stop()` (call it in `finally`)."""
 
-    def __init__(self, database_url: str, workdir: Path, *, synchronous: str, pipeline: bool) -> None:
+    def __init__(self, database_url: str, workdir: Path, *, synchronous: str, pipeline: bool, workers: int = 1) -> None:
         self.port = free_port()
         self.data_dir = workdir / "server-data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -477,6 +477,8 @@ class Server:
         cmd = [*omnijourney_command(), "serve", "--port", str(self.port), "--database-url", database_url]
         if not pipeline:
             cmd.append("--no-pipeline")
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 

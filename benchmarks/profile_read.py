@@ -155,6 +155,14 @@ class ReadResult:
     customers: int = 0
     events: int = 0
     error: str | None = None
+    #: CPU seconds the server process spent during the measured run (load-independent cost)
+    server_cpu: float = 0.0
+    warm_sequences: int = 0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        done = self.sequences + self.warm_sequences
+        return 1000 * self.server_cpu / (3 * done) if done else 0.0
 
     def ms(self, call: str, q: float) -> float:
         return 1000 * percentile(self.lat[call], q)
@@ -182,6 +190,7 @@ class ReadResult:
         for c in (*CALLS, "sequence"):
             parts.append(f"{c} p50={self.ms(c, 0.5):.1f}ms p99={self.ms(c, 0.99):.1f}ms max={self.ms(c, 1.0):.1f}ms")
         parts.append(f"req/s={self.requests_per_s:.0f} sequences={self.sequences} failed={self.failed}")
+        parts.append(f"server_cpu_ms_per_request={self.cpu_ms_per_request:.2f}")
         parts.append(f"target_calls={'MET' if self.calls_met else 'NOT-MET'}")
         parts.append(f"target_sequence={'MET' if self.sequence_met else 'NOT-MET'}")
         return " ".join(parts)
@@ -250,6 +259,22 @@ def drive(port: int, token: str, emails: list[str], args: argparse.Namespace) ->
 # --------------------------------------------------------------------------- one backend
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live children (the API workers of `serve --workers`)."""
+    total = process_cpu_seconds(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            total += tree_cpu_seconds(int(child))
+    return total
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), including warm-up: a cost that load does not inflate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _token_and_emails(url: str, sample: int, seed: int) -> tuple[str, list[str]]:
     import sqlalchemy as sa
 
@@ -295,13 +320,16 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
         )
         result.customers, result.events = stats.clusters, stats.events
         token, emails = _token_and_emails(url, args.sample, args.seed)
-        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=False)
+        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=False, workers=args.workers)
         server.wait_healthy()
         say(
             f"server up on 127.0.0.1:{server.port} (--no-pipeline); {args.readers} readers in "
             f"{min(args.client_procs, args.readers)} processes, {args.requests:,} sequences over {len(emails):,} e-mails"
         )
+        cpu_before = tree_cpu_seconds(server.proc.pid)
         measured = drive(server.port, token, emails, args)
+        measured.server_cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
+        measured.warm_sequences = args.warmup * args.readers
         measured.backend, measured.customers, measured.events = backend, result.customers, result.events
         result = measured
         for e in result.errors[:5]:
@@ -338,6 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--client-procs", type=int, default=2, help="processes the reader threads are spread over (default 2)"
     )
+    p.add_argument("--workers", type=int, default=1, help="API server processes (serve --workers; default 1)")
     p.add_argument("--timeline-limit", type=int, default=50, help="timeline page size (default 50, the API's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")
     p.add_argument("--sample", type=int, default=20_000, help="distinct e-mail addresses looked up (default 20000)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -180,23 +181,31 @@ def serve(
     pipeline_thread: bool = typer.Option(
         False, "--pipeline-thread", help="run the processing stage as a thread of the API process instead"
     ),
+    workers: int = typer.Option(
+        int(os.environ.get("OMNIJOURNEY_WORKERS", "1")),
+        "--workers",
+        min=1,
+        max=64,
+        help="API processes sharing the port (env OMNIJOURNEY_WORKERS; default 1)",
+    ),
 ) -> None:
     """Start the API server (migrations are applied on start-up)."""
-    import gc
     import signal
-    import sys
 
     import uvicorn
 
-    from omnijourney.app import create_app
+    from omnijourney.app import create_app, tune_server_process
     from omnijourney.pipeline.worker import PipelineProcess
 
+    if workers > 1 and pipeline_thread:
+        raise typer.BadParameter("--pipeline-thread runs inside one API process; it cannot be used with --workers")
     settings = _settings(database_url, data_dir, host=host, port=port, run_pipeline=pipeline and pipeline_thread)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     child = None
-    if pipeline and not pipeline_thread:
-        # migrate before the child starts, so the two processes never migrate at once
+    if (pipeline and not pipeline_thread) or workers > 1:
+        # migrate before the child and the workers start, so no two processes ever migrate at once
         _engine(settings).dispose()
+    if pipeline and not pipeline_thread:
         child = PipelineProcess(database_url=settings.database_url, data_dir=settings.data_dir)
         child.start()
         # uvicorn shuts down on SIGTERM, then raises it again with the handler found at start:
@@ -210,17 +219,27 @@ def serve(
 
         signal.signal(signal.SIGTERM, stop_child_on_sigterm)
     console.print(f"omnijourney on [bold]http://{settings.host}:{settings.port}[/bold]")
-    api = create_app(settings)
-    # Everything built so far lives as long as the process: keep it out of the cyclic GC's
-    # full collections, which otherwise rescan it (~100 ms each) while requests wait.
-    gc.collect()
-    gc.freeze()
-    # The group-commit writer releases the GIL around every SQLite call and must win it back
-    # from the event loop; the default 5 ms switch interval made each of those calls cost up
-    # to 5 ms. 0.5 ms lets the writer back in quickly (benchmarks/README.md).
-    sys.setswitchinterval(0.0005)
     try:
-        uvicorn.run(api, host=settings.host, port=settings.port, log_level="warning")
+        if workers > 1:
+            # each worker builds its app from the environment: hand the effective settings down
+            os.environ.update(
+                OMNIJOURNEY_DATABASE_URL=settings.database_url,
+                OMNIJOURNEY_DATA_DIR=str(settings.data_dir),
+                OMNIJOURNEY_RUN_PIPELINE="0",
+                OMNIJOURNEY_SQLITE_SYNCHRONOUS=settings.sqlite_synchronous,
+            )
+            uvicorn.run(
+                "omnijourney.app:worker_app",
+                factory=True,
+                workers=workers,
+                host=settings.host,
+                port=settings.port,
+                log_level="warning",
+            )
+        else:
+            api = create_app(settings)
+            tune_server_process()
+            uvicorn.run(api, host=settings.host, port=settings.port, log_level="warning")
     finally:
         if child is not None:
             child.stop()

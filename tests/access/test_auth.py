@@ -99,3 +99,35 @@ def test_disabled_source_stops_ingesting(client: httpx.Client, world: World) -> 
     r = client.post(f"/api/sources/{world.web_source_id}/disable", headers=bearer(world.admin_token))
     assert r.status_code == 204
     assert client.post("/v1/track", json={"userId": "u", "event": "E"}, headers=auth).status_code == 401
+
+
+def test_revoked_token_is_refused_at_once(client: httpx.Client, world: World, engine: sa.Engine) -> None:
+    staff = client.post("/api/tokens", json={"role": "store_staff"}, headers=bearer(world.admin_token)).json()["token"]
+    assert client.get("/api/me", headers=bearer(staff)).status_code == 200  # now cached
+    with db.read(engine) as conn:
+        token_id = conn.execute(sa.text("SELECT max(id) FROM api_tokens")).scalar_one()
+    assert client.post(f"/api/tokens/{token_id}/revoke", headers=bearer(world.agent_token)).status_code == 403
+    assert client.post(f"/api/tokens/{token_id}/revoke", headers=bearer(world.admin_token)).status_code == 204
+    assert client.get("/api/me", headers=bearer(staff)).status_code == 401
+    again = client.post(f"/api/tokens/{token_id}/revoke", headers=bearer(world.admin_token))
+    assert again.status_code == 404 and again.json()["code"] == "not_found"
+
+
+def test_token_cache_forgets_a_token_revoked_elsewhere_within_its_ttl(engine: sa.Engine, world: World) -> None:
+    """Another API node revoked it: this node's cache stops accepting it once the entry expires."""
+    import time
+
+    from omnijourney.access import service as access
+    from omnijourney.access.cache import TokenCache
+
+    cache = TokenCache(engine, ttl=0.3)
+    principal = cache.get(world.marketer_token)
+    assert principal is not None and principal.role == "marketer"
+    assert cache.peek(world.marketer_token) == principal
+    with db.write(engine) as conn:
+        assert access.revoke_token(conn=conn, token_id=principal.token_id)
+    assert cache.get(world.marketer_token) == principal  # still within the TTL
+    time.sleep(0.35)
+    assert cache.peek(world.marketer_token) is None
+    assert cache.get(world.marketer_token) is None
+    assert cache.get("oj_never-issued") is None and cache.peek("oj_never-issued") is None

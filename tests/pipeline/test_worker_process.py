@@ -194,3 +194,63 @@ def test_paced_worker_keeps_up_exactly_once_while_events_keep_arriving(engine: s
     assert processed_total(engine) == appended[0] == 1500
     with db.read(engine) as conn:
         assert pipeline.lag(conn=conn) == 0
+
+
+def test_serve_with_several_api_workers_stores_everything_once(engine: sa.Engine, database_url: str, tmp_path) -> None:
+    """`serve --workers 2`: two API processes share the port and the database; concurrent batches and
+    their retries land exactly once, the one processing child applies them, reads work, SIGTERM ends all."""
+    with db.write(engine) as conn:
+        key = access.create_source(conn=conn, name="web", channel="web").write_key
+        token = access.create_token(conn=conn, role="agent")
+    port = _free_port()
+    env = {**os.environ, "OMNIJOURNEY_DATA_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "omnijourney.cli", "serve", "--port", str(port), "--database-url", database_url]
+    server = subprocess.Popen([*cmd, "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(url + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(healthy, timeout=60), "server did not start"
+        assert wait_for(lambda: len(_children(server.pid)) >= 3, timeout=30), "expected 2 API workers + 1 pipeline"
+        children = _children(server.pid)
+        auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+        failures: list[str] = []
+
+        def client(n: int) -> None:
+            with httpx.Client(base_url=url, headers=auth, timeout=60) as c:
+                for b in range(3):
+                    batch = [
+                        {"type": "track", "event": "E", "userId": f"u{n}", "messageId": f"w{n}-{b}-{i}"}
+                        for i in range(100)
+                    ]
+                    for _attempt in range(2):  # every batch is sent twice: a retry must not duplicate
+                        r = c.post("/v1/batch", json={"batch": batch})
+                        if r.status_code != 200:
+                            failures.append(f"{r.status_code} {r.text[:200]}")
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        with db.read(engine) as conn:
+            stored = conn.execute(sa.text("SELECT count(*), count(DISTINCT message_id) FROM events")).one()
+        assert tuple(stored) == (1200, 1200)
+        assert wait_for(lambda: processed_total(engine) == 1200, timeout=60)
+        bearer = {"Authorization": f"Bearer {token}"}
+        for _ in range(6):  # answered by whichever worker accepts the connection
+            r = httpx.get(url + "/api/profiles/lookup", params={"type": "user_id", "value": "u3"}, headers=bearer)
+            assert r.status_code == 200 and r.json()["computed"]["event_count"] == 300
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        assert wait_for(lambda: not any(_alive(p) for p in children), timeout=15), "a child outlived the server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)

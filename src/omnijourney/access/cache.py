@@ -59,3 +59,43 @@ class SourceCache:
         with self._lock:
             self._by_key.clear()
             self._origins = (set(), 0.0)
+
+
+TOKEN_TTL_SECONDS = 5.0
+
+
+class TokenCache:
+    """Bearer token → principal for a few seconds, so reads do not pay a query per request.
+
+    Keyed by the token's SHA-256 (the raw token is never kept). Only known tokens are
+    cached: a token created a moment ago is never shadowed by an earlier miss. A revoked
+    token stops working within `TOKEN_TTL_SECONDS` on every API node (at once on the node
+    that revoked it, which calls `invalidate`).
+    """
+
+    def __init__(self, engine: sa.Engine, ttl: float = TOKEN_TTL_SECONDS) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._by_hash: dict[str, tuple[service.Principal, float]] = {}
+
+    def peek(self, token: str) -> service.Principal | None:
+        entry = self._by_hash.get(service.hash_token(token))
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    def get(self, token: str) -> service.Principal | None:
+        """Blocking lookup (call from a worker thread on a cache miss)."""
+        hit = self.peek(token)
+        if hit is not None:
+            return hit
+        with db.read(self._engine) as conn:
+            principal = service.principal_for_token(conn=conn, token=token)
+        if principal is not None:
+            if len(self._by_hash) > 10_000:
+                self._by_hash.clear()
+            self._by_hash[service.hash_token(token)] = (principal, time.monotonic() + self._ttl)
+        return principal
+
+    def invalidate(self) -> None:
+        self._by_hash.clear()

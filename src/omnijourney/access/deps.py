@@ -7,10 +7,8 @@ from collections.abc import Callable
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from omnijourney.access import service
 from omnijourney.access.service import Principal
 from omnijourney.errors import ApiError
-from omnijourney.store import db
 
 
 def _bearer(request: Request) -> str:
@@ -23,13 +21,10 @@ def _bearer(request: Request) -> str:
 
 async def current_principal(request: Request) -> Principal:
     token = _bearer(request)
-    engine = request.app.state.engine
-
-    def lookup() -> Principal | None:
-        with db.read(engine) as conn:
-            return service.principal_for_token(conn=conn, token=token)
-
-    principal = await run_in_threadpool(lookup)
+    tokens = request.app.state.tokens
+    principal = tokens.peek(token)
+    if principal is None:
+        principal = await run_in_threadpool(tokens.get, token)
     if principal is None:
         raise ApiError(401, "unauthorized", "unknown or revoked token")
     return principal

@@ -55,6 +55,16 @@ def create_token(body: TokenCreate, request: Request, _: Principal = Depends(adm
     return TokenOut(token=token, role=body.role)
 
 
+@router.post("/tokens/{token_id}/revoke", status_code=204)
+def revoke_token(token_id: int, request: Request, _: Principal = Depends(admin_only)) -> None:
+    """Revoke at once on this node; other API nodes stop accepting it within the token cache's TTL."""
+    with db.write(request.app.state.engine) as conn:
+        revoked = service.revoke_token(conn=conn, token_id=token_id)
+    request.app.state.tokens.invalidate()
+    if not revoked:
+        raise ApiError(404, "not_found", f"no active token {token_id}")
+
+
 @router.get("/me")
 def whoami(
     principal: Principal = Depends(require_role("marketer", "agent", "store_staff")),

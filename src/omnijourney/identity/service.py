@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -34,9 +34,50 @@ class IdentityError(ValueError):
     """A request about identity that cannot be carried out (unknown type, nothing to unmerge, ...)."""
 
 
+def _ids() -> sa.BindParameter[Any]:
+    return sa.bindparam("ids", expanding=True)
+
+
+# Hot read statements are built once: constructing a Core statement costs more CPU than
+# SQLite takes to run it, and these run several times per Customer 360 request.
+_CANONICAL = sa.select(PROFILES.c.canonical_id).where(PROFILES.c.id == sa.bindparam("pid"))
+_CLUSTER = (
+    sa.select(PROFILES.c.id, PROFILES.c.canonical_id)
+    .where(PROFILES.c.canonical_id == _CANONICAL.scalar_subquery())
+    .order_by(PROFILES.c.id)
+)
+_OWNER = sa.select(LINKS.c.profile_id).where(LINKS.c.id_type == sa.bindparam("t"), LINKS.c.value == sa.bindparam("v"))
+_CLUSTER_OF_IDENTIFIER = (
+    sa.select(PROFILES.c.id, PROFILES.c.canonical_id)
+    .where(
+        PROFILES.c.canonical_id
+        == sa.select(PROFILES.c.canonical_id).where(PROFILES.c.id == _OWNER.scalar_subquery()).scalar_subquery()
+    )
+    .order_by(PROFILES.c.id)
+)
+_IDENTIFIERS = sa.select(LINKS).where(LINKS.c.profile_id.in_(_ids())).order_by(LINKS.c.linked_at, LINKS.c.id)
+_MEMBER_IDS = _ids()
+_MERGES = (
+    sa.select(MERGES)
+    .where(sa.or_(MERGES.c.survivor_id.in_(_MEMBER_IDS), MERGES.c.merged_id.in_(_MEMBER_IDS)))
+    .order_by(MERGES.c.id)
+)
+
+
+class Cluster(NamedTuple):
+    """A surviving profile and every member of its cluster (itself included), in id order."""
+
+    root: int
+    members: list[int]
+
+
+def _as_cluster(rows: list[Any]) -> Cluster | None:
+    return Cluster(rows[0][1], [r[0] for r in rows]) if rows else None
+
+
 def canonical_id(*, conn: Connection, profile_id: int) -> int | None:
     """The surviving profile for any profile id (an alias answers with its survivor)."""
-    return conn.execute(sa.select(PROFILES.c.canonical_id).where(PROFILES.c.id == profile_id)).scalar_one_or_none()
+    return conn.execute(_CANONICAL, {"pid": profile_id}).scalar_one_or_none()
 
 
 def members(*, conn: Connection, root: int) -> list[int]:
@@ -46,24 +87,33 @@ def members(*, conn: Connection, root: int) -> list[int]:
     ]
 
 
-def lookup(*, conn: Connection, rules: IdentityRules, id_type: str, value: str) -> int | None:
-    """Find the surviving profile holding an identifier, normalising the value as ingestion does."""
+def cluster(*, conn: Connection, profile_id: int) -> Cluster | None:
+    """The survivor and all members of the cluster `profile_id` belongs to, in one query."""
+    return _as_cluster(conn.execute(_CLUSTER, {"pid": profile_id}).all())
+
+
+def _normalised(rules: IdentityRules, id_type: str, value: str) -> str | None:
     spec = rules.identifier_types.get(id_type)
     if spec is None:
         raise IdentityError(f"unknown identifier type {id_type!r}; known: {', '.join(rules.identifier_types)}")
-    normal = normalise_value(value, spec, rules)
+    return normalise_value(value, spec, rules)
+
+
+def lookup_cluster(*, conn: Connection, rules: IdentityRules, id_type: str, value: str) -> Cluster | None:
+    """The cluster holding an identifier (normalised as ingestion does), in one query."""
+    normal = _normalised(rules, id_type, value)
     if normal is None:
         return None
-    owner = conn.execute(
-        sa.select(LINKS.c.profile_id).where(LINKS.c.id_type == id_type, LINKS.c.value == normal)
-    ).scalar_one_or_none()
-    return canonical_id(conn=conn, profile_id=owner) if owner is not None else None
+    return _as_cluster(conn.execute(_CLUSTER_OF_IDENTIFIER, {"t": id_type, "v": normal}).all())
+
+
+def lookup(*, conn: Connection, rules: IdentityRules, id_type: str, value: str) -> int | None:
+    """Find the surviving profile holding an identifier, normalising the value as ingestion does."""
+    found = lookup_cluster(conn=conn, rules=rules, id_type=id_type, value=value)
+    return found.root if found else None
 
 
 def identifiers(*, conn: Connection, member_ids: list[int]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        sa.select(LINKS).where(LINKS.c.profile_id.in_(member_ids)).order_by(LINKS.c.linked_at, LINKS.c.id)
-    )
     return [
         {
             "type": r.id_type,
@@ -73,17 +123,12 @@ def identifiers(*, conn: Connection, member_ids: list[int]) -> list[dict[str, An
             "event_id": r.event_id,
             "source_id": r.source_id,
         }
-        for r in rows
+        for r in conn.execute(_IDENTIFIERS, {"ids": member_ids})
     ]
 
 
 def merges(*, conn: Connection, member_ids: list[int]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        sa.select(MERGES)
-        .where(sa.or_(MERGES.c.survivor_id.in_(member_ids), MERGES.c.merged_id.in_(member_ids)))
-        .order_by(MERGES.c.id)
-    )
-    return [dict(r._mapping) for r in rows]
+    return [dict(r._mapping) for r in conn.execute(_MERGES, {"ids": member_ids})]
 
 
 def list_conflicts(

@@ -49,8 +49,21 @@ class ProfileError(ValueError):
     pass
 
 
+# Built once (see identity.service): Core statement construction is the dominant CPU cost of a read.
+_STATS = sa.select(STATS).where(STATS.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
+_COUNTERS = sa.select(COUNTERS).where(COUNTERS.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
+_TRAITS = sa.select(TRAITS.c.key, TRAITS.c.value, TRAITS.c.observed_at, TRAITS.c.first_observed_at).where(
+    TRAITS.c.profile_id.in_(sa.bindparam("ids", expanding=True))
+)
+_CONSENTS = (
+    sa.select(CONSENTS)
+    .where(CONSENTS.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(CONSENTS.c.recorded_at, CONSENTS.c.id)
+)
+
+
 def _stats(conn: Connection, ids: list[int]) -> dict[str, Any] | None:
-    rows = conn.execute(sa.select(STATS).where(STATS.c.profile_id.in_(ids))).all()
+    rows = conn.execute(_STATS, {"ids": ids}).all()
     if not rows:
         return None
 
@@ -83,7 +96,7 @@ def _stats(conn: Connection, ids: list[int]) -> dict[str, Any] | None:
 
 def _counters(conn: Connection, ids: list[int]) -> dict[str, list[dict[str, Any]]]:
     acc: dict[tuple[str, str], list[Any]] = {}
-    for r in conn.execute(sa.select(COUNTERS).where(COUNTERS.c.profile_id.in_(ids))):
+    for r in conn.execute(_COUNTERS, {"ids": ids}):
         cur = acc.setdefault((r.kind, r.key), [0, r.last_at])
         cur[0] += r.count
         cur[1] = max(cur[1], r.last_at)
@@ -97,7 +110,7 @@ def _counters(conn: Connection, ids: list[int]) -> dict[str, list[dict[str, Any]
 
 def traits(*, conn: Connection, member_ids: list[int], config: ProfileConfig) -> dict[str, Any]:
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in conn.execute(sa.select(TRAITS).where(TRAITS.c.profile_id.in_(member_ids))):
+    for r in conn.execute(_TRAITS, {"ids": member_ids}):
         by_key[r.key].append({"value": r.value, "observed_at": r.observed_at, "first_observed_at": r.first_observed_at})
     return {key: merge_member_traits(config.strategy(key), states)["value"] for key, states in sorted(by_key.items())}
 
@@ -105,9 +118,7 @@ def traits(*, conn: Connection, member_ids: list[int], config: ProfileConfig) ->
 def consents(*, conn: Connection, member_ids: list[int]) -> list[dict[str, Any]]:
     """Current consent per purpose x channel: each member's latest record, then the most restrictive."""
     latest: dict[tuple[int, str, str], Any] = {}
-    for r in conn.execute(
-        sa.select(CONSENTS).where(CONSENTS.c.profile_id.in_(member_ids)).order_by(CONSENTS.c.recorded_at, CONSENTS.c.id)
-    ):
+    for r in conn.execute(_CONSENTS, {"ids": member_ids}):
         latest[(r.profile_id, r.purpose, r.channel)] = r
     current: dict[tuple[str, str], Any] = {}
     for (_, purpose, channel), r in latest.items():
@@ -128,10 +139,7 @@ def consents(*, conn: Connection, member_ids: list[int]) -> list[dict[str, Any]]
 
 
 def consent_history(*, conn: Connection, member_ids: list[int]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        sa.select(CONSENTS).where(CONSENTS.c.profile_id.in_(member_ids)).order_by(CONSENTS.c.recorded_at, CONSENTS.c.id)
-    )
-    return [dict(r._mapping) for r in rows]
+    return [dict(r._mapping) for r in conn.execute(_CONSENTS, {"ids": member_ids})]
 
 
 def record_consent(
@@ -174,11 +182,14 @@ def lifecycle_stage(stats: dict[str, Any] | None, config: ProfileConfig) -> str 
     return STAGES[rank]
 
 
-def profile_360(*, conn: Connection, profile_id: int, config: ProfileConfig) -> dict[str, Any] | None:
-    root = identity.canonical_id(conn=conn, profile_id=profile_id)
-    if root is None:
+def profile_360(
+    *, conn: Connection, profile_id: int, config: ProfileConfig, cluster: identity.Cluster | None = None
+) -> dict[str, Any] | None:
+    """The combined view of `profile_id`'s cluster (pass `cluster` when the caller has resolved it already)."""
+    cluster = cluster or identity.cluster(conn=conn, profile_id=profile_id)
+    if cluster is None:
         return None
-    member_ids = identity.members(conn=conn, root=root)
+    root, member_ids = cluster
     stats = _stats(conn, member_ids)
     counters = _counters(conn, member_ids)
     computed: dict[str, Any] = {}

@@ -10,8 +10,9 @@ from typing import Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import Connection
 
 from omnijourney.access.deps import require_role
 from omnijourney.access.service import Principal
@@ -20,6 +21,7 @@ from omnijourney.identity import service as identity
 from omnijourney.identity.service import IdentityError
 from omnijourney.profiles import service
 from omnijourney.profiles.service import ProfileError
+from omnijourney.responses import json_response
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
 
@@ -28,29 +30,34 @@ readers = require_role("marketer", "agent", "store_staff")
 STREAM_POLL_SECONDS = 0.25
 
 
-def _profile(request: Request, profile_id: int) -> dict[str, Any]:
-    with db.read(request.app.state.engine) as conn:
-        view = service.profile_360(conn=conn, profile_id=profile_id, config=request.app.state.profile_config)
-    if view is None:
+def _cluster(conn: Connection, profile_id: int) -> identity.Cluster:
+    found = identity.cluster(conn=conn, profile_id=profile_id)
+    if found is None:
         raise ApiError(404, "not_found", f"no profile {profile_id}")
-    return view
+    return found
 
 
-@router.get("/lookup")
+@router.get("/lookup", response_model=None)
 def lookup(
     request: Request,
     type: str = Query(..., description="identifier type: email, phone, loyalty_card, user_id, ..."),
     value: str = Query(..., min_length=1, max_length=255),
     _: Principal = Depends(readers),
-) -> dict[str, Any]:
-    try:
-        with db.read(request.app.state.engine) as conn:
-            pid = identity.lookup(conn=conn, rules=request.app.state.identity_rules, id_type=type, value=value)
-    except IdentityError as exc:
-        raise ApiError(400, "unknown_identifier_type", str(exc)) from exc
-    if pid is None:
-        raise ApiError(404, "not_found", f"no profile with {type} {value!r}")
-    return _profile(request, pid)
+) -> Response:
+    """The 360 view of whoever holds this identifier (one read transaction)."""
+    with db.read(request.app.state.engine) as conn:
+        try:
+            found = identity.lookup_cluster(
+                conn=conn, rules=request.app.state.identity_rules, id_type=type, value=value
+            )
+        except IdentityError as exc:
+            raise ApiError(400, "unknown_identifier_type", str(exc)) from exc
+        if found is None:
+            raise ApiError(404, "not_found", f"no profile with {type} {value!r}")
+        view = service.profile_360(
+            conn=conn, profile_id=found.root, config=request.app.state.profile_config, cluster=found
+        )
+    return json_response(view)
 
 
 @router.get("/search")
@@ -81,12 +88,17 @@ def changes(
     return {"profile_ids": ids, "next_since": cursor}
 
 
-@router.get("/{profile_id:int}")
-def get_profile(profile_id: int, request: Request, _: Principal = Depends(readers)) -> dict[str, Any]:
-    return _profile(request, profile_id)
+@router.get("/{profile_id:int}", response_model=None)
+def get_profile(profile_id: int, request: Request, _: Principal = Depends(readers)) -> Response:
+    with db.read(request.app.state.engine) as conn:
+        found = _cluster(conn, profile_id)
+        view = service.profile_360(
+            conn=conn, profile_id=profile_id, config=request.app.state.profile_config, cluster=found
+        )
+    return json_response(view)
 
 
-@router.get("/{profile_id:int}/timeline")
+@router.get("/{profile_id:int}/timeline", response_model=None)
 def get_timeline(
     profile_id: int,
     request: Request,
@@ -97,12 +109,9 @@ def get_timeline(
     since: datetime | None = None,
     until: datetime | None = None,
     _: Principal = Depends(readers),
-) -> dict[str, Any]:
+) -> Response:
     with db.read(request.app.state.engine) as conn:
-        root = identity.canonical_id(conn=conn, profile_id=profile_id)
-        if root is None:
-            raise ApiError(404, "not_found", f"no profile {profile_id}")
-        members = identity.members(conn=conn, root=root)
+        root, members = _cluster(conn, profile_id)
         try:
             items, next_cursor = service.timeline(
                 conn=conn,
@@ -116,7 +125,7 @@ def get_timeline(
             )
         except ProfileError as exc:
             raise ApiError(400, "invalid_cursor", str(exc)) from exc
-    return {"profile_id": root, "events": items, "next_cursor": next_cursor}
+    return json_response({"profile_id": root, "events": items, "next_cursor": next_cursor})
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -134,21 +143,17 @@ async def stream(profile_id: int, request: Request, _: Principal = Depends(reade
 
     def latest_id() -> int:
         with db.read(engine) as conn:
-            root = identity.canonical_id(conn=conn, profile_id=profile_id)
-            if root is None:
-                raise ApiError(404, "not_found", f"no profile {profile_id}")
-            items, _ = service.timeline(conn=conn, member_ids=identity.members(conn=conn, root=root), limit=1)
+            items, _ = service.timeline(conn=conn, member_ids=_cluster(conn, profile_id).members, limit=1)
             return items[0]["event_id"] if items else 0
 
     last = await run_in_threadpool(latest_id)
 
     def poll(after: int) -> list[dict[str, Any]]:
         with db.read(engine) as conn:
-            root = identity.canonical_id(conn=conn, profile_id=profile_id)
-            if root is None:
+            found = identity.cluster(conn=conn, profile_id=profile_id)
+            if found is None:
                 return []
-            members = identity.members(conn=conn, root=root)
-            items, _ = service.timeline(conn=conn, member_ids=members, limit=100, after_event_id=after)
+            items, _ = service.timeline(conn=conn, member_ids=found.members, limit=100, after_event_id=after)
         return sorted(items, key=lambda i: i["event_id"])
 
     async def events() -> AsyncIterator[bytes]:
