@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from omnijourney.access.deps import require_role
 from omnijourney.access.service import Principal
 from omnijourney.errors import ApiError
+from omnijourney.responses import json_response
 from omnijourney.service import service
 from omnijourney.service.config import ServiceConfig, load_service_config
 from omnijourney.service.schemas import (
@@ -323,7 +324,7 @@ def queue(
     before: int | None = Query(None, ge=1, description="cursor: next_before of the previous page"),
     limit: int = Query(50, ge=1, le=500),
     principal: Principal = Depends(readers),
-) -> dict[str, Any]:
+) -> Response:
     """The conversation queue, newest first. Store staff must name the customer (profile_id)."""
     bad = [s for s in status or [] if s not in ("open", "pending", "resolved")]
     bad += [c for c in channel or [] if c not in ("chat", "email", "phone", "social", "sms", "store")]
@@ -348,19 +349,17 @@ def queue(
             before=before,
             limit=limit,
         )
-    return {"conversations": items, "next_before": next_before}
+    return json_response({"conversations": items, "next_before": next_before})
 
 
 @router.get("/conversations/{conversation_id:int}")
-def get_conversation(
-    conversation_id: int, request: Request, _: Principal = Depends(transcript_readers)
-) -> dict[str, Any]:
+def get_conversation(conversation_id: int, request: Request, _: Principal = Depends(transcript_readers)) -> Response:
     """One conversation: transcript, internal notes, linked orders, measures, previous and follow-up contacts."""
     with db.read(request.app.state.engine) as conn:
         view = service.conversation_view(conn=conn, conversation_id=conversation_id)
     if view is None:
         raise ApiError(404, "not_found", f"no conversation {conversation_id}")
-    return view
+    return json_response(view)
 
 
 @profile_router.get("/{profile_id:int}/conversations")
@@ -369,10 +368,10 @@ def profile_conversations(
     request: Request,
     limit: int = Query(100, ge=1, le=500),
     _: Principal = Depends(readers),
-) -> dict[str, Any]:
+) -> Response:
     """Every conversation of every merged identity of the customer, newest first (no transcripts)."""
     with db.read(request.app.state.engine) as conn:
         out = service.profile_conversations(conn=conn, profile_id=profile_id, limit=limit)
     if out is None:
         raise ApiError(404, "not_found", f"no profile {profile_id}")
-    return out
+    return json_response(out)
