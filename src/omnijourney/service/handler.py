@@ -71,18 +71,18 @@ class ServiceHandler:
             )
             try:
                 with conn.begin_nested():
-                    conv_id = svc.apply_event(conn, ev)
-                    if conv_id is not None:
+                    conv = svc.apply_event(conn, ev)
+                    if conv is not None:
+                        svc.refresh(conn, conversation=conv, config=self.config)
                         if marker is not None:
                             conn.execute(
                                 sa.insert(svc.OUTBOX).values(
                                     event_id=e.id,
-                                    conversation_id=conv_id,
+                                    conversation_id=conv["id"],
                                     kind=str(marker.get("kind") or "replayed")[:32],
                                     created_at=utcnow(),
                                 )
                             )
-                        svc.refresh(conn, conversation_id=conv_id, config=self.config)
             except (ValueError, TypeError, KeyError, AttributeError, sa.exc.IntegrityError, sa.exc.DataError):
                 # a malformed event must not stop the stage (database outages and deadlocks still do)
                 log.warning("service event %s (%s) skipped", e.id, e.event, exc_info=True)

@@ -13,8 +13,9 @@ the same result.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -158,25 +159,123 @@ class ServiceEvent:
     message_id: str | None = None
     #: set for this package's own events: the conversation they are about (our id)
     conversation_id: int | None = None
-    touched: set[int] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------- prepared statements
+#
+# A service event costs a dozen small statements. They are built once per dialect with bind
+# parameters, so SQLAlchemy compiles each once and reuses it (building a statement with 35
+# literal values per execution cost more than running it).
+
+_STATEMENTS: dict[str, SimpleNamespace] = {}
+_CONV_COLUMNS = [c for c in CONV.columns if c.name != "id"]
+
+
+def _q(conn: Connection) -> SimpleNamespace:
+    q = _STATEMENTS.get(conn.dialect.name)
+    if q is None:
+        q = _STATEMENTS[conn.dialect.name] = _prepare(conn)
+    return q
+
+
+def _prepare(conn: Connection) -> SimpleNamespace:
+    select_conv = sa.select(CONV).where(CONV.c.id == sa.bindparam("cid"))
+    return SimpleNamespace(
+        lock=dialect.for_update(select_conv, conn),
+        insert=sa.insert(CONV),
+        update=sa.update(CONV)
+        .where(CONV.c.id == sa.bindparam("p_id"))
+        .values({c.name: sa.bindparam(f"p_{c.name}", type_=c.type) for c in _CONV_COLUMNS}),
+        by_ext=sa.select(CONV.c.id).where(
+            CONV.c.source_id == sa.bindparam("src"), CONV.c.external_id == sa.bindparam("ext")
+        ),
+        lock_by_ext=dialect.for_update(
+            sa.select(CONV).where(CONV.c.source_id == sa.bindparam("src"), CONV.c.external_id == sa.bindparam("ext")),
+            conn,
+        ),
+        by_ext_any=sa.select(CONV.c.id)
+        .where(CONV.c.external_id == sa.bindparam("ext"))
+        .order_by(CONV.c.id.desc())
+        .limit(1),
+        insert_message=dialect.insert_ignoring_conflicts(conn, MSG, ["channel", "external_id"]).returning(MSG.c.id),
+        insert_note=dialect.insert_ignoring_conflicts(conn, NOTES, ["conversation_id", "external_id"]),
+        link_orders=dialect.insert_ignoring_conflicts(conn, ORDERS, ["conversation_id", "order_ref"]),
+        messages=sa.select(MSG.c.author, MSG.c.sent_at)
+        .where(MSG.c.conversation_id == sa.bindparam("cid"))
+        .order_by(MSG.c.sent_at, MSG.c.id),
+        followups=sa.update(CONV)
+        .where(CONV.c.id == sa.bindparam("p_id"))
+        .values(followup_count=CONV.c.followup_count + sa.bindparam("p_delta"), updated_at=sa.bindparam("p_now")),
+        relink=sa.update(CONV)
+        .where(CONV.c.id == sa.bindparam("p_id"))
+        .values(
+            previous_conversation_id=sa.bindparam("p_prev"),
+            lost_context=sa.bindparam("p_lost"),
+            contact_number=sa.bindparam("p_number"),
+            updated_at=sa.bindparam("p_now"),
+        ),
+        started=sa.select(CONV.c.started_at, CONV.c.id).where(CONV.c.id == sa.bindparam("cid")),
+        detect={},
+    )
+
+
+def _detect_statements(q: SimpleNamespace, config: ServiceConfig) -> tuple[Any, Any]:
+    """(earlier, later) candidate queries: same customer (the cluster of the conversation's profile
+    member, as a subquery) and same matter (a shared order or the same topic, as configured)."""
+    key = tuple(sorted(config.same_matter))
+    if key not in q.detect:
+        p = identity.PROFILES
+        cid = sa.bindparam("cid")
+        matter = []
+        if "order" in config.same_matter:
+            mine = sa.select(ORDERS.c.order_ref).where(ORDERS.c.conversation_id == cid)
+            matter.append(CONV.c.id.in_(sa.select(ORDERS.c.conversation_id).where(ORDERS.c.order_ref.in_(mine))))
+        if "topic" in config.same_matter:
+            matter.append(CONV.c.topic == sa.bindparam("topic"))
+        root = sa.select(p.c.canonical_id).where(p.c.id == sa.bindparam("pid")).scalar_subquery()
+        customer = CONV.c.profile_id.in_(sa.select(p.c.id).where(p.c.canonical_id == root))
+        start = sa.bindparam("start", type_=CONV.c.started_at.type)
+        before = sa.or_(CONV.c.started_at < start, sa.and_(CONV.c.started_at == start, CONV.c.id < cid))
+        after = sa.or_(CONV.c.started_at > start, sa.and_(CONV.c.started_at == start, CONV.c.id > cid))
+        earlier = (
+            sa.select(CONV.c.id, CONV.c.channel, CONV.c.contact_number)
+            .where(
+                customer,
+                before,
+                CONV.c.last_activity_at >= sa.bindparam("since", type_=CONV.c.started_at.type),
+                sa.or_(*matter),
+            )
+            .order_by(CONV.c.started_at.desc(), CONV.c.id.desc())
+            .limit(1)
+        )
+        later = (
+            sa.select(CONV.c.id, CONV.c.channel, CONV.c.previous_conversation_id)
+            .where(
+                customer,
+                after,
+                CONV.c.started_at <= sa.bindparam("until", type_=CONV.c.started_at.type),
+                sa.or_(CONV.c.previous_conversation_id.is_(None), CONV.c.previous_conversation_id != cid),
+                sa.or_(*matter),
+            )
+            .order_by(CONV.c.started_at, CONV.c.id)
+        )
+        q.detect[key] = (earlier, later)
+    return q.detect[key]
 
 
 # --------------------------------------------------------------------------- applying events
 
 
 def _lock_conversation(conn: Connection, conversation_id: int) -> dict[str, Any] | None:
-    row = conn.execute(dialect.for_update(sa.select(CONV).where(CONV.c.id == conversation_id), conn)).first()
+    row = conn.execute(_q(conn).lock, {"cid": conversation_id}).first()
     return dict(row._mapping) if row else None
 
 
 def _find_by_external(conn: Connection, source_id: int, external_id: str, *, any_source: bool) -> int | None:
-    found = conn.execute(
-        sa.select(CONV.c.id).where(CONV.c.source_id == source_id, CONV.c.external_id == external_id)
-    ).scalar_one_or_none()
+    q = _q(conn)
+    found = conn.execute(q.by_ext, {"src": source_id, "ext": external_id}).scalar_one_or_none()
     if found is None and any_source:
-        found = conn.execute(
-            sa.select(CONV.c.id).where(CONV.c.external_id == external_id).order_by(CONV.c.id.desc()).limit(1)
-        ).scalar_one_or_none()
+        found = conn.execute(q.by_ext_any, {"ext": external_id}).scalar_one_or_none()
     return found
 
 
@@ -222,20 +321,27 @@ def _conversation_for(conn: Connection, ev: ServiceEvent, external_id: str | Non
     if ev.conversation_id is not None:
         return _lock_conversation(conn, ev.conversation_id)
     ext = external_id or f"event-{ev.event_id}"
-    found = _find_by_external(conn, ev.source_id, ext, any_source=False)
-    if found is not None:
-        return _lock_conversation(conn, found)
+    row = conn.execute(_q(conn).lock_by_ext, {"src": ev.source_id, "ext": ext}).first()
+    if row is not None:
+        return dict(row._mapping)
     channel = conversation_channel(ev.props.get("channel"), ev.channel)
     return _new_conversation(ev, ext, channel)
 
 
+def _ensure_row(conn: Connection, conv: dict[str, Any]) -> None:
+    """Insert a new conversation now (messages, notes and order links refer to it)."""
+    if conv.pop("_new", False):
+        conn.execute(_q(conn).insert, {k: v for k, v in conv.items() if not k.startswith("_")})
+
+
 def _save(conn: Connection, conv: dict[str, Any]) -> None:
     conv["updated_at"] = utcnow()
-    values = {k: v for k, v in conv.items() if not k.startswith("_")}
-    if conv.pop("_new", False):
-        conn.execute(sa.insert(CONV).values(**values))
-    else:
-        conn.execute(sa.update(CONV).where(CONV.c.id == conv["id"]).values(**values))
+    if conv.get("_new"):
+        _ensure_row(conn, conv)
+        return
+    params = {f"p_{c.name}": conv[c.name] for c in _CONV_COLUMNS}
+    params["p_id"] = conv["id"]
+    conn.execute(_q(conn).update, params)
 
 
 def _touch(conv: dict[str, Any], ev: ServiceEvent) -> None:
@@ -245,10 +351,12 @@ def _touch(conv: dict[str, Any], ev: ServiceEvent) -> None:
     conv["last_activity_at"] = max(conv["last_activity_at"], ev.timestamp)
 
 
-def _link_orders(conn: Connection, conversation_id: int, refs: list[str], at: datetime) -> None:
+def _link_orders(conn: Connection, conv: dict[str, Any], refs: list[str], at: datetime) -> None:
     if refs:
-        stmt = dialect.insert_ignoring_conflicts(conn, ORDERS, ["conversation_id", "order_ref"])
-        conn.execute(stmt, [{"conversation_id": conversation_id, "order_ref": r, "linked_at": at} for r in refs])
+        _ensure_row(conn, conv)
+        conn.execute(
+            _q(conn).link_orders, [{"conversation_id": conv["id"], "order_ref": r, "linked_at": at} for r in refs]
+        )
 
 
 def _resolve(conv: dict[str, Any], at: datetime, resolution: str | None) -> None:
@@ -283,43 +391,38 @@ def _insert_message(conn: Connection, conv: dict[str, Any], ev: ServiceEvent) ->
     )
     author = props.get("author") if props.get("author") in ("customer", "agent", "bot") else "customer"
     text = props.get("text") if isinstance(props.get("text"), str) else ""
-    stmt = (
-        dialect.insert_ignoring_conflicts(conn, MSG, ["channel", "external_id"])
-        .values(
-            id=ev.event_id,
-            conversation_id=conv["id"],
-            channel=conv["channel"],
-            external_id=ext,
-            author=author,
-            author_id=_str(props.get("agent_id") or props.get("author_id"), 100),
-            text=text[:MAX_TEXT],
-            sent_at=ev.timestamp,
-        )
-        .returning(MSG.c.id)
-    )
-    return conn.execute(stmt).scalar_one_or_none() is not None
+    _ensure_row(conn, conv)
+    row = {
+        "id": ev.event_id,
+        "conversation_id": conv["id"],
+        "channel": conv["channel"],
+        "external_id": ext,
+        "author": author,
+        "author_id": _str(props.get("agent_id") or props.get("author_id"), 100),
+        "text": text[:MAX_TEXT],
+        "sent_at": ev.timestamp,
+    }
+    return conn.execute(_q(conn).insert_message, row).scalar_one_or_none() is not None
 
 
-def _insert_note(conn: Connection, conv_id: int, ev: ServiceEvent, text: str, external_id: str | None) -> None:
-    stmt = dialect.insert_ignoring_conflicts(conn, NOTES, ["conversation_id", "external_id"]).values(
-        id=ev.event_id,
-        conversation_id=conv_id,
-        external_id=external_id or f"event-{ev.event_id}",
-        author_id=_str(ev.props.get("agent_id") or ev.props.get("author_id"), 100),
-        text=text[:MAX_TEXT],
-        created_at=ev.timestamp,
-    )
-    conn.execute(stmt)
+def _insert_note(conn: Connection, conv: dict[str, Any], ev: ServiceEvent, text: str, external_id: str | None) -> None:
+    _ensure_row(conn, conv)
+    row = {
+        "id": ev.event_id,
+        "conversation_id": conv["id"],
+        "external_id": external_id or f"event-{ev.event_id}",
+        "author_id": _str(ev.props.get("agent_id") or ev.props.get("author_id"), 100),
+        "text": text[:MAX_TEXT],
+        "created_at": ev.timestamp,
+    }
+    conn.execute(_q(conn).insert_note, row)
 
 
-def _survey(conn: Connection, ev: ServiceEvent) -> int | None:
+def _survey(conn: Connection, ev: ServiceEvent) -> dict[str, Any] | None:
     props = ev.props
     kind, score = props.get("survey_type"), _int(props.get("score"))
-    if (
-        kind not in ("csat", "nps")
-        or score is None
-        or not ((1 if kind == "csat" else 0) <= score <= (5 if kind == "csat" else 10))
-    ):
+    low, high = (1, 5) if kind == "csat" else (0, 10)
+    if kind not in ("csat", "nps") or score is None or not low <= score <= high:
         return None
     conv_id = ev.conversation_id
     if conv_id is None:
@@ -328,18 +431,13 @@ def _survey(conn: Connection, ev: ServiceEvent) -> int | None:
                 conv_id = _find_by_external(conn, ev.source_id, ext, any_source=True)
                 if conv_id is not None:
                     break
-    if conv_id is None:
-        return None
-    conv = _lock_conversation(conn, conv_id)
-    if conv is None:
-        return None
-    if conv[f"{kind}_at"] is None or ev.timestamp >= conv[f"{kind}_at"]:
+    conv = _lock_conversation(conn, conv_id) if conv_id is not None else None
+    if conv is not None and (conv[f"{kind}_at"] is None or ev.timestamp >= conv[f"{kind}_at"]):
         conv[kind], conv[f"{kind}_at"] = score, ev.timestamp
-        _save(conn, conv)
-    return conv_id
+    return conv
 
 
-def _call(conn: Connection, ev: ServiceEvent) -> int | None:
+def _call(conn: Connection, ev: ServiceEvent) -> dict[str, Any] | None:
     """Call Completed: a phone conversation (one per call id), resolved unless `resolved` is false."""
     props = ev.props
     ext = _str(props.get("call_id"), 128) or _str(props.get("conversation_id"), 128)
@@ -374,20 +472,28 @@ def _call(conn: Connection, ev: ServiceEvent) -> int | None:
             _reopen(conv, by_customer=False)
     else:
         _resolve(conv, end, _str(props.get("resolution"), 100) or "call_completed")
-    _save(conn, conv)
     if isinstance(props.get("notes"), str) and props["notes"].strip():
-        _insert_note(conn, conv["id"], ev, props["notes"], _str(props.get("note_id"), 160))
-    _link_orders(conn, conv["id"], _order_refs(props), end)
-    return int(conv["id"])
+        _insert_note(conn, conv, ev, props["notes"], _str(props.get("note_id"), 160))
+    _link_orders(conn, conv, _order_refs(props), end)
+    return conv
 
 
-def apply_event(conn: Connection, ev: ServiceEvent) -> int | None:
-    """Apply one service event; returns the conversation it changed (None if it names none)."""
-    name, props = ev.name, ev.props
+def apply_event(conn: Connection, ev: ServiceEvent) -> dict[str, Any] | None:
+    """Apply one service event; returns the conversation it changed, to be `refresh`ed (None if none)."""
+    name = ev.name
     if name == "Survey Responded":
-        return _survey(conn, ev)
-    if name == "Call Completed":
-        return _call(conn, ev)
+        conv = _survey(conn, ev)
+    elif name == "Call Completed":
+        conv = _call(conn, ev)
+    else:
+        conv = _apply_conversation_event(conn, ev)
+    if conv is not None and name not in ("Message Sent", "Conversation Assigned"):
+        conv["_same_transcript"] = True  # the transcript measures cannot have changed
+    return conv
+
+
+def _apply_conversation_event(conn: Connection, ev: ServiceEvent) -> dict[str, Any] | None:
+    name, props = ev.name, ev.props
     conv = _conversation_for(conn, ev, _str(props.get("conversation_id"), 128))
     if conv is None:
         return None
@@ -403,7 +509,6 @@ def apply_event(conn: Connection, ev: ServiceEvent) -> int | None:
         conv["attributes"] = attrs
     elif name == "Message Sent":
         author = props.get("author") if props.get("author") in ("customer", "agent", "bot") else "customer"
-        _save(conn, conv)
         inserted = _insert_message(conn, conv, ev)
         waiting = conv["status"] == "pending" or conv["resolved_at"] is None or ev.timestamp > conv["resolved_at"]
         if inserted and author == "customer" and conv["status"] != "open" and waiting:
@@ -425,26 +530,21 @@ def apply_event(conn: Connection, ev: ServiceEvent) -> int | None:
             if conv["status"] == "resolved":
                 _reopen(conv, by_customer=False)
             conv["status"] = "pending"
-    _save(conn, conv)
-    if name == NOTE_ADDED and isinstance(props.get("text"), str) and props["text"].strip():
-        _insert_note(conn, conv["id"], ev, props["text"], _str(props.get("note_id"), 160))
-    _link_orders(conn, conv["id"], _order_refs(props), ev.timestamp)
-    return int(conv["id"])
+    elif name == NOTE_ADDED and isinstance(props.get("text"), str) and props["text"].strip():
+        _insert_note(conn, conv, ev, props["text"], _str(props.get("note_id"), 160))
+    _link_orders(conn, conv, _order_refs(props), ev.timestamp)
+    return conv
 
 
 # --------------------------------------------------------------------------- measures and lost context
 
 
-def refresh(conn: Connection, *, conversation_id: int, config: ServiceConfig) -> None:
-    """Recompute the transcript measures and look for an earlier contact about the same matter."""
-    conv = _lock_conversation(conn, conversation_id)
-    if conv is None:
-        return
-    msgs = conn.execute(
-        sa.select(MSG.c.author, MSG.c.sent_at)
-        .where(MSG.c.conversation_id == conversation_id)
-        .order_by(MSG.c.sent_at, MSG.c.id)
-    ).all()
+def refresh(conn: Connection, *, conversation: dict[str, Any], config: ServiceConfig) -> None:
+    """Recompute the transcript measures, link repeat contacts, and store the conversation."""
+    conv = conversation
+    _ensure_row(conn, conv)
+    same_transcript = conv.pop("_same_transcript", False)
+    msgs = [] if same_transcript else conn.execute(_q(conn).messages, {"cid": conv["id"]}).all()
     if msgs:
         conv["message_count"] = len(msgs)
         conv["bot_involved"] = any(m.author == "bot" for m in msgs)
@@ -471,45 +571,6 @@ def refresh(conn: Connection, *, conversation_id: int, config: ServiceConfig) ->
     _save(conn, conv)
 
 
-def _matter(conn: Connection, conv: dict[str, Any], config: ServiceConfig) -> tuple[list[int], Any] | None:
-    """The customer's cluster members and the condition "same matter as `conv`" (a shared order or
-    the same topic, as configured), or None when there is nothing to compare."""
-    if conv["profile_id"] is None:
-        return None
-    refs = [r[0] for r in conn.execute(sa.select(ORDERS.c.order_ref).where(ORDERS.c.conversation_id == conv["id"]))]
-    matter = []
-    if "order" in config.same_matter and refs:
-        matter.append(CONV.c.id.in_(sa.select(ORDERS.c.conversation_id).where(ORDERS.c.order_ref.in_(refs))))
-    if "topic" in config.same_matter and conv["topic"]:
-        matter.append(CONV.c.topic == conv["topic"])
-    if not matter:
-        return None
-    root = identity.canonical_id(conn=conn, profile_id=conv["profile_id"])
-    if root is None:
-        return None
-    return identity.members(conn=conn, root=root), sa.or_(*matter)
-
-
-def _link_repeat(conn: Connection, later: Any, earlier: dict[str, Any], old_previous: int | None) -> None:
-    """Make `later` the repeat contact of `earlier`, moving it from `old_previous`."""
-    if old_previous is not None:
-        conn.execute(
-            sa.update(CONV)
-            .where(CONV.c.id == old_previous)
-            .values(followup_count=CONV.c.followup_count - 1, updated_at=utcnow())
-        )
-    conn.execute(
-        sa.update(CONV)
-        .where(CONV.c.id == later.id)
-        .values(
-            previous_conversation_id=earlier["id"],
-            lost_context=later.channel != earlier["channel"],
-            contact_number=earlier["contact_number"] + 1,
-            updated_at=utcnow(),
-        )
-    )
-
-
 def _detect_repeat(conn: Connection, conv: dict[str, Any], config: ServiceConfig) -> None:
     """Link `conv` with the customer's other conversations about the same matter within the window.
 
@@ -518,57 +579,42 @@ def _detect_repeat(conn: Connection, conv: dict[str, Any], config: ServiceConfig
     different sources arrive in any order): each conversation that started after `conv`, within
     the window of its last activity, becomes a repeat contact of `conv` unless it already follows
     a conversation that started later than `conv`. Through another channel, a repeat contact is
-    lost context.
+    lost context. The customer is the profile's cluster at processing time; the matter a shared
+    order or the same topic (`same_matter`).
     """
-    found = _matter(conn, conv, config)
-    if found is None:
+    if conv["profile_id"] is None:
         return
-    members, same_matter = found
+    q = _q(conn)
+    earlier_q, later_q = _detect_statements(q, config)
     window = timedelta(hours=config.lost_context_window_hours)
     start, cid = conv["started_at"], conv["id"]
-    earlier = sa.or_(CONV.c.started_at < start, sa.and_(CONV.c.started_at == start, CONV.c.id < cid))
+    params: dict[str, Any] = {"pid": conv["profile_id"], "start": start, "cid": cid}
+    if "topic" in config.same_matter:
+        params["topic"] = conv["topic"]  # NULL matches nothing
+    now = utcnow()
     if conv["previous_conversation_id"] is None:
-        prev = conn.execute(
-            sa.select(CONV.c.id, CONV.c.channel, CONV.c.contact_number)
-            .where(
-                CONV.c.profile_id.in_(members),
-                CONV.c.id != cid,
-                earlier,
-                CONV.c.last_activity_at >= start - window,
-                same_matter,
-            )
-            .order_by(CONV.c.started_at.desc(), CONV.c.id.desc())
-            .limit(1)
-        ).first()
+        prev = conn.execute(earlier_q, {**params, "since": start - window}).first()
         if prev is not None:
             conv["previous_conversation_id"] = prev.id
             conv["lost_context"] = prev.channel != conv["channel"]
             conv["contact_number"] = prev.contact_number + 1
-            conn.execute(
-                sa.update(CONV)
-                .where(CONV.c.id == prev.id)
-                .values(followup_count=CONV.c.followup_count + 1, updated_at=utcnow())
-            )
-    later = conn.execute(
-        sa.select(CONV.c.id, CONV.c.channel, CONV.c.previous_conversation_id)
-        .where(
-            CONV.c.profile_id.in_(members),
-            CONV.c.id != cid,
-            sa.not_(earlier),
-            CONV.c.started_at <= conv["last_activity_at"] + window,
-            sa.or_(CONV.c.previous_conversation_id.is_(None), CONV.c.previous_conversation_id != cid),
-            same_matter,
-        )
-        .order_by(CONV.c.started_at, CONV.c.id)
-    ).all()
-    for row in later:
+            conn.execute(q.followups, {"p_id": prev.id, "p_delta": 1, "p_now": now})
+    for row in conn.execute(later_q, {**params, "until": conv["last_activity_at"] + window}).all():
         if row.previous_conversation_id is not None:
-            current = conn.execute(
-                sa.select(CONV.c.started_at, CONV.c.id).where(CONV.c.id == row.previous_conversation_id)
-            ).first()
+            current = conn.execute(q.started, {"cid": row.previous_conversation_id}).first()
             if current is not None and (current.started_at, current.id) > (start, cid):
                 continue  # it already follows a more recent contact
-        _link_repeat(conn, row, conv, row.previous_conversation_id)
+            conn.execute(q.followups, {"p_id": row.previous_conversation_id, "p_delta": -1, "p_now": now})
+        conn.execute(
+            q.relink,
+            {
+                "p_id": row.id,
+                "p_prev": cid,
+                "p_lost": row.channel != conv["channel"],
+                "p_number": conv["contact_number"] + 1,
+                "p_now": now,
+            },
+        )
         conv["followup_count"] += 1
 
 
@@ -663,12 +709,12 @@ def _emit(
         message_id=msg_id,
         conversation_id=conversation_id,
     )
-    conv_id = apply_event(conn, ev)
-    if conv_id is not None:
+    conv = apply_event(conn, ev)
+    if conv is not None:
+        refresh(conn, conversation=conv, config=config)
         conn.execute(
-            sa.insert(OUTBOX).values(event_id=event_id, conversation_id=conv_id, kind=kind, created_at=utcnow())
+            sa.insert(OUTBOX).values(event_id=event_id, conversation_id=conv["id"], kind=kind, created_at=utcnow())
         )
-        refresh(conn, conversation_id=conv_id, config=config)
     return event_id, True
 
 
