@@ -290,3 +290,60 @@ def test_a_broken_service_config_stops_the_server_at_start_up(settings, engine, 
     monkeypatch.setenv("OMNIJOURNEY_SERVICE_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(FileNotFoundError):
         create_app(settings, engine=engine, migrate_db=False)
+
+
+def test_odd_events_are_applied_sensibly_and_never_stop_the_stage(engine) -> None:
+    chat = source(engine, "chat-tool", "chat", True)
+    social = source(engine, "social-inbox", "social", True)
+
+    def ev(event: str, mid: str, **props) -> dict:
+        n = int(mid.split("-")[1])
+        return {
+            "type": "track",
+            "userId": "user-odd",
+            "event": event,
+            "properties": props,
+            "messageId": mid,
+            "timestamp": h.at(60 * n),
+        }
+
+    append(
+        engine,
+        chat,
+        "chat",
+        [
+            ev("Message Sent", "o-1", text="no conversation id, no message id"),  # its own conversation
+            ev("Conversation Started", "o-2", conversation_id=42, topic=123, order_ids="not-a-list", channel="fax"),
+            ev("Conversation Status Changed", "o-3", conversation_id=42, status="snoozed"),
+            ev("Survey Responded", "o-4", survey_type="csat", score=5, conversation_id="nobody-knows"),
+            ev("Conversation Resolved", "o-5", conversation_id=42),
+            ev("Message Sent", "o-6", conversation_id=42, message_id="x", author="customer", text="back again"),
+        ],
+    )
+    append(
+        engine,
+        social,
+        "social",
+        [
+            ev(
+                "Message Sent",
+                "s-1",
+                conversation_id="ig-1",
+                message_id="x",
+                author="customer",
+                text="same id, other channel",
+            )
+        ],
+    )
+    assert process(engine) == 7
+    with db.read(engine) as conn:
+        rows = {r.external_id: r for r in conn.execute(sa.text("SELECT * FROM service_conversations ORDER BY id"))}
+        messages = conn.execute(sa.text("SELECT channel, external_id FROM service_messages ORDER BY id")).all()
+    assert set(rows) == {"event-" + str(min(r.id for r in rows.values())), "42", "ig-1"}
+    c42 = rows["42"]
+    assert (c42.channel, c42.topic) == ("chat", "123")  # an unknown channel falls back to the source's
+    assert c42.status == "open" and c42.reopen_count == 1  # resolved, then the customer wrote again
+    assert c42.csat is None
+    assert rows["ig-1"].channel == "social"
+    # the same external message id on two channels is two messages; the constraint is per channel
+    assert sorted(messages)[-2:] == [("chat", "x"), ("social", "x")]
