@@ -347,3 +347,35 @@ def test_odd_events_are_applied_sensibly_and_never_stop_the_stage(engine) -> Non
     assert rows["ig-1"].channel == "social"
     # the same external message id on two channels is two messages; the constraint is per channel
     assert sorted(messages)[-2:] == [("chat", "x"), ("social", "x")]
+
+
+def test_create_answers_with_the_conversation_its_event_landed_in(engine) -> None:
+    """An external id that equals another request's derived one lands in that conversation; the answer names it."""
+
+    def create(**kw) -> tuple[int, bool]:
+        args = {
+            "channel": "email",
+            "profile_id": None,
+            "identifier": None,
+            "external_id": None,
+            "idempotency_key": None,
+            "topic": None,
+            "subject": None,
+            "order_ids": [],
+            "status": "open",
+            "assignee": None,
+            "message": None,
+        }
+        with db.write(engine) as conn:
+            return service.create_conversation(
+                conn=conn, **{**args, **kw}, rules=RULES, config=CONFIG, actor=ACTOR, now=utcnow()
+            )
+
+    first, created = create(idempotency_key="K")
+    assert created
+    assert create(idempotency_key="K") == (first, False)
+    second, created = create(external_id="api-K")  # another request, the same external id as the first
+    assert second == first and created
+    with db.read(engine) as conn:
+        assert service.conversation_view(conn=conn, conversation_id=second) is not None
+        assert conn.execute(sa.text("SELECT count(*) FROM service_conversations")).scalar_one() == 1

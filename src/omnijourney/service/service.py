@@ -654,6 +654,13 @@ def _existing_conversation(conn: Connection, conversation_id: int) -> dict[str, 
     return conv
 
 
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    event_id: int
+    created: bool
+    conversation_id: int
+
+
 def _emit(
     conn: Connection,
     *,
@@ -669,15 +676,18 @@ def _emit(
     config: ServiceConfig,
     actor: Actor,
     now: datetime,
-) -> tuple[int, bool]:
-    """Append the API change's event and apply it; returns (event id, created). A repeated key
-    answers with the event it made the first time."""
+) -> Emitted:
+    """Append the API change's event and apply it. A repeated key answers with the event (and
+    conversation) it made the first time."""
     source_id = outbox.internal_source_id(conn)
     dialect.lock_event_log(conn)  # serialises API changes: check-then-append is race-free
     msg_id = outbox.message_id(kind, scope, key if key is not None else secrets.token_hex(16))
     existing = outbox.find_event(conn, source_id=source_id, msg_id=msg_id)
     if existing is not None:
-        return int(existing.id), False
+        made = conn.execute(
+            sa.select(OUTBOX.c.conversation_id).where(OUTBOX.c.event_id == existing.id)
+        ).scalar_one_or_none()
+        return Emitted(int(existing.id), False, made or conversation_id or int(existing.id))
     marker = {
         "outbox": "service",
         "kind": kind,
@@ -715,7 +725,7 @@ def _emit(
         conn.execute(
             sa.insert(OUTBOX).values(event_id=event_id, conversation_id=conv["id"], kind=kind, created_at=utcnow())
         )
-    return event_id, True
+    return Emitted(event_id, True, conv["id"] if conv is not None else (conversation_id or event_id))
 
 
 def create_conversation(
@@ -751,7 +761,7 @@ def create_conversation(
     # after the append; a conversation without one gets the event's message id instead
     msg_key = key if key is not None else secrets.token_hex(16)
     props["conversation_id"] = ext or outbox.message_id("conversation", "-", msg_key)
-    conv_id, created = _emit(
+    made = _emit(
         conn,
         kind="conversation",
         event="Conversation Started",
@@ -766,6 +776,7 @@ def create_conversation(
         actor=actor,
         now=now,
     )
+    conv_id, created = made.conversation_id, made.created
     if created and assignee:
         assign(
             conn=conn,
@@ -828,7 +839,7 @@ def add_message(
         props["agent_id"] = author_id or actor.name
     elif author_id:
         props["author_id"] = author_id
-    event_id, created = _emit(
+    made = _emit(
         conn,
         kind="message",
         event="Message Sent",
@@ -843,6 +854,7 @@ def add_message(
         actor=actor,
         now=now,
     )
+    event_id, created = made.event_id, made.created
     # the stored message (a chat event may have delivered the same external id a moment earlier)
     found = conn.execute(
         sa.select(MSG.c.id).where(MSG.c.channel == conv["channel"], MSG.c.external_id == props["message_id"])
@@ -870,7 +882,7 @@ def add_note(
         "text": text,
         "author_id": actor.name,
     }
-    return _emit(
+    made = _emit(
         conn,
         kind="note",
         event=NOTE_ADDED,
@@ -885,6 +897,7 @@ def add_note(
         actor=actor,
         now=now,
     )
+    return made.event_id, made.created
 
 
 def assign(
@@ -902,7 +915,7 @@ def assign(
     conv = _existing_conversation(conn, conversation_id)
     if conv["assignee"] == assignee and idempotency_key is None:
         return False
-    _, created = _emit(
+    made = _emit(
         conn,
         kind="assign",
         event="Conversation Assigned",
@@ -917,7 +930,7 @@ def assign(
         actor=actor,
         now=now,
     )
-    return created
+    return made.created
 
 
 def set_status(
@@ -940,7 +953,7 @@ def set_status(
     if resolution:
         props["resolution"] = resolution
     event = "Conversation Resolved" if status == "resolved" else STATUS_CHANGED
-    _, created = _emit(
+    made = _emit(
         conn,
         kind=f"status-{status}",
         event=event,
@@ -955,7 +968,7 @@ def set_status(
         actor=actor,
         now=now,
     )
-    return created
+    return made.created
 
 
 def link_order(
@@ -976,7 +989,7 @@ def link_order(
     ).first()
     if linked is not None:
         return False
-    _, created = _emit(
+    made = _emit(
         conn,
         kind="order",
         event=ORDER_LINKED,
@@ -991,7 +1004,7 @@ def link_order(
         actor=actor,
         now=now,
     )
-    return created
+    return made.created
 
 
 def log_call(
@@ -1031,7 +1044,7 @@ def log_call(
     if order_ids:
         props["order_id"] = order_ids[0]
         props["order_ids"] = order_ids
-    return _emit(
+    made = _emit(
         conn,
         kind="call",
         event="Call Completed",
@@ -1046,6 +1059,7 @@ def log_call(
         actor=actor,
         now=ended_at or now,
     )
+    return made.conversation_id, made.created
 
 
 # --------------------------------------------------------------------------- reads
