@@ -30,6 +30,8 @@ from omnijourney.pipeline.monitor import LagMonitor
 from omnijourney.pipeline.worker import PipelineWorker
 from omnijourney.profiles import views as profile_views
 from omnijourney.profiles.config import load_profile_config
+from omnijourney.service import views as service_views
+from omnijourney.service.config import load_service_config
 from omnijourney.store import db, migrate
 from omnijourney.web import views as web_views
 
@@ -99,6 +101,7 @@ def create_app(
     # loaded (and validated) at start-up: a broken rules file stops the server, not a request
     app.state.identity_rules = load_rules()
     app.state.profile_config = load_profile_config()
+    app.state.service_config = load_service_config()
     errors.install(app)
 
     @app.get("/health", tags=["health"])
@@ -138,6 +141,8 @@ def create_app(
     app.include_router(identity_views.router)
     app.include_router(commerce_views.router)
     web_views.install(app)
+    app.include_router(service_views.router)
+    app.include_router(service_views.profile_router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app
 

@@ -39,6 +39,7 @@ from omnijourney.config import Settings
 from omnijourney.demo import console as demo_console
 from omnijourney.demo.world import DemoWorld, build_world
 from omnijourney.ingest import service as ingest_service
+from omnijourney.service import service as service_domain
 from omnijourney.store import db, migrate
 
 CREDENTIALS_FILE = "demo-credentials.json"
@@ -163,6 +164,7 @@ def run_demo(
                 sample_errors=errors,
             )
             _print_summary(console, world, sources, summary, accepted, rejected, before, after)
+            _print_service(console, engine, url)
             if serve_after:
                 console.print(f"serving on [bold]{url}[/bold]; press Ctrl-C to stop")
                 server.wait()
@@ -492,3 +494,18 @@ def _print_summary(
     )
     console.print(f"tokens and write keys: {summary.credentials_path}")
     console.print(f"loaded in {summary.seconds} s")
+
+
+def _print_service(console: Console, engine: sa.Engine, url: str) -> None:
+    """What the service domain made of the chats and calls (docs/SERVICE.md)."""
+    with db.read(engine) as conn:
+        o = service_domain.overview(conn=conn)
+    if not o["conversations"]:
+        return
+    channels = ", ".join(f"{n} {ch}" for ch, n in sorted(o["by_channel"].items()))
+    console.print(
+        f"service: {o['conversations']} conversations ({channels}); {o['repeat_contacts']} repeat contacts, "
+        f"{o['lost_context']} of them through another channel (lost context)"
+    )
+    if o["lost_context_example"] is not None:
+        console.print(f"  e.g. {url}/api/service/conversations/{o['lost_context_example']} (agent token)")

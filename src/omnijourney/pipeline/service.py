@@ -29,6 +29,7 @@ from omnijourney.ingest.models import Event
 from omnijourney.pipeline.models import Checkpoint, DailyEventCount
 from omnijourney.profiles.config import ProfileConfig, load_profile_config
 from omnijourney.profiles.handler import ProfileHandler
+from omnijourney.service.handler import ServiceHandler
 from omnijourney.store import dialect
 from omnijourney.store.base import utcnow
 
@@ -96,6 +97,7 @@ def default_handlers(rules: IdentityRules | None = None, profile_config: Profile
         IdentityHandler(rules or load_rules()),
         ProfileHandler(profile_config or load_profile_config()),
         CommerceHandler(),
+        ServiceHandler(),
     ]
 
 

@@ -6,6 +6,7 @@ from omnijourney.identity import models as _identity  # noqa: F401
 from omnijourney.ingest import models as _ingest  # noqa: F401
 from omnijourney.pipeline import models as _pipeline  # noqa: F401
 from omnijourney.profiles import models as _profiles  # noqa: F401
+from omnijourney.service import models as _service  # noqa: F401
 from omnijourney.store.base import Base
 from omnijourney.web import models as _web  # noqa: F401
 

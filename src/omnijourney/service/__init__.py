@@ -1,0 +1,1 @@
+"""Service continuity: conversations from chat, e-mail, phone, social and store, with measures."""

@@ -1,0 +1,91 @@
+"""The service handler of the processing stage: service events -> conversations and their measures.
+
+It runs after identity (and profiles, commerce) in the same step and uses the member each
+event was resolved to. Events this package appended itself for API changes carry a marker
+(only trusted from the internal service source); while their outbox entry exists they were
+applied by the API already and are skipped, and after a reset they are applied like any
+other event, so a rebuild recreates what the API made.
+
+Each event is applied in its own savepoint: a malformed event is skipped (and logged),
+never stops the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from omnijourney.service import outbox
+from omnijourney.service import service as svc
+from omnijourney.service.config import ServiceConfig, load_service_config
+from omnijourney.store.base import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class ServiceHandler:
+    name = "service"
+
+    def __init__(self, config: ServiceConfig | None = None) -> None:
+        self.config = config or load_service_config()
+
+    def apply(self, conn: Connection, events: Sequence[Row[Any]], ctx: dict[str, Any]) -> None:
+        wanted = [e for e in events if e.type == "track" and e.event in svc.HANDLED_EVENTS]
+        if not wanted:
+            return
+        members: dict[int, int] = ctx.get("event_member", {})
+        internal = conn.execute(
+            sa.select(outbox.SOURCES.c.id).where(outbox.SOURCES.c.name == outbox.SERVICE_SOURCE)
+        ).scalar_one_or_none()
+        applied: set[int] = set()
+        if internal is not None:
+            ours = [e.id for e in wanted if e.source_id == internal]
+            if ours:
+                applied = {
+                    r[0] for r in conn.execute(sa.select(svc.OUTBOX.c.event_id).where(svc.OUTBOX.c.event_id.in_(ours)))
+                }
+        for e in wanted:
+            if e.id in applied:
+                continue
+            payload = e.payload if isinstance(e.payload, dict) else {}
+            props = payload.get("properties")
+            props = props if isinstance(props, dict) else {}
+            marker = None
+            if internal is not None and e.source_id == internal:
+                context = payload.get("context") if isinstance(payload.get("context"), dict) else {}
+                marker = context.get("omnijourney") if isinstance(context.get("omnijourney"), dict) else None
+            ev = svc.ServiceEvent(
+                event_id=e.id,
+                source_id=e.source_id,
+                name=e.event,
+                channel=e.channel,
+                timestamp=e.timestamp,
+                props=props,
+                member_id=marker.get("profile_id") if marker else members.get(e.id),
+                message_id=payload.get("messageId") if isinstance(payload.get("messageId"), str) else None,
+                conversation_id=marker.get("conversation_id") if marker else None,
+            )
+            try:
+                with conn.begin_nested():
+                    conv = svc.apply_event(conn, ev)
+                    if conv is not None:
+                        svc.refresh(conn, conversation=conv, config=self.config)
+                        if marker is not None:
+                            conn.execute(
+                                sa.insert(svc.OUTBOX).values(
+                                    event_id=e.id,
+                                    conversation_id=conv["id"],
+                                    kind=str(marker.get("kind") or "replayed")[:32],
+                                    created_at=utcnow(),
+                                )
+                            )
+            except (ValueError, TypeError, KeyError, AttributeError, sa.exc.IntegrityError, sa.exc.DataError):
+                # a malformed event must not stop the stage (database outages and deadlocks still do)
+                log.warning("service event %s (%s) skipped", e.id, e.event, exc_info=True)
+
+    def reset(self, conn: Connection) -> None:
+        svc.reset(conn)
