@@ -735,7 +735,7 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> BackendResu
             url = pg.fresh_database("oj_bench_http")
         source = prepare_database(url, "bench-http")
 
-        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=args.pipeline)
+        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=args.pipeline, workers=args.workers)
         server.wait_healthy()
         say(f"server up on 127.0.0.1:{server.port}; sending {args.events} events from {args.clients} clients")
         result.http = drive(
@@ -812,6 +812,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="serve with --no-pipeline (no processing stage competing with ingestion)",
     )
+    p.add_argument("--workers", type=int, default=1, help="API server processes (serve --workers; default 1)")
     p.add_argument("--ceiling-chunk", type=int, default=10_000, help="rows per ceiling transaction (default 10000)")
     args = p.parse_args(argv)
     if args.events < 1 or args.clients < 1 or args.batch_size < 1 or args.ceiling_chunk < 1:

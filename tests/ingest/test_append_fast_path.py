@@ -188,3 +188,27 @@ def test_encoding_messages_equals_encoding_their_rows(engine: sa.Engine) -> None
     assert all(isinstance(m, ValidMessage) for m in messages)
     encoder = ingest.EventEncoder(engine)
     assert encoder.encode_messages(7, messages) == encoder.encode([m.row(7) for m in messages])
+
+
+def test_fast_append_keeps_order_over_consecutive_transactions(engine: sa.Engine) -> None:
+    """A session appends many times (the staging table on PostgreSQL is reused): ids follow the given
+    order in every transaction, whatever the rows' sizes."""
+    with db.write(engine) as conn:
+        src = access.create_source(conn=conn, name="order", channel="web")
+    template = _rows(src.id, "x")[1]
+    sent: list[str] = []
+    for t in range(4):
+        rows = [
+            {
+                **template,
+                "message_id": f"t{t}-{(i * 7919) % 4000:05d}",  # not sorted: order must come from the input
+                "payload": Encoded('{"pad":"' + "x" * ((i * 37) % 1500) + '"}'),
+            }
+            for i in range(4000)
+        ]
+        with db.write(engine) as conn:
+            ingest.append_events(conn=conn, rows=rows)
+        sent += [r["message_id"] for r in rows]
+    with db.read(engine) as conn:
+        ids = conn.execute(sa.select(EVENTS.c.message_id).order_by(EVENTS.c.id)).scalars().all()
+    assert ids == sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -205,7 +206,9 @@ def test_serve_with_several_api_workers_stores_everything_once(engine: sa.Engine
     port = _free_port()
     env = {**os.environ, "OMNIJOURNEY_DATA_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "omnijourney.cli", "serve", "--port", str(port), "--database-url", database_url]
-    server = subprocess.Popen([*cmd, "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [*cmd, "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -215,7 +218,7 @@ def test_serve_with_several_api_workers_stores_everything_once(engine: sa.Engine
             except httpx.HTTPError:
                 return False
 
-        assert wait_for(healthy, timeout=60), "server did not start"
+        assert wait_for(healthy, timeout=120), "server did not start"
         assert wait_for(lambda: len(_children(server.pid)) >= 3, timeout=30), "expected 2 API workers + 1 pipeline"
         children = _children(server.pid)
         auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
@@ -251,6 +254,6 @@ def test_serve_with_several_api_workers_stores_everything_once(engine: sa.Engine
         server.wait(timeout=60)
         assert wait_for(lambda: not any(_alive(p) for p in children), timeout=15), "a child outlived the server"
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # the API workers too, not only their parent
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)

@@ -61,13 +61,67 @@ def upsert_add(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], ke
 
 
 def upsert_replace(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    """INSERT rows; where the key exists, overwrite every other column with the row's value."""
+    """INSERT rows; where the key exists, overwrite every other column with the row's value.
+
+    Rows must all have the keys of the first. Runs at driver level (see below) when every
+    column's type has a known driver form, which is the processing stage's hot path; later
+    rows win over earlier rows with the same key.
+    """
     if not rows:
         return
-    ins = sqlite.insert(table) if is_sqlite(conn) else postgresql.insert(table)
-    cols = [c for c in rows[0] if c not in keys]
-    stmt = ins.on_conflict_do_update(index_elements=keys, set_={c: getattr(ins.excluded, c) for c in cols})
-    conn.execute(stmt, rows)
+    columns = list(rows[0])
+    binders = _driver_binders(conn, table, columns)
+    if binders is None:
+        ins = sqlite.insert(table) if is_sqlite(conn) else postgresql.insert(table)
+        cols = [c for c in columns if c not in keys]
+        stmt = ins.on_conflict_do_update(index_elements=keys, set_={c: getattr(ins.excluded, c) for c in cols})
+        conn.execute(stmt, rows)
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys)
+    conflict = f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO " + (
+        f"UPDATE SET {updates}" if updates else "NOTHING"
+    )
+    bound = [
+        tuple(row[c] if bind is None else bind(row[c]) for c, bind in zip(columns, binders, strict=True))
+        for row in rows
+    ]
+    if is_sqlite(conn):
+        # one multi-row statement per chunk (see insert_values_ignoring_conflicts)
+        row_sql = "(" + ", ".join("?" for _ in columns) + ")"
+        per_chunk = max(1, min(INSERT_CHUNK, 30_000 // len(columns)))
+        for start in range(0, len(bound), per_chunk):
+            part = bound[start : start + per_chunk]
+            conn.exec_driver_sql(head + ", ".join([row_sql] * len(part)) + conflict, tuple(v for r in part for v in r))
+    else:
+        # one prepared single-row statement, pipelined by psycopg's executemany
+        casts = ["%s::jsonb" if isinstance(table.c[c].type, sa.JSON) else "%s" for c in columns]
+        conn.exec_driver_sql(head + "(" + ", ".join(casts) + ")" + conflict, bound)
+
+
+def _driver_binders(conn: Connection, table: sa.Table, columns: Sequence[str]) -> list[Any] | None:
+    """Per column: None (the value binds as is), a converter, or None overall when a type is unknown."""
+    from omnijourney.store.base import UTCDateTime
+
+    as_datetime = datetime_binder(conn)
+    out: list[Any] = []
+    for name in columns:
+        col_type = table.c[name].type
+        if isinstance(col_type, UTCDateTime):
+            out.append(as_datetime)
+        elif isinstance(col_type, sa.JSON):
+            # like SQLAlchemy's JSON type: Python None is stored as JSON null unless none_as_null
+            out.append(_json_text if col_type.none_as_null else json_serializer)
+        elif isinstance(col_type, sa.TypeDecorator | sa.Enum):
+            return None  # its own bind processing: leave it to SQLAlchemy
+        elif isinstance(col_type, sa.Float) or (
+            isinstance(col_type, sa.Integer | sa.String | sa.Boolean) and not isinstance(col_type, sa.Numeric)
+        ):
+            out.append(None)
+        else:
+            return None
+    return out
 
 
 # --------------------------------------------------------------------------- bulk appends at driver level
@@ -145,25 +199,27 @@ def _pg_copy_insert(
     quote = conn.dialect.identifier_preparer.quote
     cols = ", ".join(quote(c) for c in columns)
     stage = quote(f"oj_stage_{table.name}")
-    # a temporary table of the target's column types, private to this session and emptied in
-    # place at every commit (and after each append); IF NOT EXISTS because the transaction
-    # that created it may have been rolled back
+    # a temporary table of the target's column types plus the rows' ordinal, private to this
+    # session and emptied at every commit (and after each append); IF NOT EXISTS because the
+    # transaction that created it may have been rolled back
     conn.exec_driver_sql(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-        f"SELECT {cols} FROM {quote(table.name)} WITH NO DATA"
+        f"SELECT {cols}, 0::bigint AS oj_ord FROM {quote(table.name)} WITH NO DATA"
     )
     width = len(columns)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+        with cursor.copy(f"COPY {stage} ({cols}, oj_ord) FROM STDIN") as copy:
             write = copy.write_row
-            for start in range(0, len(values), width):
-                write(values[start : start + width])
+            for n, start in enumerate(range(0, len(values), width)):
+                write((*values[start : start + width], n))
     finally:
         cursor.close()
-    # rows only ever go to the end of the staging heap within a transaction, so ctid order
-    # is the order they were written in
-    conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {stage} ORDER BY ctid{conflict}")
+    # The ordinal, not ctid: once the staging heap has been emptied, COPY may fill it in any
+    # page order, and the log's ids must follow the order the rows were given in.
+    conn.exec_driver_sql(
+        f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {stage} ORDER BY oj_ord{conflict}"
+    )
     conn.exec_driver_sql(f"DELETE FROM {stage}")
 
 
