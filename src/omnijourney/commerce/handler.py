@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from omnijourney.commerce import events as outbox
 from omnijourney.commerce import service
 from omnijourney.commerce.config import CommerceConfig, is_currency, load_commerce_config, to_minor_rounded
 from omnijourney.commerce.service import CommerceError
@@ -94,8 +95,10 @@ class CommerceHandler:
         carts: list[Row[Any]] = []
         stock: list[Row[Any]] = []
         orders: list[Row[Any]] = []
+        # our own changes, appended by the commerce API (events.py): applied already, never twice
+        internal = outbox.internal_source_id(conn, create=False)
         for e in events:
-            if e.type != "track":
+            if e.type != "track" or e.source_id == internal:
                 continue
             name = e.event
             if name in CART_EVENTS:

@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from omnijourney.commerce.config import CommerceConfig, LoyaltyRules, is_currency, to_major
+from omnijourney.commerce import events
+from omnijourney.commerce.config import CURRENCY_EXPONENTS, CommerceConfig, LoyaltyRules, is_currency, to_major
 from omnijourney.commerce.models import (
     Cart,
     CartChange,
@@ -649,8 +650,8 @@ def _record_cart_change(
     actor: str | None = None,
     event_id: int | None = None,
     detail: dict[str, Any] | None = None,
-) -> bool:
-    """Record a cart change; with an event id, False if that event was applied already."""
+) -> int | None:
+    """Record a cart change and return its id; with an event id, None if that event was applied already."""
     row = {
         "cart_id": cart_id,
         "action": action,
@@ -664,11 +665,11 @@ def _record_cart_change(
         "at": now,
     }
     if event_id is None:
-        conn.execute(sa.insert(CART_CHANGES), [row])
-        return True
-    return _inserted(
-        conn, dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]).returning(CART_CHANGES.c.id), row
-    )
+        return int(conn.execute(sa.insert(CART_CHANGES).returning(CART_CHANGES.c.id), row).scalar_one())
+    found = conn.execute(
+        dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]).returning(CART_CHANGES.c.id), row
+    ).first()
+    return int(found[0]) if found is not None else None
 
 
 def _touch_cart(conn: Connection, cart_id: int, now: datetime) -> None:
@@ -680,6 +681,115 @@ def _touch_cart(conn: Connection, cart_id: int, now: datetime) -> None:
     prices = _prices(conn, [line.sku for line in lines], cart.currency)
     value = sum(prices.get(line.sku, 0) * line.quantity for line in lines)
     conn.execute(sa.update(CARTS).where(CARTS.c.id == cart_id).values(updated_at=now, value_minor=value))
+
+
+def _amount(minor: int, currency: str) -> float:
+    """Minor units as the Segment spec's number (events carry floats; the tables keep integers)."""
+    return minor / 10 ** CURRENCY_EXPONENTS.get(currency, 2)
+
+
+def _emit_cart_change(
+    conn: Connection,
+    cart: Row[Any],
+    change_id: int,
+    sku: str,
+    delta: int,
+    channel: str | None,
+    device: str | None,
+    now: datetime,
+) -> None:
+    """`Product Added` / `Product Removed` (with the cart's id and value) for a change made through the API."""
+    if delta == 0:
+        return
+    price = _prices(conn, [sku], cart.currency).get(sku)
+    head = conn.execute(
+        sa.select(CARTS.c.value_minor, PRODUCTS.c.name)
+        .select_from(CARTS.join(PRODUCTS, PRODUCTS.c.sku == sku))
+        .where(CARTS.c.id == cart.id)
+    ).one()
+    props: dict[str, Any] = {
+        "cart_id": str(cart.id),
+        "product_id": sku,
+        "sku": sku,
+        "name": head.name,
+        "quantity": abs(delta),
+        "currency": cart.currency,
+        "value": _amount(head.value_minor, cart.currency),
+    }
+    if price is not None:
+        props["price"] = _amount(price, cart.currency)
+    if device:
+        props["device"] = device
+    events.emit(
+        conn,
+        message_id=f"oj:cart-change:{change_id}",
+        event="Product Added" if delta > 0 else "Product Removed",
+        channel=channel,
+        profile_id=cart.profile_id,
+        anonymous_id=cart.anonymous_id,
+        properties=props,
+        now=now,
+    )
+
+
+def _order_products(conn: Connection, order_id: int, currency: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "product_id": r.sku,
+            "sku": r.sku,
+            "name": r.name,
+            "quantity": r.quantity,
+            "price": _amount(r.unit_price_minor, currency),
+            **({"location": r.location} if r.location else {}),
+        }
+        for r in conn.execute(
+            sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id).order_by(ORDER_LINES.c.line_no)
+        )
+    ]
+
+
+def _emit_order(
+    conn: Connection,
+    order_id: int,
+    status: str,
+    now: datetime,
+    *,
+    channel: str | None = None,
+    location: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The event of an order's status change (`events.STATUS_EVENTS`), once per order and status."""
+    o = conn.execute(sa.select(ORDERS).where(ORDERS.c.id == order_id)).one()
+    props: dict[str, Any] = {
+        "order_id": o.order_ref,
+        "status": status,
+        "origin": o.origin,
+        "fulfilment": o.fulfilment,
+        "currency": o.currency,
+        "total": _amount(o.total_minor, o.currency),
+    }
+    if status == "placed":
+        props["revenue"] = _amount(o.total_minor, o.currency)
+        props["products"] = _order_products(conn, order_id, o.currency)
+        if o.cart_id is not None:
+            props["cart_id"] = str(o.cart_id)
+        if o.checkout_id is not None:
+            props["checkout_id"] = str(o.checkout_id)
+    if o.pickup_location:
+        props["pickup_location"] = o.pickup_location
+    if location:
+        props["location_id"] = location
+    props.update(extra or {})
+    events.emit(
+        conn,
+        message_id=f"oj:order:{order_id}:{status}",
+        event=events.STATUS_EVENTS[status],
+        channel=channel or o.channel,
+        profile_id=o.profile_id,
+        anonymous_id=o.anonymous_id,
+        properties=props,
+        now=now,
+    )
 
 
 def _lock_cart(conn: Connection, cart_id: int, *, follow: bool = True, active: bool = True) -> Row[Any]:
@@ -895,7 +1005,7 @@ def add_to_cart(
     _require_skus(conn, [sku])
     if quantity < 1 or quantity > MAX_LINE_QUANTITY:
         raise CommerceError(422, "invalid_quantity", f"quantity must be 1..{MAX_LINE_QUANTITY}")
-    if not _record_cart_change(
+    change_id = _record_cart_change(
         conn,
         cart.id,
         "add",
@@ -906,7 +1016,8 @@ def add_to_cart(
         device=device,
         actor=actor,
         event_id=event_id,
-    ):
+    )
+    if change_id is None:
         return int(cart.id)
     have = conn.execute(
         sa.select(CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
@@ -932,6 +1043,8 @@ def add_to_cart(
             .values(quantity=CART_LINES.c.quantity + quantity, updated_at=now)
         )
     _touch_cart(conn, cart.id, now)
+    if event_id is None:  # changes from events are on the timeline already, as those events
+        _emit_cart_change(conn, cart, change_id, sku, quantity, channel, device, now)
     return int(cart.id)
 
 
@@ -960,7 +1073,7 @@ def set_cart_quantity(
     elif quantity > 0:
         _require_skus(conn, [sku])
     action = "remove" if quantity == 0 else "set"
-    if not _record_cart_change(
+    change_id = _record_cart_change(
         conn,
         cart.id,
         action,
@@ -971,7 +1084,8 @@ def set_cart_quantity(
         device=device,
         actor=actor,
         event_id=event_id,
-    ):
+    )
+    if change_id is None:
         return int(cart.id)
     if quantity == 0:
         conn.execute(sa.delete(CART_LINES).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku))
@@ -994,6 +1108,8 @@ def set_cart_quantity(
             .values(quantity=quantity, updated_at=now)
         )
     _touch_cart(conn, cart.id, now)
+    if event_id is None:
+        _emit_cart_change(conn, cart, change_id, sku, quantity - (have or 0), channel, device, now)
     return int(cart.id)
 
 
@@ -1689,7 +1805,29 @@ def start_checkout(
     conn.execute(sa.insert(RESERVATIONS), reservations)
     _record_cart_change(conn, cart.id, "checkout", now, channel=channel, detail={"checkout_id": co_id})
     co = conn.execute(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == co_id)).one()
-    return _checkout_dict(conn, co, now)
+    out = _checkout_dict(conn, co, now)
+    events.emit(
+        conn,
+        message_id=f"oj:checkout:{co_id}:started",
+        event="Checkout Started",
+        channel=channel,
+        profile_id=cart.profile_id,
+        anonymous_id=cart.anonymous_id,
+        properties={
+            "checkout_id": str(co_id),
+            "cart_id": str(cart.id),
+            "fulfilment": fulfilment,
+            **({"pickup_location": pickup_location} if fulfilment != "ship" else {}),
+            "currency": cart.currency,
+            "value": _amount(total, cart.currency),
+            "products": [
+                {"product_id": r["sku"], "sku": r["sku"], "quantity": r["quantity"], "location": r["location"]}
+                for r in out["reservations"]
+            ],
+        },
+        now=now,
+    )
+    return out
 
 
 def _end_checkout(conn: Connection, checkout_id: int, status: str, now: datetime) -> None:
@@ -1849,6 +1987,19 @@ def complete_checkout(
             )
             conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(points_redeemed=redeem_points))
         _earn_for_order(conn, profile_id, order_id, co.total_minor, co.currency, config.loyalty, channel, now)
+    earned = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0)).where(
+            LEDGER.c.order_id == order_id, LEDGER.c.kind == "earn"
+        )
+    ).scalar_one()
+    _emit_order(
+        conn,
+        order_id,
+        "placed",
+        now,
+        channel=channel or co.channel,
+        extra={"points_earned": int(earned), "points_redeemed": redeem_points},
+    )
     return order_view(conn=conn, order_id=order_id), True
 
 
@@ -1961,6 +2112,7 @@ def transition_order(
     location: str | None,
     now: datetime,
     config: CommerceConfig,
+    channel: str | None = None,
 ) -> dict[str, Any]:
     """Move an order along its lifecycle; repeating the current status is a no-op (safe retries).
 
@@ -2009,6 +2161,7 @@ def transition_order(
             _reverse_points(conn, o, o.total_minor, f"cancel:{order_id}", config, now)
     conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(status=status, updated_at=now))
     _history(conn, order_id, status, now, actor=actor, location=location)
+    _emit_order(conn, order_id, status, now, channel=channel or ("store" if location else None), location=location)
     return order_view(conn=conn, order_id=order_id)
 
 
@@ -2313,6 +2466,28 @@ def create_return(
     _history(conn, order_id, status, now, actor=actor, location=location, detail={"return_id": rid, "refund": refund})
     if o.profile_id is not None and refund:
         _reverse_points(conn, o, refund, f"return:{rid}", config, now)
+    events.emit(
+        conn,
+        message_id=f"oj:return:{rid}",
+        event="Order Refunded",
+        channel=channel,
+        profile_id=o.profile_id,
+        anonymous_id=o.anonymous_id,
+        properties={
+            "order_id": o.order_ref,
+            "return_id": str(rid),
+            "status": status,
+            "location_id": location,
+            "reason": reason,
+            "currency": o.currency,
+            "total": _amount(refund, o.currency),
+            "products": [
+                {"product_id": i["sku"], "sku": i["sku"], "quantity": i["quantity"], "condition": i["condition"]}
+                for i in items
+            ],
+        },
+        now=now,
+    )
     return return_view(conn=conn, return_id=rid), True
 
 
@@ -2352,7 +2527,8 @@ def _ledger(
     channel: str | None,
     actor: str | None,
     now: datetime,
-) -> bool:
+) -> int | None:
+    """Write a ledger entry and return its id; None when its dedupe key was written before."""
     row = {
         "profile_id": profile_id,
         "kind": kind,
@@ -2364,9 +2540,11 @@ def _ledger(
         "at": now,
     }
     if dedupe_key is None:
-        conn.execute(sa.insert(LEDGER), [row])
-        return True
-    return _inserted(conn, dialect.insert_ignoring_conflicts(conn, LEDGER, ["dedupe_key"]).returning(LEDGER.c.id), row)
+        return int(conn.execute(sa.insert(LEDGER).returning(LEDGER.c.id), row).scalar_one())
+    found = conn.execute(
+        dialect.insert_ignoring_conflicts(conn, LEDGER, ["dedupe_key"]).returning(LEDGER.c.id), row
+    ).first()
+    return int(found[0]) if found is not None else None
 
 
 def _credit(
@@ -2488,7 +2666,7 @@ def redeem_loyalty(
         if prev is not None:
             return {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": True}
     _debit(conn, root, points, now, partial=False)
-    if not _ledger(
+    entry = _ledger(
         conn,
         profile_id=root,
         kind="redeem",
@@ -2498,10 +2676,23 @@ def redeem_loyalty(
         channel=channel,
         actor=actor,
         now=now,
-    ):
+    )
+    if entry is None:
         # a concurrent request with the same key committed first: undo ours by failing the transaction
         raise CommerceError(409, "duplicate_redemption", f"redemption {dedupe_key!r} was already made")
-    return {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": False}
+    out = {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": False}
+    if order_id is None:  # redeemed at checkout: told by the order's own event
+        events.emit(
+            conn,
+            message_id=f"oj:loyalty:{entry}",
+            event="Loyalty Points Redeemed",
+            channel=channel,
+            profile_id=root,
+            anonymous_id=None,
+            properties={"points": points, "balance": out["balance"], "tier": out["tier"]},
+            now=now,
+        )
+    return out
 
 
 def _reverse_points(
