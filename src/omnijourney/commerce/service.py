@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,7 +27,14 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from omnijourney.commerce import events
-from omnijourney.commerce.config import CURRENCY_EXPONENTS, CommerceConfig, LoyaltyRules, is_currency, to_major
+from omnijourney.commerce.config import (
+    CURRENCY_EXPONENTS,
+    CommerceConfig,
+    LoyaltyRules,
+    is_currency,
+    load_commerce_config,
+    to_major,
+)
 from omnijourney.commerce.models import (
     Cart,
     CartChange,
@@ -90,6 +98,25 @@ SHIP_ONLY = {"shipped", "delivered"}
 RETURNABLE = {"picked_up", "shipped", "delivered", "completed", "partially_returned"}
 #: statuses whose allocation is still held in stock (consumed on ship / pickup, released on cancel)
 ALLOCATED = {"placed", "paid", "ready_for_pickup"}
+#: parcel-locker orders ship from the network to the locker, wait there, and are picked up; once
+#: shipped (units consumed) they are no longer cancellable: an uncollected parcel comes back as a return
+LOCKER_TRANSITIONS: dict[str, set[str]] = {
+    "placed": {"paid", "shipped", "cancelled"},
+    "paid": {"shipped", "cancelled"},
+    "shipped": {"ready_for_pickup"},
+    "ready_for_pickup": {"picked_up"},
+}
+
+
+def fulfilment_of(stored: str, pickup_location: str | None) -> str:
+    """The fulfilment type as the API shows it. A parcel-locker delivery is stored as shipping to a
+    pickup point (`ship` + the locker's code in `pickup_location`), which keeps the CHECK constraints
+    of migration 0003 (SQLite cannot widen a CHECK without rebuilding the orders table)."""
+    return "parcel_locker" if stored == "ship" and pickup_location else stored
+
+
+def _is_locker_order(o: Any) -> bool:
+    return fulfilment_of(o.fulfilment, o.pickup_location) == "parcel_locker"
 
 
 class CommerceError(ValueError):
@@ -764,7 +791,7 @@ def _emit_order(
         "order_id": o.order_ref,
         "status": status,
         "origin": o.origin,
-        "fulfilment": o.fulfilment,
+        "fulfilment": fulfilment_of(o.fulfilment, o.pickup_location),
         "currency": o.currency,
         "total": _amount(o.total_minor, o.currency),
     }
@@ -1668,7 +1695,7 @@ def _checkout_dict(conn: Connection, co: Any, now: datetime | None = None) -> di
         "id": co.id,
         "cart_id": co.cart_id,
         "status": status,
-        "fulfilment": co.fulfilment,
+        "fulfilment": fulfilment_of(co.fulfilment, co.pickup_location),
         "pickup_location": co.pickup_location,
         "ship_address": co.ship_address,
         "currency": co.currency,
@@ -1729,7 +1756,10 @@ def start_checkout(
         )
     ).first()
     if open_co is not None:
-        same = open_co.fulfilment == fulfilment and open_co.pickup_location == pickup_location
+        same = (
+            fulfilment_of(open_co.fulfilment, open_co.pickup_location) == fulfilment
+            and open_co.pickup_location == pickup_location
+        )
         if same and open_co.expires_at > now:
             return _checkout_dict(conn, open_co, now)
         _end_checkout(conn, open_co.id, "expired" if open_co.expires_at <= now else "cancelled", now)
@@ -1757,20 +1787,32 @@ def start_checkout(
         if not loc["pickup"]:
             raise CommerceError(422, "pickup_not_offered", f"{pickup_location} does not offer pickup")
         first, ships, network = pickup_location, None, loc["pickup_sourcing"] == "network"
+    elif fulfilment == "parcel_locker":  # shipped from any location that ships, to the locker
+        if not pickup_location:
+            raise CommerceError(422, "pickup_location_required", "parcel-locker delivery needs pickup_location")
+        loc = get_location(conn=conn, code=pickup_location)
+        if loc is None or not loc["active"]:
+            raise CommerceError(422, "unknown_location", f"unknown location {pickup_location!r}")
+        if loc["kind"] != "locker":
+            raise CommerceError(422, "not_a_locker", f"{pickup_location} is a {loc['kind']}, not a parcel locker")
+        if not loc["pickup"]:
+            raise CommerceError(422, "pickup_not_offered", f"{pickup_location} does not offer pickup")
     elif fulfilment == "ship":
         if not ship_address:
             raise CommerceError(422, "ship_address_required", "shipping needs ship_address")
     else:
-        raise CommerceError(422, "invalid_fulfilment", "fulfilment is 'ship' or 'click_and_collect'")
+        raise CommerceError(
+            422, "invalid_fulfilment", "fulfilment is 'ship', 'click_and_collect' or 'parcel_locker'"
+        )
     total = sum(prices[line.sku] * line.quantity for line in lines)
     co_id = conn.execute(
         sa.insert(CHECKOUTS)
         .values(
             cart_id=cart.id,
             status="open",
-            fulfilment=fulfilment,
-            pickup_location=pickup_location if fulfilment == "click_and_collect" else None,
-            ship_address=ship_address if fulfilment == "ship" else None,
+            fulfilment="ship" if fulfilment == "parcel_locker" else fulfilment,
+            pickup_location=pickup_location if fulfilment != "ship" else None,
+            ship_address=ship_address if fulfilment != "click_and_collect" else None,
             currency=cart.currency,
             total_minor=total,
             channel=channel,
@@ -2055,7 +2097,7 @@ def order_view(*, conn: Connection, order_id: int) -> dict[str, Any]:
         "source_id": o.source_id,
         "channel": o.channel,
         "store_id": o.store_id,
-        "fulfilment": o.fulfilment,
+        "fulfilment": fulfilment_of(o.fulfilment, o.pickup_location),
         "pickup_location": o.pickup_location,
         "status": o.status,
         "currency": o.currency,
@@ -2124,9 +2166,10 @@ def transition_order(
         raise _not_found(f"no order {order_id}")
     if o.status == status:
         return order_view(conn=conn, order_id=order_id)
-    if status not in TRANSITIONS.get(o.status, set()):
+    locker = _is_locker_order(o)
+    if status not in (LOCKER_TRANSITIONS if locker else TRANSITIONS).get(o.status, set()):
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is {o.status}; it cannot become {status}")
-    if status in PICKUP_ONLY and o.fulfilment != "click_and_collect":
+    if status in PICKUP_ONLY and o.fulfilment != "click_and_collect" and not locker:
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not click & collect")
     if status in SHIP_ONLY and o.fulfilment != "ship":
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not shipped")
@@ -2134,7 +2177,8 @@ def transition_order(
         raise CommerceError(409, "wrong_store", f"order {o.order_ref} is collected at {o.pickup_location}")
     lines = conn.execute(sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id)).all()
     allocated = [r for r in lines if r.location is not None]
-    if status in ("picked_up", "shipped") and o.status in ALLOCATED:
+    # shipping or handing over consumes the allocation, once (a locker parcel was consumed when shipped)
+    if status in ("picked_up", "shipped") and o.status in ALLOCATED and not (locker and status == "picked_up"):
         for r in sorted(allocated, key=lambda r: (r.sku, r.location)):
             done = conn.execute(
                 sa.update(STOCK)
@@ -2770,3 +2814,134 @@ def loyalty_view(*, conn: Connection, profile_id: int, config: CommerceConfig, h
 
 def valid_currency(code: str) -> bool:
     return is_currency(code)
+
+
+# ============================================================================ abandoned-cart signal
+
+
+def _cart_signal(r: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "cart_id": r.id,
+        "profile_id": r.profile_id,
+        "anonymous_id": r.anonymous_id,
+        "currency": r.currency,
+        "value": to_major(r.value_minor, r.currency),
+        "value_minor": r.value_minor,
+        "item_count": int(r.item_count or 0),
+        "last_change_at": r.updated_at,
+        "idle_minutes": max(0, int((now - r.updated_at).total_seconds() // 60)),
+    }
+
+
+def _item_count() -> Any:
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(CART_LINES.c.quantity), 0))
+        .where(CART_LINES.c.cart_id == CARTS.c.id)
+        .scalar_subquery()
+        .label("item_count")
+    )
+
+
+def active_cart_signal(*, conn: Connection, member_ids: list[int], now: datetime) -> dict[str, Any] | None:
+    """The abandoned-cart signal of a profile: its active cart's last change time, value and items.
+
+    The cart is the one bound to a member of the cluster, or else one still held by an anonymous id
+    linked to it (merged into the profile's cart the next time the cart is resolved); the most
+    recently changed one with items wins.
+    """
+    if not member_ids:
+        return None
+    anon = _anonymous_ids(conn, member_ids)
+    owned = CARTS.c.profile_id.in_(member_ids)
+    if anon:
+        owned = owned | (CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(anon))
+    row = conn.execute(
+        sa.select(CARTS, _item_count())
+        .where(CARTS.c.status == "active", owned)
+        .order_by(CARTS.c.updated_at.desc(), CARTS.c.id.desc())
+    ).all()
+    with_items = [r for r in row if r.item_count]
+    return _cart_signal(with_items[0], now) if with_items else None
+
+
+def abandoned_carts(
+    *,
+    conn: Connection,
+    idle_minutes: int,
+    now: datetime,
+    min_value_minor: int = 0,
+    currency: str | None = None,
+    max_idle_minutes: int | None = None,
+    limit: int = 500,
+    after_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Active carts with items, unchanged for at least `idle_minutes` (and at most `max_idle_minutes`),
+    with their owner's surviving profile (also for a device cart whose anonymous id was linked since).
+    Newest carts first, keyset paged by cart id (`after_id`: the last id of the previous page)."""
+    cutoff = now - timedelta(minutes=idle_minutes)
+    stmt = (
+        sa.select(CARTS, _item_count())
+        .where(
+            CARTS.c.status == "active",
+            CARTS.c.updated_at <= cutoff,
+            CARTS.c.value_minor >= min_value_minor,
+            sa.exists().where(CART_LINES.c.cart_id == CARTS.c.id),
+        )
+        .order_by(CARTS.c.id.desc())
+        .limit(limit)
+    )
+    if max_idle_minutes is not None:
+        stmt = stmt.where(CARTS.c.updated_at >= now - timedelta(minutes=max_idle_minutes))
+    if currency:
+        stmt = stmt.where(CARTS.c.currency == currency)
+    if after_id is not None:
+        stmt = stmt.where(CARTS.c.id < after_id)
+    rows = conn.execute(stmt).all()
+    # a device's cart whose anonymous id has since been linked to a profile belongs to that profile
+    devices = dict(
+        conn.execute(
+            sa.select(LINKS.c.value, LINKS.c.profile_id).where(
+                LINKS.c.id_type == "anonymous_id",
+                LINKS.c.value.in_(sorted({r.anonymous_id for r in rows if r.profile_id is None and r.anonymous_id})),
+            )
+        ).all()
+    )
+    owners = {r.id: r.profile_id if r.profile_id is not None else devices.get(r.anonymous_id) for r in rows}
+    survivors = dict(
+        conn.execute(
+            sa.select(PROFILES.c.id, PROFILES.c.canonical_id).where(
+                PROFILES.c.id.in_(sorted({p for p in owners.values() if p is not None}))
+            )
+        ).all()
+    )
+    out = []
+    for r in rows:
+        item = _cart_signal(r, now)
+        owner = owners[r.id]
+        item["profile_id"] = survivors.get(owner, owner) if owner is not None else None
+        out.append(item)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _default_config() -> CommerceConfig:
+    return load_commerce_config()
+
+
+def loyalty_summary(
+    *, conn: Connection, member_ids: list[int], config: CommerceConfig | None = None
+) -> dict[str, Any] | None:
+    """Balance, lifetime points and tier of a cluster (None without a loyalty account)."""
+    if not member_ids:
+        return None
+    row = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.balance), 0),
+            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.lifetime_earned), 0),
+        ).where(ACCOUNTS.c.profile_id.in_(member_ids))
+    ).one()
+    if not row[0]:
+        return None
+    rules = (config or _default_config()).loyalty
+    return {"balance": int(row[1]), "lifetime_earned": int(row[2]), "tier": rules.tier_for(int(row[2]))}
