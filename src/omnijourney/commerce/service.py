@@ -1801,9 +1801,7 @@ def start_checkout(
         if not ship_address:
             raise CommerceError(422, "ship_address_required", "shipping needs ship_address")
     else:
-        raise CommerceError(
-            422, "invalid_fulfilment", "fulfilment is 'ship', 'click_and_collect' or 'parcel_locker'"
-        )
+        raise CommerceError(422, "invalid_fulfilment", "fulfilment is 'ship', 'click_and_collect' or 'parcel_locker'")
     total = sum(prices[line.sku] * line.quantity for line in lines)
     co_id = conn.execute(
         sa.insert(CHECKOUTS)
