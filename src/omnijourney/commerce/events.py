@@ -67,10 +67,26 @@ def _default_rules() -> IdentityRules:
     return load_rules()
 
 
+_SOURCE_ID = sa.select(SOURCES.c.id).where(SOURCES.c.name == SOURCE_NAME)
+_CACHE_KEY = "omnijourney.commerce.source_id"
+_CREATED_KEY = "omnijourney.commerce.source_created"
+
+
 def internal_source_id(conn: Connection, *, create: bool = True) -> int | None:
-    """The id of the internal commerce source (created, disabled, on first use)."""
-    stmt = sa.select(SOURCES.c.id).where(SOURCES.c.name == SOURCE_NAME)
+    """The id of the internal commerce source (created, disabled, on first use).
+
+    Remembered per database connection once found (a source is never deleted), so the hot paths
+    (checkout, the handler's every step) do not ask again.
+    """
+    info = conn.connection.info
+    cached = info.get(_CACHE_KEY)
+    if cached is not None:
+        return int(cached)
+    stmt = _SOURCE_ID
     found = conn.execute(stmt).scalar_one_or_none()
+    # a source this connection created may not be committed yet (its transaction may roll back)
+    if found is not None and found != info.get(_CREATED_KEY):
+        info[_CACHE_KEY] = found
     if found is not None or not create:
         return found
     conn.execute(
@@ -87,7 +103,9 @@ def internal_source_id(conn: Connection, *, create: bool = True) -> int | None:
             }
         ],
     )
-    return conn.execute(stmt).scalar_one()
+    created = conn.execute(stmt).scalar_one()
+    info[_CREATED_KEY] = created
+    return int(created)
 
 
 def _set_path(message: dict[str, Any], path: str, value: str) -> None:
@@ -136,7 +154,7 @@ def owner_fields(
     return None
 
 
-def emit(
+def prepare(
     conn: Connection,
     *,
     message_id: str,
@@ -147,13 +165,14 @@ def emit(
     properties: dict[str, Any],
     now: datetime,
     rules: IdentityRules | None = None,
-) -> bool:
-    """Append one commerce event to the log in the caller's transaction (a message id appended
-    before is skipped, not duplicated); False if there is nobody to attribute it to (logged)."""
+) -> dict[str, Any] | None:
+    """The event row of a change, validated as ingestion validates a shop's message; None if there
+    is nobody to attribute it to (logged). Built before the change takes its hottest locks, so
+    that `append` is all that is left to do while they are held."""
     owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
     if owner is None:
         log.info("commerce: %s %s has no owner to put on a timeline", event, message_id)
-        return False
+        return None
     context = owner.pop("context", {})
     context["channel"] = channel if channel in CHANNELS else "other"
     context["omnijourney"] = {"origin": ORIGIN}
@@ -180,5 +199,19 @@ def emit(
         raise ValueError(f"commerce event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
     source_id = internal_source_id(conn)
     assert source_id is not None
-    ingest.append_events(conn=conn, rows=[valid.row(source_id)])
-    return True
+    return valid.row(source_id)
+
+
+def append(conn: Connection, rows: list[dict[str, Any] | None]) -> None:
+    """Append prepared rows to the log in the caller's transaction; a message id appended before is
+    skipped, not duplicated. On PostgreSQL this takes the event-log lock until commit: call it last."""
+    ready = [r for r in rows if r is not None]
+    if ready:
+        ingest.append_events(conn=conn, rows=ready)
+
+
+def emit(conn: Connection, **kwargs: Any) -> bool:
+    """`prepare` + `append` for one change; False if there is nobody to attribute it to."""
+    row = prepare(conn, **kwargs)
+    append(conn, [row])
+    return row is not None
