@@ -1154,6 +1154,66 @@ def set_cart_quantity(
     return int(cart.id)
 
 
+def sync_cart_snapshot(
+    *,
+    conn: Connection,
+    cart_id: int,
+    lines: Sequence[tuple[str, int]],
+    channel: str,
+    device: str | None,
+    actor: str | None,
+    now: datetime,
+    event_id: int,
+) -> int:
+    """A shop's view of its cart (`Cart Viewed` with products) merged into ours by the merge rule:
+    lines united, a SKU in both keeps the larger quantity (never the sum), lines only we have stay
+    (another device or channel added them). Unknown or inactive SKUs are skipped. Once per event."""
+    cart = _lock_cart(conn, cart_id)
+    wanted: dict[str, int] = {}
+    for sku, quantity in lines:
+        if 1 <= quantity <= MAX_LINE_QUANTITY:
+            wanted[sku] = max(wanted.get(sku, 0), quantity)
+    active = known_skus(conn=conn, skus=wanted, active_only=True)
+    have = dict(
+        conn.execute(sa.select(CART_LINES.c.sku, CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id)).all()
+    )
+    raised = {sku: q for sku, q in sorted(wanted.items()) if sku in active and q > have.get(sku, 0)}
+    change = _record_cart_change(
+        conn,
+        cart.id,
+        "sync",
+        now,
+        channel=channel,
+        device=device,
+        actor=actor,
+        event_id=event_id,
+        detail={"lines": [{"sku": k, "quantity": v} for k, v in raised.items()]},
+    )
+    if change is None or not raised:
+        return int(cart.id)
+    for sku, quantity in raised.items():
+        if sku in have:
+            conn.execute(
+                sa.update(CART_LINES)
+                .where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
+                .values(quantity=quantity, updated_at=now)
+            )
+        else:
+            conn.execute(
+                sa.insert(CART_LINES).values(
+                    cart_id=cart.id,
+                    sku=sku,
+                    quantity=quantity,
+                    channel=channel,
+                    device=device,
+                    added_at=now,
+                    updated_at=now,
+                )
+            )
+    _touch_cart(conn, cart.id, now)
+    return int(cart.id)
+
+
 def cart_changes(*, conn: Connection, cart_id: int, limit: int = 200) -> list[dict[str, Any]]:
     ids = [cart_id] + [r[0] for r in conn.execute(sa.select(CARTS.c.id).where(CARTS.c.merged_into == cart_id))]
     rows = conn.execute(
