@@ -17,6 +17,7 @@ from omnijourney import __version__, errors
 from omnijourney.access import views as access_views
 from omnijourney.access.cache import SourceCache, TokenCache
 from omnijourney.commerce import views as commerce_views
+from omnijourney.commerce.sweeper import ReservationSweeper
 from omnijourney.config import Settings
 from omnijourney.identity import views as identity_views
 from omnijourney.identity.rules import load_rules
@@ -53,6 +54,7 @@ class Runtime:
             on_commit=self.worker.wake if self.worker else None,
         )
         self.lag_monitor = LagMonitor(engine)
+        self.sweeper = ReservationSweeper(engine)
 
     def start(self) -> None:
         self.writer.start()
@@ -60,12 +62,14 @@ class Runtime:
             self.worker.start()
         self.lag_monitor.refresh()
         self.lag_monitor.start()
+        self.sweeper.start()
 
     def stop(self) -> None:
         self.writer.stop()  # drains queued writes first
         if self.worker:
             self.worker.stop()
         self.lag_monitor.stop()
+        self.sweeper.stop()
 
 
 def create_app(

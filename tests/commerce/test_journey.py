@@ -135,3 +135,24 @@ def test_seed_journey(live_server, client, world: World, engine) -> None:
         headers=bearer(store),
     ).json()["locations"]
     assert [x["code"] for x in near] == ["store-brno-1", "store-praha-1"]
+
+    # every step is on her unified timeline, once, with the channel that acted
+    admin = bearer(world.admin_token)
+    assert wait_for(lambda: client.get("/api/pipeline/status", headers=admin).json()["lag"] == 0, timeout=20)
+    timeline = client.get(f"/api/profiles/{pid}/timeline", params={"limit": 100}, headers=bearer(store)).json()
+    steps = [(e["event"], e["channel"]) for e in reversed(timeline["events"]) if e["type"] == "track"]
+    assert steps == [
+        ("Product Added", "web"),
+        ("Product Added", "web"),
+        ("Checkout Started", "web"),
+        ("Order Completed", "web"),
+        ("Order Ready for Pickup", "store"),
+        ("Order Picked Up", "store"),
+        ("Order Refunded", "store"),
+    ]
+    placed = next(e for e in timeline["events"] if e["event"] == "Order Completed")
+    assert placed["order_id"] == ref and placed["revenue"] == 2685.0
+    profile = client.get(f"/api/profiles/{pid}", headers=bearer(store)).json()
+    assert profile["computed"]["order_count"] == 1
+    assert profile["computed"]["active_cart"] is None  # checked out: nothing abandoned
+    assert profile["computed"]["loyalty"] == {"balance": 0, "lifetime_earned": 268, "tier": "basic"}

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from omnijourney.access import service as access
+from omnijourney.commerce import events as commerce_events
 from omnijourney.config import IngestLimits, Settings
 from omnijourney.demo import runner
 from omnijourney.demo.world import JUNK_EMAIL, JUNK_PHONE, DemoWorld, build_world
@@ -34,6 +35,31 @@ ANCHOR = datetime(2025, 6, 1, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def world() -> DemoWorld:
     return build_world(customers=400, seed=7, anchor=ANCHOR)
+
+
+def shop_events(engine: sa.Engine) -> int:
+    """Events of the demo's sources (not those the commerce API appended)."""
+    with db.read(engine) as conn:
+        internal = commerce_events.internal_source_id(conn, create=False) or -1
+        return int(
+            conn.execute(sa.text("SELECT count(*) FROM events WHERE source_id != :s"), {"s": internal}).scalar_one()
+        )
+
+
+def commerce_steps(engine: sa.Engine) -> list[tuple[str, int | None]]:
+    """(event, profile) of every event the commerce API appended, in log order."""
+    with db.read(engine) as conn:
+        internal = commerce_events.internal_source_id(conn, create=False) or -1
+        return [
+            (r[0], r[1])
+            for r in conn.execute(
+                sa.text(
+                    "SELECT e.event, pe.profile_id FROM events e LEFT JOIN profile_events pe ON pe.event_id = e.id "
+                    "WHERE e.source_id = :s ORDER BY e.id"
+                ),
+                {"s": internal},
+            )
+        ]
 
 
 def ts(msg: dict[str, Any]) -> datetime:
@@ -405,11 +431,11 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert first.sent == first.accepted == world.message_count
     assert first.rejected == 0
     assert first.new_events == first.stored_events == world.message_count
-    assert count(engine, "events") == world.message_count
+    assert shop_events(engine) == world.message_count
     assert count(engine, "dead_letters") == 0
     with db.read(engine) as conn:
         assert pipeline_service.lag(conn=conn) == 0
-        sources = {s.name: s for s in access.list_sources(conn=conn)}
+        sources = {s.name: s for s in access.list_sources(conn=conn) if s.name != commerce_events.SOURCE_NAME}
     assert {name: s.channel for name, s in sources.items()} == {s.name: s.channel for s in world.sources}
     assert sources["pos"].trusted and not sources["web"].trusted
 
@@ -427,6 +453,16 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert saved["tokens"]["admin"] in first_output
     assert all(saved["tokens"][role] not in first_output for role in ("marketer", "agent", "store_staff"))
     tokens = count(engine, "api_tokens")
+    # orders placed through the commerce API, each step on the customer's timeline
+    ours = commerce_steps(engine)
+    assert [e for e, _ in ours].count("Order Completed") == 3
+    for step in ("Order Ready for Pickup", "Order Picked Up", "Order Shipped", "Order Cancelled", "Order Refunded"):
+        assert step in {e for e, _ in ours}, step
+    assert all(pid is not None for _, pid in ours)  # every one resolved to a profile
+    with db.read(engine) as conn:
+        origins = dict(conn.execute(sa.text("SELECT origin, count(*) FROM commerce_orders GROUP BY origin")).all())
+        carts = conn.execute(sa.text("SELECT count(*) FROM commerce_carts")).scalar_one()
+    assert origins["omnijourney"] == 3 and origins["event"] > 0 and carts > 0
 
     out.seek(0)
     out.truncate()
@@ -440,8 +476,9 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     )
     assert second.sent == second.accepted == world.message_count
     assert second.new_events == 0 and second.stored_events == world.message_count
-    assert count(engine, "events") == world.message_count
+    assert shop_events(engine) == world.message_count
+    assert commerce_steps(engine) == ours  # the demo orders are placed once
     assert count(engine, "api_tokens") == tokens
-    assert count(engine, "sources") == len(world.sources)
+    assert count(engine, "sources") == len(world.sources) + 1  # + the internal commerce source
     assert json.loads(path.read_text())["tokens"] == saved["tokens"]
     assert saved["tokens"]["admin"] not in out.getvalue()

@@ -187,7 +187,7 @@ class CartQuantityIn(Strict):
 
 class CheckoutIn(Strict):
     cart_id: int = Field(strict=True, ge=1)
-    fulfilment: Literal["ship", "click_and_collect"]
+    fulfilment: Literal["ship", "click_and_collect", "parcel_locker"]
     pickup_location: Code | None = None
     ship_address: dict[str, Any] | None = None
     channel: Channel = "web"
@@ -202,6 +202,8 @@ class CompleteIn(Strict):
 class OrderStatusIn(Strict):
     status: Literal["paid", "ready_for_pickup", "picked_up", "shipped", "delivered", "cancelled"]
     location: Code | None = None
+    #: the channel that acted (on the timeline event); "store" when a location is given, else the order's
+    channel: Channel | None = None
 
 
 class ReturnItemIn(Strict):

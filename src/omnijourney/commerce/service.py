@@ -19,13 +19,22 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from omnijourney.commerce.config import CommerceConfig, LoyaltyRules, is_currency, to_major
+from omnijourney.commerce import events
+from omnijourney.commerce.config import (
+    CURRENCY_EXPONENTS,
+    CommerceConfig,
+    LoyaltyRules,
+    is_currency,
+    load_commerce_config,
+    to_major,
+)
 from omnijourney.commerce.models import (
     Cart,
     CartChange,
@@ -89,6 +98,25 @@ SHIP_ONLY = {"shipped", "delivered"}
 RETURNABLE = {"picked_up", "shipped", "delivered", "completed", "partially_returned"}
 #: statuses whose allocation is still held in stock (consumed on ship / pickup, released on cancel)
 ALLOCATED = {"placed", "paid", "ready_for_pickup"}
+#: parcel-locker orders ship from the network to the locker, wait there, and are picked up; once
+#: shipped (units consumed) they are no longer cancellable: an uncollected parcel comes back as a return
+LOCKER_TRANSITIONS: dict[str, set[str]] = {
+    "placed": {"paid", "shipped", "cancelled"},
+    "paid": {"shipped", "cancelled"},
+    "shipped": {"ready_for_pickup"},
+    "ready_for_pickup": {"picked_up"},
+}
+
+
+def fulfilment_of(stored: str, pickup_location: str | None) -> str:
+    """The fulfilment type as the API shows it. A parcel-locker delivery is stored as shipping to a
+    pickup point (`ship` + the locker's code in `pickup_location`), which keeps the CHECK constraints
+    of migration 0003 (SQLite cannot widen a CHECK without rebuilding the orders table)."""
+    return "parcel_locker" if stored == "ship" and pickup_location else stored
+
+
+def _is_locker_order(o: Any) -> bool:
+    return fulfilment_of(o.fulfilment, o.pickup_location) == "parcel_locker"
 
 
 class CommerceError(ValueError):
@@ -649,8 +677,8 @@ def _record_cart_change(
     actor: str | None = None,
     event_id: int | None = None,
     detail: dict[str, Any] | None = None,
-) -> bool:
-    """Record a cart change; with an event id, False if that event was applied already."""
+) -> int | None:
+    """Record a cart change and return its id; with an event id, None if that event was applied already."""
     row = {
         "cart_id": cart_id,
         "action": action,
@@ -664,11 +692,11 @@ def _record_cart_change(
         "at": now,
     }
     if event_id is None:
-        conn.execute(sa.insert(CART_CHANGES), [row])
-        return True
-    return _inserted(
-        conn, dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]).returning(CART_CHANGES.c.id), row
-    )
+        return int(conn.execute(sa.insert(CART_CHANGES).returning(CART_CHANGES.c.id), row).scalar_one())
+    found = conn.execute(
+        dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]).returning(CART_CHANGES.c.id), row
+    ).first()
+    return int(found[0]) if found is not None else None
 
 
 def _touch_cart(conn: Connection, cart_id: int, now: datetime) -> None:
@@ -680,6 +708,129 @@ def _touch_cart(conn: Connection, cart_id: int, now: datetime) -> None:
     prices = _prices(conn, [line.sku for line in lines], cart.currency)
     value = sum(prices.get(line.sku, 0) * line.quantity for line in lines)
     conn.execute(sa.update(CARTS).where(CARTS.c.id == cart_id).values(updated_at=now, value_minor=value))
+
+
+def _amount(minor: int, currency: str) -> float:
+    """Minor units as the Segment spec's number (events carry floats; the tables keep integers)."""
+    return minor / 10 ** CURRENCY_EXPONENTS.get(currency, 2)
+
+
+def _emit_cart_change(
+    conn: Connection,
+    cart: Row[Any],
+    change_id: int,
+    sku: str,
+    delta: int,
+    channel: str | None,
+    device: str | None,
+    now: datetime,
+) -> None:
+    """`Product Added` / `Product Removed` (with the cart's id and value) for a change made through the API."""
+    if delta == 0:
+        return
+    price = _prices(conn, [sku], cart.currency).get(sku)
+    head = conn.execute(
+        sa.select(CARTS.c.value_minor, PRODUCTS.c.name)
+        .select_from(CARTS.join(PRODUCTS, PRODUCTS.c.sku == sku))
+        .where(CARTS.c.id == cart.id)
+    ).one()
+    props: dict[str, Any] = {
+        "cart_id": str(cart.id),
+        "product_id": sku,
+        "sku": sku,
+        "name": head.name,
+        "quantity": abs(delta),
+        "currency": cart.currency,
+        "value": _amount(head.value_minor, cart.currency),
+    }
+    if price is not None:
+        props["price"] = _amount(price, cart.currency)
+    if device:
+        props["device"] = device
+    events.emit(
+        conn,
+        message_id=f"oj:cart-change:{change_id}",
+        event="Product Added" if delta > 0 else "Product Removed",
+        channel=channel,
+        profile_id=cart.profile_id,
+        anonymous_id=cart.anonymous_id,
+        properties=props,
+        now=now,
+    )
+
+
+def _order_products(conn: Connection, order_id: int, currency: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "product_id": r.sku,
+            "sku": r.sku,
+            "name": r.name,
+            "quantity": r.quantity,
+            "price": _amount(r.unit_price_minor, currency),
+            **({"location": r.location} if r.location else {}),
+        }
+        for r in conn.execute(
+            sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id).order_by(ORDER_LINES.c.line_no)
+        )
+    ]
+
+
+def _emit_order(
+    conn: Connection,
+    order_id: int,
+    status: str,
+    now: datetime,
+    *,
+    channel: str | None = None,
+    location: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Append the event of an order's status change (`events.STATUS_EVENTS`), once per order and status."""
+    events.append(conn, [_order_event(conn, order_id, status, now, channel=channel, location=location, extra=extra)])
+
+
+def _order_event(
+    conn: Connection,
+    order_id: int,
+    status: str,
+    now: datetime,
+    *,
+    channel: str | None = None,
+    location: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The prepared event row of an order's status change (see `events.prepare`)."""
+    o = conn.execute(sa.select(ORDERS).where(ORDERS.c.id == order_id)).one()
+    props: dict[str, Any] = {
+        "order_id": o.order_ref,
+        "status": status,
+        "origin": o.origin,
+        "fulfilment": fulfilment_of(o.fulfilment, o.pickup_location),
+        "currency": o.currency,
+        "total": _amount(o.total_minor, o.currency),
+    }
+    if status == "placed":
+        props["revenue"] = _amount(o.total_minor, o.currency)
+        props["products"] = _order_products(conn, order_id, o.currency)
+        if o.cart_id is not None:
+            props["cart_id"] = str(o.cart_id)
+        if o.checkout_id is not None:
+            props["checkout_id"] = str(o.checkout_id)
+    if o.pickup_location:
+        props["pickup_location"] = o.pickup_location
+    if location:
+        props["location_id"] = location
+    props.update(extra or {})
+    return events.prepare(
+        conn,
+        message_id=f"oj:order:{order_id}:{status}",
+        event=events.STATUS_EVENTS[status],
+        channel=channel or o.channel,
+        profile_id=o.profile_id,
+        anonymous_id=o.anonymous_id,
+        properties=props,
+        now=now,
+    )
 
 
 def _lock_cart(conn: Connection, cart_id: int, *, follow: bool = True, active: bool = True) -> Row[Any]:
@@ -895,7 +1046,7 @@ def add_to_cart(
     _require_skus(conn, [sku])
     if quantity < 1 or quantity > MAX_LINE_QUANTITY:
         raise CommerceError(422, "invalid_quantity", f"quantity must be 1..{MAX_LINE_QUANTITY}")
-    if not _record_cart_change(
+    change_id = _record_cart_change(
         conn,
         cart.id,
         "add",
@@ -906,7 +1057,8 @@ def add_to_cart(
         device=device,
         actor=actor,
         event_id=event_id,
-    ):
+    )
+    if change_id is None:
         return int(cart.id)
     have = conn.execute(
         sa.select(CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
@@ -932,6 +1084,8 @@ def add_to_cart(
             .values(quantity=CART_LINES.c.quantity + quantity, updated_at=now)
         )
     _touch_cart(conn, cart.id, now)
+    if event_id is None:  # changes from events are on the timeline already, as those events
+        _emit_cart_change(conn, cart, change_id, sku, quantity, channel, device, now)
     return int(cart.id)
 
 
@@ -960,7 +1114,7 @@ def set_cart_quantity(
     elif quantity > 0:
         _require_skus(conn, [sku])
     action = "remove" if quantity == 0 else "set"
-    if not _record_cart_change(
+    change_id = _record_cart_change(
         conn,
         cart.id,
         action,
@@ -971,7 +1125,8 @@ def set_cart_quantity(
         device=device,
         actor=actor,
         event_id=event_id,
-    ):
+    )
+    if change_id is None:
         return int(cart.id)
     if quantity == 0:
         conn.execute(sa.delete(CART_LINES).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku))
@@ -993,6 +1148,68 @@ def set_cart_quantity(
             .where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
             .values(quantity=quantity, updated_at=now)
         )
+    _touch_cart(conn, cart.id, now)
+    if event_id is None:
+        _emit_cart_change(conn, cart, change_id, sku, quantity - (have or 0), channel, device, now)
+    return int(cart.id)
+
+
+def sync_cart_snapshot(
+    *,
+    conn: Connection,
+    cart_id: int,
+    lines: Sequence[tuple[str, int]],
+    channel: str,
+    device: str | None,
+    actor: str | None,
+    now: datetime,
+    event_id: int,
+) -> int:
+    """A shop's view of its cart (`Cart Viewed` with products) merged into ours by the merge rule:
+    lines united, a SKU in both keeps the larger quantity (never the sum), lines only we have stay
+    (another device or channel added them). Unknown or inactive SKUs are skipped. Once per event."""
+    cart = _lock_cart(conn, cart_id)
+    wanted: dict[str, int] = {}
+    for sku, quantity in lines:
+        if 1 <= quantity <= MAX_LINE_QUANTITY:
+            wanted[sku] = max(wanted.get(sku, 0), quantity)
+    active = known_skus(conn=conn, skus=wanted, active_only=True)
+    have = dict(
+        conn.execute(sa.select(CART_LINES.c.sku, CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id)).all()
+    )
+    raised = {sku: q for sku, q in sorted(wanted.items()) if sku in active and q > have.get(sku, 0)}
+    change = _record_cart_change(
+        conn,
+        cart.id,
+        "sync",
+        now,
+        channel=channel,
+        device=device,
+        actor=actor,
+        event_id=event_id,
+        detail={"lines": [{"sku": k, "quantity": v} for k, v in raised.items()]},
+    )
+    if change is None or not raised:
+        return int(cart.id)
+    for sku, quantity in raised.items():
+        if sku in have:
+            conn.execute(
+                sa.update(CART_LINES)
+                .where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
+                .values(quantity=quantity, updated_at=now)
+            )
+        else:
+            conn.execute(
+                sa.insert(CART_LINES).values(
+                    cart_id=cart.id,
+                    sku=sku,
+                    quantity=quantity,
+                    channel=channel,
+                    device=device,
+                    added_at=now,
+                    updated_at=now,
+                )
+            )
     _touch_cart(conn, cart.id, now)
     return int(cart.id)
 
@@ -1552,7 +1769,7 @@ def _checkout_dict(conn: Connection, co: Any, now: datetime | None = None) -> di
         "id": co.id,
         "cart_id": co.cart_id,
         "status": status,
-        "fulfilment": co.fulfilment,
+        "fulfilment": fulfilment_of(co.fulfilment, co.pickup_location),
         "pickup_location": co.pickup_location,
         "ship_address": co.ship_address,
         "currency": co.currency,
@@ -1613,7 +1830,10 @@ def start_checkout(
         )
     ).first()
     if open_co is not None:
-        same = open_co.fulfilment == fulfilment and open_co.pickup_location == pickup_location
+        same = (
+            fulfilment_of(open_co.fulfilment, open_co.pickup_location) == fulfilment
+            and open_co.pickup_location == pickup_location
+        )
         if same and open_co.expires_at > now:
             return _checkout_dict(conn, open_co, now)
         _end_checkout(conn, open_co.id, "expired" if open_co.expires_at <= now else "cancelled", now)
@@ -1641,20 +1861,30 @@ def start_checkout(
         if not loc["pickup"]:
             raise CommerceError(422, "pickup_not_offered", f"{pickup_location} does not offer pickup")
         first, ships, network = pickup_location, None, loc["pickup_sourcing"] == "network"
+    elif fulfilment == "parcel_locker":  # shipped from any location that ships, to the locker
+        if not pickup_location:
+            raise CommerceError(422, "pickup_location_required", "parcel-locker delivery needs pickup_location")
+        loc = get_location(conn=conn, code=pickup_location)
+        if loc is None or not loc["active"]:
+            raise CommerceError(422, "unknown_location", f"unknown location {pickup_location!r}")
+        if loc["kind"] != "locker":
+            raise CommerceError(422, "not_a_locker", f"{pickup_location} is a {loc['kind']}, not a parcel locker")
+        if not loc["pickup"]:
+            raise CommerceError(422, "pickup_not_offered", f"{pickup_location} does not offer pickup")
     elif fulfilment == "ship":
         if not ship_address:
             raise CommerceError(422, "ship_address_required", "shipping needs ship_address")
     else:
-        raise CommerceError(422, "invalid_fulfilment", "fulfilment is 'ship' or 'click_and_collect'")
+        raise CommerceError(422, "invalid_fulfilment", "fulfilment is 'ship', 'click_and_collect' or 'parcel_locker'")
     total = sum(prices[line.sku] * line.quantity for line in lines)
     co_id = conn.execute(
         sa.insert(CHECKOUTS)
         .values(
             cart_id=cart.id,
             status="open",
-            fulfilment=fulfilment,
-            pickup_location=pickup_location if fulfilment == "click_and_collect" else None,
-            ship_address=ship_address if fulfilment == "ship" else None,
+            fulfilment="ship" if fulfilment == "parcel_locker" else fulfilment,
+            pickup_location=pickup_location if fulfilment != "ship" else None,
+            ship_address=ship_address if fulfilment != "click_and_collect" else None,
             currency=cart.currency,
             total_minor=total,
             channel=channel,
@@ -1663,6 +1893,26 @@ def start_checkout(
         )
         .returning(CHECKOUTS.c.id)
     ).scalar_one()
+    _record_cart_change(conn, cart.id, "checkout", now, channel=channel, detail={"checkout_id": co_id})
+    # everything but the reservations first: the hot stock rows stay locked only for what follows them
+    event = events.prepare(
+        conn,
+        message_id=f"oj:checkout:{co_id}:started",
+        event="Checkout Started",
+        channel=channel,
+        profile_id=cart.profile_id,
+        anonymous_id=cart.anonymous_id,
+        properties={
+            "checkout_id": str(co_id),
+            "cart_id": str(cart.id),
+            "fulfilment": fulfilment,
+            **({"pickup_location": pickup_location} if fulfilment != "ship" else {}),
+            "currency": cart.currency,
+            "value": _amount(total, cart.currency),
+            "products": [{"product_id": x.sku, "sku": x.sku, "quantity": x.quantity} for x in lines],
+        },
+        now=now,
+    )
     reservations = []
     for line in lines:  # SKU order: each transaction locks stock rows in one global order
         options = (
@@ -1687,9 +1937,28 @@ def start_checkout(
             }
         )
     conn.execute(sa.insert(RESERVATIONS), reservations)
-    _record_cart_change(conn, cart.id, "checkout", now, channel=channel, detail={"checkout_id": co_id})
-    co = conn.execute(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == co_id)).one()
-    return _checkout_dict(conn, co, now)
+    events.append(conn, [event])
+    stored = "ship" if fulfilment == "parcel_locker" else fulfilment
+    location = pickup_location if fulfilment != "ship" else None
+    return {
+        "id": co_id,
+        "cart_id": cart.id,
+        "status": "open",
+        "fulfilment": fulfilment_of(stored, location),
+        "pickup_location": location,
+        "ship_address": ship_address if fulfilment != "click_and_collect" else None,
+        "currency": cart.currency,
+        "total": to_major(total, cart.currency),
+        "total_minor": total,
+        "channel": channel,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+        "order_id": None,
+        "reservations": [
+            {"sku": r["sku"], "location": r["location"], "quantity": r["quantity"], "status": "active"}
+            for r in reservations
+        ],
+    }
 
 
 def _end_checkout(conn: Connection, checkout_id: int, status: str, now: datetime) -> None:
@@ -1821,7 +2090,24 @@ def complete_checkout(
             for n, r in enumerate(sorted(res, key=lambda r: r.sku), start=1)
         ],
     )
-    for r in sorted(res, key=lambda r: (r.sku, r.location)):
+    conn.execute(sa.update(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).values(status="allocated"))
+    conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id == co.id).values(status="completed", order_id=order_id))
+    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart.id).values(status="checked_out", updated_at=now))
+    _record_cart_change(conn, cart.id, "order", now, actor=actor, detail={"order_id": order_id})
+    _history(conn, order_id, "placed", now, actor=actor, location=co.pickup_location)
+    # the answer and the event are built before the hot stock rows are locked (a new order earns exactly
+    # `points_for` its total), so only the allocation, the loyalty writes and the append hold them
+    earned = config.loyalty.points_for(co.total_minor, co.currency) if profile_id is not None else 0
+    view = order_view(conn=conn, order_id=order_id)
+    event = _order_event(
+        conn,
+        order_id,
+        "placed",
+        now,
+        channel=channel or co.channel,
+        extra={"points_earned": earned, "points_redeemed": redeem_points},
+    )
+    for r in sorted(res, key=lambda r: (r.sku, r.location)):  # the global lock order: stock before loyalty
         moved = conn.execute(
             sa.update(STOCK)
             .where(STOCK.c.sku == r.sku, STOCK.c.location == r.location, STOCK.c.reserved >= r.quantity)
@@ -1829,11 +2115,6 @@ def complete_checkout(
         ).rowcount
         if moved != 1:
             raise RuntimeError(f"reservation {r.id}: stock {r.sku}@{r.location} lost its reserved units")
-    conn.execute(sa.update(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).values(status="allocated"))
-    conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id == co.id).values(status="completed", order_id=order_id))
-    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart.id).values(status="checked_out", updated_at=now))
-    _record_cart_change(conn, cart.id, "order", now, actor=actor, detail={"order_id": order_id})
-    _history(conn, order_id, "placed", now, actor=actor, location=co.pickup_location)
     if profile_id is not None:
         if redeem_points:
             redeem_loyalty(
@@ -1848,8 +2129,10 @@ def complete_checkout(
                 config=config,
             )
             conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(points_redeemed=redeem_points))
+            view["points_redeemed"] = redeem_points
         _earn_for_order(conn, profile_id, order_id, co.total_minor, co.currency, config.loyalty, channel, now)
-    return order_view(conn=conn, order_id=order_id), True
+    events.append(conn, [event])
+    return view, True
 
 
 # ============================================================================ orders
@@ -1904,7 +2187,7 @@ def order_view(*, conn: Connection, order_id: int) -> dict[str, Any]:
         "source_id": o.source_id,
         "channel": o.channel,
         "store_id": o.store_id,
-        "fulfilment": o.fulfilment,
+        "fulfilment": fulfilment_of(o.fulfilment, o.pickup_location),
         "pickup_location": o.pickup_location,
         "status": o.status,
         "currency": o.currency,
@@ -1961,6 +2244,7 @@ def transition_order(
     location: str | None,
     now: datetime,
     config: CommerceConfig,
+    channel: str | None = None,
 ) -> dict[str, Any]:
     """Move an order along its lifecycle; repeating the current status is a no-op (safe retries).
 
@@ -1972,9 +2256,10 @@ def transition_order(
         raise _not_found(f"no order {order_id}")
     if o.status == status:
         return order_view(conn=conn, order_id=order_id)
-    if status not in TRANSITIONS.get(o.status, set()):
+    locker = _is_locker_order(o)
+    if status not in (LOCKER_TRANSITIONS if locker else TRANSITIONS).get(o.status, set()):
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is {o.status}; it cannot become {status}")
-    if status in PICKUP_ONLY and o.fulfilment != "click_and_collect":
+    if status in PICKUP_ONLY and o.fulfilment != "click_and_collect" and not locker:
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not click & collect")
     if status in SHIP_ONLY and o.fulfilment != "ship":
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not shipped")
@@ -1982,7 +2267,8 @@ def transition_order(
         raise CommerceError(409, "wrong_store", f"order {o.order_ref} is collected at {o.pickup_location}")
     lines = conn.execute(sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id)).all()
     allocated = [r for r in lines if r.location is not None]
-    if status in ("picked_up", "shipped") and o.status in ALLOCATED:
+    # shipping or handing over consumes the allocation, once (a locker parcel was consumed when shipped)
+    if status in ("picked_up", "shipped") and o.status in ALLOCATED and not (locker and status == "picked_up"):
         for r in sorted(allocated, key=lambda r: (r.sku, r.location)):
             done = conn.execute(
                 sa.update(STOCK)
@@ -2009,6 +2295,7 @@ def transition_order(
             _reverse_points(conn, o, o.total_minor, f"cancel:{order_id}", config, now)
     conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(status=status, updated_at=now))
     _history(conn, order_id, status, now, actor=actor, location=location)
+    _emit_order(conn, order_id, status, now, channel=channel or ("store" if location else None), location=location)
     return order_view(conn=conn, order_id=order_id)
 
 
@@ -2313,6 +2600,28 @@ def create_return(
     _history(conn, order_id, status, now, actor=actor, location=location, detail={"return_id": rid, "refund": refund})
     if o.profile_id is not None and refund:
         _reverse_points(conn, o, refund, f"return:{rid}", config, now)
+    events.emit(
+        conn,
+        message_id=f"oj:return:{rid}",
+        event="Order Refunded",
+        channel=channel,
+        profile_id=o.profile_id,
+        anonymous_id=o.anonymous_id,
+        properties={
+            "order_id": o.order_ref,
+            "return_id": str(rid),
+            "status": status,
+            "location_id": location,
+            "reason": reason,
+            "currency": o.currency,
+            "total": _amount(refund, o.currency),
+            "products": [
+                {"product_id": i["sku"], "sku": i["sku"], "quantity": i["quantity"], "condition": i["condition"]}
+                for i in items
+            ],
+        },
+        now=now,
+    )
     return return_view(conn=conn, return_id=rid), True
 
 
@@ -2352,7 +2661,8 @@ def _ledger(
     channel: str | None,
     actor: str | None,
     now: datetime,
-) -> bool:
+) -> int | None:
+    """Write a ledger entry and return its id; None when its dedupe key was written before."""
     row = {
         "profile_id": profile_id,
         "kind": kind,
@@ -2364,9 +2674,11 @@ def _ledger(
         "at": now,
     }
     if dedupe_key is None:
-        conn.execute(sa.insert(LEDGER), [row])
-        return True
-    return _inserted(conn, dialect.insert_ignoring_conflicts(conn, LEDGER, ["dedupe_key"]).returning(LEDGER.c.id), row)
+        return int(conn.execute(sa.insert(LEDGER).returning(LEDGER.c.id), row).scalar_one())
+    found = conn.execute(
+        dialect.insert_ignoring_conflicts(conn, LEDGER, ["dedupe_key"]).returning(LEDGER.c.id), row
+    ).first()
+    return int(found[0]) if found is not None else None
 
 
 def _credit(
@@ -2488,7 +2800,7 @@ def redeem_loyalty(
         if prev is not None:
             return {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": True}
     _debit(conn, root, points, now, partial=False)
-    if not _ledger(
+    entry = _ledger(
         conn,
         profile_id=root,
         kind="redeem",
@@ -2498,10 +2810,23 @@ def redeem_loyalty(
         channel=channel,
         actor=actor,
         now=now,
-    ):
+    )
+    if entry is None:
         # a concurrent request with the same key committed first: undo ours by failing the transaction
         raise CommerceError(409, "duplicate_redemption", f"redemption {dedupe_key!r} was already made")
-    return {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": False}
+    out = {**loyalty_view(conn=conn, profile_id=root, config=config, history=0), "duplicate": False}
+    if order_id is None:  # redeemed at checkout: told by the order's own event
+        events.emit(
+            conn,
+            message_id=f"oj:loyalty:{entry}",
+            event="Loyalty Points Redeemed",
+            channel=channel,
+            profile_id=root,
+            anonymous_id=None,
+            properties={"points": points, "balance": out["balance"], "tier": out["tier"]},
+            now=now,
+        )
+    return out
 
 
 def _reverse_points(
@@ -2646,3 +2971,134 @@ def current_cart(*, conn: Connection, profile_id: int) -> dict[str, Any] | None:
         next((c for c in carts if c.profile_id is not None), carts[0]),
     )
     return cart_view(conn=conn, cart_id=int(target.id))
+
+
+# ============================================================================ abandoned-cart signal
+
+
+def _cart_signal(r: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "cart_id": r.id,
+        "profile_id": r.profile_id,
+        "anonymous_id": r.anonymous_id,
+        "currency": r.currency,
+        "value": to_major(r.value_minor, r.currency),
+        "value_minor": r.value_minor,
+        "item_count": int(r.item_count or 0),
+        "last_change_at": r.updated_at,
+        "idle_minutes": max(0, int((now - r.updated_at).total_seconds() // 60)),
+    }
+
+
+def _item_count() -> Any:
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(CART_LINES.c.quantity), 0))
+        .where(CART_LINES.c.cart_id == CARTS.c.id)
+        .scalar_subquery()
+        .label("item_count")
+    )
+
+
+def active_cart_signal(*, conn: Connection, member_ids: list[int], now: datetime) -> dict[str, Any] | None:
+    """The abandoned-cart signal of a profile: its active cart's last change time, value and items.
+
+    The cart is the one bound to a member of the cluster, or else one still held by an anonymous id
+    linked to it (merged into the profile's cart the next time the cart is resolved); the most
+    recently changed one with items wins.
+    """
+    if not member_ids:
+        return None
+    anon = _anonymous_ids(conn, member_ids)
+    owned = CARTS.c.profile_id.in_(member_ids)
+    if anon:
+        owned = owned | (CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(anon))
+    row = conn.execute(
+        sa.select(CARTS, _item_count())
+        .where(CARTS.c.status == "active", owned)
+        .order_by(CARTS.c.updated_at.desc(), CARTS.c.id.desc())
+    ).all()
+    with_items = [r for r in row if r.item_count]
+    return _cart_signal(with_items[0], now) if with_items else None
+
+
+def abandoned_carts(
+    *,
+    conn: Connection,
+    idle_minutes: int,
+    now: datetime,
+    min_value_minor: int = 0,
+    currency: str | None = None,
+    max_idle_minutes: int | None = None,
+    limit: int = 500,
+    after_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Active carts with items, unchanged for at least `idle_minutes` (and at most `max_idle_minutes`),
+    with their owner's surviving profile (also for a device cart whose anonymous id was linked since).
+    Newest carts first, keyset paged by cart id (`after_id`: the last id of the previous page)."""
+    cutoff = now - timedelta(minutes=idle_minutes)
+    stmt = (
+        sa.select(CARTS, _item_count())
+        .where(
+            CARTS.c.status == "active",
+            CARTS.c.updated_at <= cutoff,
+            CARTS.c.value_minor >= min_value_minor,
+            sa.exists().where(CART_LINES.c.cart_id == CARTS.c.id),
+        )
+        .order_by(CARTS.c.id.desc())
+        .limit(limit)
+    )
+    if max_idle_minutes is not None:
+        stmt = stmt.where(CARTS.c.updated_at >= now - timedelta(minutes=max_idle_minutes))
+    if currency:
+        stmt = stmt.where(CARTS.c.currency == currency)
+    if after_id is not None:
+        stmt = stmt.where(CARTS.c.id < after_id)
+    rows = conn.execute(stmt).all()
+    # a device's cart whose anonymous id has since been linked to a profile belongs to that profile
+    devices = dict(
+        conn.execute(
+            sa.select(LINKS.c.value, LINKS.c.profile_id).where(
+                LINKS.c.id_type == "anonymous_id",
+                LINKS.c.value.in_(sorted({r.anonymous_id for r in rows if r.profile_id is None and r.anonymous_id})),
+            )
+        ).all()
+    )
+    owners = {r.id: r.profile_id if r.profile_id is not None else devices.get(r.anonymous_id) for r in rows}
+    survivors = dict(
+        conn.execute(
+            sa.select(PROFILES.c.id, PROFILES.c.canonical_id).where(
+                PROFILES.c.id.in_(sorted({p for p in owners.values() if p is not None}))
+            )
+        ).all()
+    )
+    out = []
+    for r in rows:
+        item = _cart_signal(r, now)
+        owner = owners[r.id]
+        item["profile_id"] = survivors.get(owner, owner) if owner is not None else None
+        out.append(item)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _default_config() -> CommerceConfig:
+    return load_commerce_config()
+
+
+def loyalty_summary(
+    *, conn: Connection, member_ids: list[int], config: CommerceConfig | None = None
+) -> dict[str, Any] | None:
+    """Balance, lifetime points and tier of a cluster (None without a loyalty account)."""
+    if not member_ids:
+        return None
+    row = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.balance), 0),
+            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.lifetime_earned), 0),
+        ).where(ACCOUNTS.c.profile_id.in_(member_ids))
+    ).one()
+    if not row[0]:
+        return None
+    rules = (config or _default_config()).loyalty
+    return {"balance": int(row[1]), "lifetime_earned": int(row[2]), "tier": rules.tier_for(int(row[2]))}

@@ -323,6 +323,44 @@ def resolve_cart(body: CartOwnerIn, request: Request, principal: Principal = Dep
         return _cart(conn, cart_id)
 
 
+@router.get("/carts/abandoned")
+def abandoned_carts(
+    request: Request,
+    idle_minutes: int = Query(60, ge=1, le=525_600),
+    max_idle_minutes: int | None = Query(None, ge=1, le=5_256_000),
+    min_value: Decimal = Query(Decimal(0), ge=0, le=Decimal("1000000000")),
+    currency: str | None = Query(None, min_length=3, max_length=3),
+    limit: int = Query(500, ge=1, le=5000),
+    after: int | None = Query(None, ge=1),
+    _: Principal = Depends(readers),
+) -> dict[str, Any]:
+    """The abandoned-cart signal for segments and automations: active carts with items unchanged for
+    `idle_minutes` or more (value at least `min_value` in `currency`, which `min_value` needs)."""
+    code = currency.upper() if currency else None
+    if code is not None and not service.valid_currency(code):
+        raise ApiError(422, "invalid_currency", f"{currency!r} is not an ISO 4217 currency code")
+    if min_value and code is None:
+        raise ApiError(422, "invalid_request", "min_value needs a currency")
+    if max_idle_minutes is not None and max_idle_minutes < idle_minutes:
+        raise ApiError(422, "invalid_request", "max_idle_minutes must not be below idle_minutes")
+    try:
+        floor = to_minor(min_value, code) if code else 0
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from exc
+    with db.read(_engine(request)) as conn:
+        carts = service.abandoned_carts(
+            conn=conn,
+            idle_minutes=idle_minutes,
+            max_idle_minutes=max_idle_minutes,
+            now=utcnow(),
+            min_value_minor=floor,
+            currency=code,
+            limit=limit,
+            after_id=after,
+        )
+    return {"carts": carts, "next_after": carts[-1]["cart_id"] if len(carts) == limit else None}
+
+
 @router.get("/carts/{cart_id:int}")
 def get_cart(cart_id: int, request: Request, _: Principal = Depends(readers)) -> dict[str, Any]:
     with db.read(_engine(request)) as conn:
@@ -506,6 +544,7 @@ def set_order_status(
             location=body.location,
             now=utcnow(),
             config=_cfg(),
+            channel=body.channel,
         )
 
 

@@ -1,10 +1,9 @@
-"""What the demo adds for the staff console: console users, the catalog and stores in commerce, and
-click & collect orders waiting at the stores today.
+"""What the demo adds for the staff console: console users, and click & collect orders waiting at the
+stores today (the catalog, locations and stock come from `demo.commerce`).
 
-Everything goes through the real API (catalog, locations, stock, carts, checkouts) except the
-console users, which are created like `omnijourney users create` does. Safe to run again: the
-catalog and locations are upserts, stock updates and orders carry deterministic idempotency keys,
-and users keep the passwords saved in demo-credentials.json.
+Orders go through the real API (carts, checkouts) at a store that has the unit; console users are
+created like `omnijourney users create` does. Safe to run again: orders carry deterministic
+idempotency keys, and users keep the passwords saved in demo-credentials.json.
 """
 
 from __future__ import annotations
@@ -29,13 +28,6 @@ DEMO_USERS: dict[str, tuple[str, str | None]] = {
 }
 #: click & collect orders placed for today per store (the hero's order comes first, at Praha)
 PICKUPS_PER_STORE = 3
-_COORDS = {
-    "Praha": (50.0755, 14.4378),
-    "Brno": (49.1951, 16.6068),
-    "Ostrava": (49.8209, 18.2625),
-    "Warszawa": (52.2297, 21.0122),
-    "Kraków": (50.0647, 19.9450),
-}
 
 
 def ensure_console_users(engine: sa.Engine, saved: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], bool]:
@@ -59,57 +51,6 @@ def ensure_console_users(engine: sa.Engine, saved: dict[str, Any] | None) -> tup
                 changed = True
             out[username] = {"role": role, "home_store": home, "password": password}
     return out, changed
-
-
-def load_commerce(client: httpx.Client, world: DemoWorld, admin_token: str) -> None:
-    """The world's catalog (with accessories), stores and warehouse, and stock, into commerce."""
-    headers = {"Authorization": f"Bearer {admin_token}"}
-    by_id = {p.product_id: p for p in world.catalog}
-    products = [
-        {
-            "sku": p.sku,
-            "product_id": p.product_id,
-            "name": p.name,
-            "category": p.category,
-            "brand": p.brand,
-            "prices": {"CZK": f"{p.price_czk:.2f}", "EUR": f"{p.price_eur:.2f}"},
-            "related": [{"sku": by_id[a].sku, "kind": "accessory"} for a in p.accessories],
-        }
-        for p in world.catalog
-    ]
-    r = client.post("/api/commerce/products", json={"products": products}, headers=headers)
-    r.raise_for_status()
-    locations = []
-    for loc in world.locations:
-        lat, lon = _COORDS.get(loc.city, (50.0, 15.0))
-        locations.append(
-            {
-                "code": loc.location_id,
-                "name": loc.name,
-                "kind": loc.kind,
-                "address": {"city": loc.city, "country": loc.country},
-                "latitude": lat,
-                "longitude": lon,
-                "ships": loc.kind == "warehouse",
-                "pickup": loc.kind == "store",
-                "pickup_sourcing": "network" if loc.kind == "store" else "store_only",
-                "channels": ["web", "app"] if loc.kind == "warehouse" else ["store"],
-            }
-        )
-    client.put("/api/commerce/locations", json={"locations": locations}, headers=headers).raise_for_status()
-    updates = [
-        {
-            "external_id": f"demo-initial:{p.sku}:{loc.location_id}",
-            "sku": p.sku,
-            "location": loc.location_id,
-            "on_hand": 200 if loc.kind == "warehouse" else 12,
-        }
-        for p in world.catalog
-        for loc in world.locations
-    ]
-    for start in range(0, len(updates), 1000):
-        r = client.post("/api/commerce/stock", json={"updates": updates[start : start + 1000]}, headers=headers)
-        r.raise_for_status()
 
 
 def place_pickups(client: httpx.Client, world: DemoWorld, admin_token: str) -> list[dict[str, Any]]:
@@ -142,7 +83,9 @@ def place_pickups(client: httpx.Client, world: DemoWorld, admin_token: str) -> l
             for o in orders
         ):
             continue
-        product = main[(c.index * 7 + n) % len(main)]
+        product = _in_stock_at(client, headers, main, c.preferred_store, start=c.index * 7 + n)
+        if product is None:
+            continue
         cart = client.post("/api/commerce/carts", json={"profile_id": pid, "currency": "CZK"}, headers=headers)
         cart.raise_for_status()
         cart_id = cart.json()["id"]
@@ -169,3 +112,15 @@ def place_pickups(client: httpx.Client, world: DemoWorld, admin_token: str) -> l
         if done.status_code in (200, 201):
             placed.append({"customer": c.name, "order": done.json()["order_ref"], "store": c.preferred_store})
     return placed
+
+
+def _in_stock_at(client: httpx.Client, headers: dict[str, str], products: list[Any], store: str, *, start: int) -> Any:
+    """The first of `products` (rotating from `start`) with a unit available at `store`, or None."""
+    for k in range(len(products)):
+        product = products[(start + k) % len(products)]
+        stock = client.get(f"/api/commerce/availability/{product.sku}", headers=headers)
+        if stock.status_code == 200 and any(
+            loc["location"] == store and loc["available"] > 0 for loc in stock.json()["locations"]
+        ):
+            return product
+    return None

@@ -36,6 +36,7 @@ from rich.table import Table
 from omnijourney.access import service as access
 from omnijourney.access.service import SourceInfo
 from omnijourney.config import Settings
+from omnijourney.demo import commerce as demo_commerce
 from omnijourney.demo import console as demo_console
 from omnijourney.demo.world import DemoWorld, build_world
 from omnijourney.ingest import service as ingest_service
@@ -130,17 +131,24 @@ def run_demo(
                 timeout=60,
                 limits=httpx.Limits(max_connections=SENDERS, max_keepalive_connections=SENDERS),
             ) as client:
+                # the catalog first, so the shop's cart events build carts (commerce continuity from events)
+                with console.status("loading the catalog, locations and stock"):
+                    shop = demo_commerce.load_catalog(client, world, credentials.tokens["admin"])
                 accepted, rejected, errors = send_world(client, world, sources, console)
                 if settings.run_pipeline:
                     with console.status("waiting for the processing stage to catch up"):
                         caught_up = wait_until_processed(client)
+                    if caught_up:
+                        with console.status("placing orders through the commerce API"):
+                            demo_commerce.place_orders(client, world, credentials.tokens, shop)
+                            caught_up = wait_until_processed(client)
+                        console.print(demo_commerce.describe(shop))
                     if not caught_up:
                         console.print(
                             "[yellow]the processing stage is not catching up (see the server log above); "
                             "the events are stored and will be processed when it recovers[/yellow]"
                         )
-                    with console.status("loading the catalog, stores and today's click & collect orders"):
-                        demo_console.load_commerce(client, world, credentials.tokens["admin"])
+                    with console.status("placing today's click & collect orders"):
                         pickups = demo_console.place_pickups(client, world, credentials.tokens["admin"])
                     if pickups:
                         console.print(

@@ -16,6 +16,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from omnijourney.commerce import service as commerce
 from omnijourney.identity import service as identity
 from omnijourney.identity.models import IdentityLink, Profile, ProfileEvent
 from omnijourney.ingest.models import Event
@@ -29,6 +30,7 @@ from omnijourney.profiles.models import (
     ProfileTrait,
 )
 from omnijourney.profiles.traits import fold, merge_member_traits
+from omnijourney.store.base import utcnow
 
 PROFILES = Profile.__table__
 LINKS = IdentityLink.__table__
@@ -201,6 +203,9 @@ def profile_360(
     computed["devices"] = [c["key"] for c in counters.get("device", [])]
     computed["preferred_store"] = counters["store"][0]["key"] if counters.get("store") else None
     computed["channel_usage"] = counters.get("channel", [])
+    # commerce: the abandoned-cart signal (active cart's last change, value, items) and loyalty
+    computed["active_cart"] = commerce.active_cart_signal(conn=conn, member_ids=member_ids, now=utcnow())
+    computed["loyalty"] = commerce.loyalty_summary(conn=conn, member_ids=member_ids)
     return {
         "id": root,
         "requested_id": profile_id,

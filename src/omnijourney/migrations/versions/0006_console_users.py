@@ -1,7 +1,7 @@
 """console: users, sessions, login attempts
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-11-26 12:45:00.000000
 """
 

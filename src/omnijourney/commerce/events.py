@@ -1,0 +1,217 @@
+"""The commerce outbox: changes made through the commerce API become events in the event log.
+
+Each change appends one event in the transaction that makes the change (so the event exists
+exactly when the change committed), through the ingest service's append path: the same
+validation and row shape as a shop's event, the same `(source_id, message_id)` deduplication.
+The pipeline then puts it on the customer's timeline, counts it in the profile, exports it to
+analytics, and automations see it, as for any other event.
+
+- Source: one internal source, `omnijourney:commerce` (created on first use, **disabled** so no
+  write key can ever send in its name; enabled/disabled only gates public ingestion). Each event's
+  `channel` is the channel that acted (`context.channel`), and `context.omnijourney.origin` is
+  `"commerce"`.
+- Message ids are derived from what changed (`oj:order:<id>:<status>`, `oj:cart-change:<id>`,
+  `oj:return:<id>`, …), so a retry or a replay never appends an event twice.
+- Identity: the event carries the profile's highest-priority identifier (or the cart's anonymous
+  id), so identity resolution puts it on the same profile; it never adds an identifier, so it can
+  never merge anything.
+- The commerce handler skips events of this source: it consumes `Order Completed` / `Product
+  Added` / `Product Removed` from shops and POS, and must not apply our own changes a second time.
+
+The append comes last in a service call, so on PostgreSQL the event-log lock (held to commit, to
+keep log ids in commit order) is held as briefly as possible.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from omnijourney.access.models import Source
+from omnijourney.config import IngestLimits
+from omnijourney.identity import service as identity
+from omnijourney.identity.rules import IdentityRules, load_rules
+from omnijourney.ingest import service as ingest
+from omnijourney.ingest.schemas import FieldError, validate_message
+from omnijourney.ingest.spec import CHANNELS
+from omnijourney.store import dialect
+from omnijourney.store.base import utcnow
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "omnijourney:commerce"
+ORIGIN = "commerce"
+SOURCES = Source.__table__
+_LIMITS = IngestLimits()
+
+#: order status -> the event that announces it
+STATUS_EVENTS = {
+    "placed": "Order Completed",
+    "paid": "Order Paid",
+    "ready_for_pickup": "Order Ready for Pickup",
+    "picked_up": "Order Picked Up",
+    "shipped": "Order Shipped",
+    "delivered": "Order Delivered",
+    "cancelled": "Order Cancelled",
+}
+
+
+@lru_cache(maxsize=1)
+def _default_rules() -> IdentityRules:
+    return load_rules()
+
+
+_SOURCE_ID = sa.select(SOURCES.c.id).where(SOURCES.c.name == SOURCE_NAME)
+_CACHE_KEY = "omnijourney.commerce.source_id"
+_CREATED_KEY = "omnijourney.commerce.source_created"
+
+
+def internal_source_id(conn: Connection, *, create: bool = True) -> int | None:
+    """The id of the internal commerce source (created, disabled, on first use).
+
+    Remembered per database connection once found (a source is never deleted), so the hot paths
+    (checkout, the handler's every step) do not ask again.
+    """
+    info = conn.connection.info
+    cached = info.get(_CACHE_KEY)
+    if cached is not None:
+        return int(cached)
+    stmt = _SOURCE_ID
+    found = conn.execute(stmt).scalar_one_or_none()
+    # a source this connection created may not be committed yet (its transaction may roll back)
+    if found is not None and found != info.get(_CREATED_KEY):
+        info[_CACHE_KEY] = found
+    if found is not None or not create:
+        return found
+    conn.execute(
+        dialect.insert_ignoring_conflicts(conn, SOURCES, ["name"]),
+        [
+            {
+                "name": SOURCE_NAME,
+                "channel": "other",
+                "trusted": False,
+                "write_key": "internal-" + secrets.token_urlsafe(24),
+                "allowed_origins": [],
+                "enabled": False,
+                "created_at": utcnow(),
+            }
+        ],
+    )
+    created = conn.execute(stmt).scalar_one()
+    info[_CREATED_KEY] = created
+    return int(created)
+
+
+def _set_path(message: dict[str, Any], path: str, value: str) -> None:
+    parts = path.split(".")
+    node = message
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def owner_fields(
+    conn: Connection, *, profile_id: int | None, anonymous_id: str | None, rules: IdentityRules | None = None
+) -> dict[str, Any] | None:
+    """Message fields that make identity resolution find this profile (or device) again.
+
+    The cluster's highest-priority identifier (oldest first on ties), written into the first
+    field its rule reads; else the anonymous id. None when neither exists.
+    """
+    rules = rules or _default_rules()
+    if profile_id is not None:
+        root = identity.canonical_id(conn=conn, profile_id=profile_id)
+        if root is not None:
+            members = identity.members(conn=conn, root=root) or [root]
+            links = identity.LINKS
+            rows = conn.execute(
+                sa.select(links.c.id_type, links.c.value)
+                .where(links.c.profile_id.in_(members))
+                .order_by(links.c.linked_at, links.c.id)
+            ).all()
+            best = None
+            for r in rows:
+                spec = rules.identifier_types.get(r.id_type)
+                if spec is None:
+                    continue
+                if best is None or spec.priority > best[0].priority:
+                    best = (spec, r.value)
+            if best is not None:
+                message: dict[str, Any] = {}
+                fields = best[0].fields
+                path = next((f for f in fields if f in ("userId", "anonymousId")), None)
+                path = path or next((f for f in fields if f.startswith(("context.", "properties."))), fields[0])
+                _set_path(message, path, best[1])
+                return message
+    if anonymous_id:
+        return {"anonymousId": anonymous_id}
+    return None
+
+
+def prepare(
+    conn: Connection,
+    *,
+    message_id: str,
+    event: str,
+    channel: str | None,
+    profile_id: int | None,
+    anonymous_id: str | None,
+    properties: dict[str, Any],
+    now: datetime,
+    rules: IdentityRules | None = None,
+) -> dict[str, Any] | None:
+    """The event row of a change, validated as ingestion validates a shop's message; None if there
+    is nobody to attribute it to (logged). Built before the change takes its hottest locks, so
+    that `append` is all that is left to do while they are held."""
+    owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
+    if owner is None:
+        log.info("commerce: %s %s has no owner to put on a timeline", event, message_id)
+        return None
+    context = owner.pop("context", {})
+    context["channel"] = channel if channel in CHANNELS else "other"
+    context["omnijourney"] = {"origin": ORIGIN}
+    props = {**owner.pop("properties", {}), **properties}
+    raw = {
+        "type": "track",
+        "event": event,
+        "messageId": message_id,
+        "timestamp": now.isoformat(),
+        "properties": props,
+        "context": context,
+        **owner,
+    }
+    valid = validate_message(
+        raw,
+        default_type=None,
+        source_channel="other",
+        received_at=now,
+        batch_sent_at=None,
+        client_ip=None,
+        limits=_LIMITS,
+    )
+    if isinstance(valid, list):  # a bug in what we build, never the customer's input
+        raise ValueError(f"commerce event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
+    source_id = internal_source_id(conn)
+    assert source_id is not None
+    return valid.row(source_id)
+
+
+def append(conn: Connection, rows: list[dict[str, Any] | None]) -> None:
+    """Append prepared rows to the log in the caller's transaction; a message id appended before is
+    skipped, not duplicated. On PostgreSQL this takes the event-log lock until commit: call it last."""
+    ready = [r for r in rows if r is not None]
+    if ready:
+        ingest.append_events(conn=conn, rows=ready)
+
+
+def emit(conn: Connection, **kwargs: Any) -> bool:
+    """`prepare` + `append` for one change; False if there is nobody to attribute it to."""
+    row = prepare(conn, **kwargs)
+    append(conn, [row])
+    return row is not None
