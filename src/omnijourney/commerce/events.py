@@ -67,9 +67,11 @@ def _default_rules() -> IdentityRules:
     return load_rules()
 
 
-def internal_source_id(conn: Connection, *, create: bool = True) -> int | None:
-    """The id of the internal commerce source (created, disabled, on first use)."""
-    stmt = sa.select(SOURCES.c.id).where(SOURCES.c.name == SOURCE_NAME)
+def internal_source_id(conn: Connection, *, create: bool = True, name: str = SOURCE_NAME) -> int | None:
+    """The id of an internal source (commerce by default; created, disabled, on first use).
+
+    Other domains that append events of their own (engage: segment entries) pass their own `name`."""
+    stmt = sa.select(SOURCES.c.id).where(SOURCES.c.name == name)
     found = conn.execute(stmt).scalar_one_or_none()
     if found is not None or not create:
         return found
@@ -77,7 +79,7 @@ def internal_source_id(conn: Connection, *, create: bool = True) -> int | None:
         dialect.insert_ignoring_conflicts(conn, SOURCES, ["name"]),
         [
             {
-                "name": SOURCE_NAME,
+                "name": name,
                 "channel": "other",
                 "trusted": False,
                 "write_key": "internal-" + secrets.token_urlsafe(24),
@@ -147,16 +149,21 @@ def emit(
     properties: dict[str, Any],
     now: datetime,
     rules: IdentityRules | None = None,
+    source_name: str = SOURCE_NAME,
+    origin: str = ORIGIN,
 ) -> bool:
     """Append one commerce event to the log in the caller's transaction (a message id appended
-    before is skipped, not duplicated); False if there is nobody to attribute it to (logged)."""
+    before is skipped, not duplicated); False if there is nobody to attribute it to (logged).
+
+    `source_name` / `origin` let another domain append through the same path under its own
+    internal source (engage appends `Segment Entered` / `Segment Exited` this way)."""
     owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
     if owner is None:
-        log.info("commerce: %s %s has no owner to put on a timeline", event, message_id)
+        log.info("%s: %s %s has no owner to put on a timeline", origin, event, message_id)
         return False
     context = owner.pop("context", {})
     context["channel"] = channel if channel in CHANNELS else "other"
-    context["omnijourney"] = {"origin": ORIGIN}
+    context["omnijourney"] = {"origin": origin}
     props = {**owner.pop("properties", {}), **properties}
     raw = {
         "type": "track",
@@ -177,8 +184,8 @@ def emit(
         limits=_LIMITS,
     )
     if isinstance(valid, list):  # a bug in what we build, never the customer's input
-        raise ValueError(f"commerce event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
-    source_id = internal_source_id(conn)
+        raise ValueError(f"{origin} event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
+    source_id = internal_source_id(conn, name=source_name)
     assert source_id is not None
     ingest.append_events(conn=conn, rows=[valid.row(source_id)])
     return True
