@@ -18,6 +18,7 @@ from omnijourney.access import views as access_views
 from omnijourney.access.cache import SourceCache
 from omnijourney.commerce import views as commerce_views
 from omnijourney.config import Settings
+from omnijourney.engage import views as engage_views
 from omnijourney.identity import views as identity_views
 from omnijourney.identity.rules import load_rules
 from omnijourney.ingest import api as ingest_api
@@ -134,5 +135,6 @@ def create_app(
     app.include_router(profile_views.router)
     app.include_router(identity_views.router)
     app.include_router(commerce_views.router)
+    app.include_router(engage_views.router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app

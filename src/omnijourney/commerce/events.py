@@ -151,13 +151,19 @@ def emit(
     rules: IdentityRules | None = None,
     source_name: str = SOURCE_NAME,
     origin: str = ORIGIN,
+    fallback_anonymous_id: str | None = None,
 ) -> bool:
     """Append one commerce event to the log in the caller's transaction (a message id appended
     before is skipped, not duplicated); False if there is nobody to attribute it to (logged).
 
     `source_name` / `origin` let another domain append through the same path under its own
-    internal source (engage appends `Segment Entered` / `Segment Exited` this way)."""
+    internal source (engage appends `Segment Entered` / `Segment Exited` this way). A track message
+    needs a userId or anonymousId: when the profile's best identifier is neither (a POS customer
+    known only by e-mail or card), `fallback_anonymous_id` is added beside it (it then links to
+    the same profile)."""
     owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
+    if owner is not None and fallback_anonymous_id and not (owner.get("userId") or owner.get("anonymousId")):
+        owner["anonymousId"] = fallback_anonymous_id
     if owner is None:
         log.info("%s: %s %s has no owner to put on a timeline", origin, event, message_id)
         return False

@@ -486,9 +486,10 @@ def matches(rule: dict[str, Any], f: Facts) -> bool:
         cart = f.cart
         if cart is None or cart["idle_minutes"] < c.get("idle_minutes_gte", 0):
             return False
-        if c.get("value_gte") is not None and cart["value"] < c["value_gte"]:
+        value = float(cart["value"])  # major units, as a decimal string
+        if c.get("value_gte") is not None and value < c["value_gte"]:
             return False
-        return not (c.get("value_lte") is not None and cart["value"] > c["value_lte"])
+        return not (c.get("value_lte") is not None and value > c["value_lte"])
     if kind == "event":
         count, total = f.events.get(_event_key(c), (0, 0.0))
         if not c.get("did", True):
@@ -554,7 +555,11 @@ def evaluate(
     left: list[tuple[dict[str, Any], int]] = []
     for seg in segments:
         for root in root_ids:
-            inside = matches(seg["rule"], facts[root])
+            try:
+                inside = matches(seg["rule"], facts[root])
+            except (TypeError, ValueError, KeyError) as exc:  # never stop the stage: keep the current state
+                log.warning("engage: segment %s on profile %s not evaluated: %s", seg["key"], root, exc)
+                continue
             was = (seg["key"], root) in current
             if inside and not was:
                 entered.append((seg, root))
@@ -625,6 +630,7 @@ def _record_history(
             now=now,
             source_name=SOURCE_NAME,
             origin=ORIGIN,
+            fallback_anonymous_id=f"oj-profile-{r['profile_id']}",
         )
 
 
@@ -745,3 +751,31 @@ def profile_segments(*, conn: Connection, profile_id: int, history: int = 50) ->
 def reset(*, conn: Connection) -> None:
     conn.execute(sa.delete(MEMBERS))
     conn.execute(sa.delete(HISTORY))
+
+
+def refresh_all(*, engine: Any, config: EngageConfig, profile_config: ProfileConfig | None = None) -> dict[str, int]:
+    """The time-based sweep over every surviving profile, one transaction per chunk.
+
+    Each chunk holds the processing checkpoint lock (PostgreSQL; SQLite has one writer anyway),
+    so a sweep and the pipeline handler never evaluate the same profile concurrently."""
+    from omnijourney.pipeline.models import Checkpoint
+    from omnijourney.profiles.config import load_profile_config
+    from omnijourney.store import db
+    from omnijourney.store.base import utcnow
+
+    checkpoints = Checkpoint.__table__
+    pcfg = profile_config or load_profile_config()
+    total = {"entered": 0, "left": 0}
+    after = 0
+    with db.write(engine) as conn:
+        sync_config(conn=conn, config=config, now=utcnow())
+    while True:
+        with db.write(engine) as conn:
+            conn.execute(dialect.for_update(sa.select(checkpoints.c.name).where(checkpoints.c.name == "main"), conn))
+            nxt, counts = refresh_chunk(
+                conn=conn, after=after, limit=config.refresh_chunk, now=utcnow(), profile_config=pcfg
+            )
+        total = {k: total[k] + counts[k] for k in total}
+        if nxt is None:
+            return total
+        after = nxt
