@@ -29,7 +29,7 @@ router = APIRouter(tags=["engage"])
 marketers = require_role("marketer")
 readers = require_role("marketer", "agent", "store_staff")
 
-_synced = threading.Event()
+_sync_lock = threading.Lock()
 _profile_config: list[ProfileConfig] = []
 
 
@@ -53,10 +53,10 @@ def _errors() -> Iterator[None]:
 
 def _engine(request: Request) -> Any:
     engine = request.app.state.engine
-    if not _synced.is_set():  # the configuration segments, once per process
-        with db.write(engine) as conn:
+    if not getattr(request.app.state, "engage_synced", False):  # the configuration segments, once per app
+        with _sync_lock, db.write(engine) as conn:
             service.sync_config(conn=conn, config=default_config(), now=utcnow())
-        _synced.set()
+        request.app.state.engage_synced = True
     return engine
 
 
