@@ -118,3 +118,62 @@ class ItemPopularity(Base):
     sku: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     buyers: Mapped[int] = mapped_column(sa.Integer)
     viewers: Mapped[int] = mapped_column(sa.Integer)
+
+
+class Offer(Base):
+    """A promotion defined once, evaluated by one API for every channel (docs/ENGAGE.md, Offers).
+
+    `redeemed` is bounded by `max_redemptions` in the database, so concurrent redemptions can
+    never exceed the limit whatever the code does."""
+
+    __tablename__ = "engage_offers"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    description: Mapped[str] = mapped_column(sa.String(2000), default="")
+    #: only members of this segment (None: everyone)
+    segment_key: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    #: channels it is shown in ([]: every channel)
+    channels: Mapped[list[str]] = mapped_column(JSONType)
+    #: SKUs it applies to ([]: any)
+    skus: Mapped[list[str]] = mapped_column(JSONType)
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    priority: Mapped[int] = mapped_column(sa.Integer, default=0)
+    max_redemptions: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    per_profile_limit: Mapped[int] = mapped_column(sa.Integer, default=1)
+    redeemed: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: what the channel shows / applies: {"discount_percent": 10, "code": "RUN10", "text": ...}
+    benefit: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    version: Mapped[int] = mapped_column(sa.Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str] = mapped_column(sa.String(100))
+
+    __table_args__ = (
+        sa.CheckConstraint("redeemed >= 0", name="redeemed_non_negative"),
+        sa.CheckConstraint("max_redemptions IS NULL OR redeemed <= max_redemptions", name="redeemed_within_limit"),
+        sa.CheckConstraint("per_profile_limit >= 1", name="per_profile_positive"),
+        sa.CheckConstraint("ends_at IS NULL OR starts_at IS NULL OR ends_at > starts_at", name="period_ordered"),
+    )
+
+
+class OfferRedemption(Base):
+    """One redemption; (offer, profile, seq) is unique and seq <= the offer's per-profile limit."""
+
+    __tablename__ = "engage_offer_redemptions"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    offer_key: Mapped[str] = mapped_column(sa.ForeignKey("engage_offers.key"))
+    profile_id: Mapped[int] = mapped_column(sa.BigInteger)
+    seq: Mapped[int] = mapped_column(sa.Integer)
+    channel: Mapped[str] = mapped_column(sa.String(32))
+    order_ref: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    redeemed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(sa.String(100))
+
+    __table_args__ = (
+        sa.UniqueConstraint("offer_key", "profile_id", "seq"),
+        sa.CheckConstraint("seq >= 1", name="seq_positive"),
+    )

@@ -13,6 +13,7 @@ A rule is a tree: `{all: [...]}`, `{any: [...]}`, `{not: rule}`, or one conditio
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -232,3 +233,52 @@ class EngageConfig(_Strict):
         if dup:
             raise ValueError(f"duplicate segment keys {dup}")
         return self
+
+
+class OfferIn(_Strict):
+    key: str
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    segment: str | None = None
+    channels: list[str] = Field(default_factory=list, max_length=20)
+    skus: list[str] = Field(default_factory=list, max_length=1000)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    max_redemptions: int | None = Field(default=None, ge=1)
+    per_profile_limit: int = Field(default=1, ge=1, le=1000)
+    benefit: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not KEY_PATTERN.match(v):
+            raise ValueError("an offer key is lower-case letters, digits and '_', starting with a letter (≤ 64)")
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[str]) -> list[str]:
+        from omnijourney.ingest.spec import CHANNELS
+
+        unknown = sorted(set(v) - CHANNELS)
+        if unknown:
+            raise ValueError(f"unknown channels {unknown}; known: {', '.join(sorted(CHANNELS))}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _period(self) -> OfferIn:
+        for name in ("starts_at", "ends_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} needs a time zone (e.g. 2026-12-01T00:00:00Z)")
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class RedeemIn(_Strict):
+    profile_id: int
+    channel: str = Field(min_length=1, max_length=32)
+    idempotency_key: str = Field(min_length=1, max_length=128)
+    order_ref: str | None = Field(default=None, max_length=128)

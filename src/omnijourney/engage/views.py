@@ -12,13 +12,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from omnijourney.access.deps import require_role
 from omnijourney.access.service import Principal
-from omnijourney.engage import recommend, service
+from omnijourney.engage import offers, recommend, service
 from omnijourney.engage.config import default_config
 from omnijourney.engage.recommend import RecoError
-from omnijourney.engage.schemas import SegmentIn, SegmentUpdate
+from omnijourney.engage.schemas import OfferIn, RedeemIn, SegmentIn, SegmentUpdate
 from omnijourney.engage.service import SegmentError
 from omnijourney.errors import ApiError
 from omnijourney.profiles.config import ProfileConfig, load_profile_config
@@ -243,3 +244,77 @@ def profile_recommendations(
 def train_recommendations(request: Request, _: Principal = Depends(marketers)) -> dict[str, Any]:
     with db.write(request.app.state.engine) as conn:
         return recommend.train(conn=conn, config=default_config().recommendations, now=utcnow())
+
+
+# ------------------------------------------------------------------ offers
+
+
+def _offer_invalid(exc: ValidationError) -> ApiError:
+    errors = [
+        {"field": ".".join(str(x) for x in e["loc"]) or "body", "message": e["msg"].removeprefix("Value error, ")}
+        for e in exc.errors()
+    ]
+    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return ApiError(400, "invalid_offer", f"the offer is invalid: {message}", errors=errors)
+
+
+@router.get("/api/offers")
+def list_offers(request: Request, _: Principal = Depends(readers)) -> dict[str, Any]:
+    with db.read(request.app.state.engine) as conn:
+        return {"offers": offers.list_offers(conn=conn)}
+
+
+@router.put("/api/offers/{key}")
+async def put_offer(key: str, request: Request, principal: Principal = Depends(marketers)) -> dict[str, Any]:
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_offer", "the body must be a JSON object")
+    try:
+        offer = OfferIn.model_validate({**body, "key": key})
+    except ValidationError as exc:
+        raise _offer_invalid(exc) from exc
+    engine = _engine(request)
+
+    def run() -> dict[str, Any]:
+        with _errors(), db.write(engine) as conn:
+            return offers.put_offer(conn=conn, offer=offer, actor=_actor(principal), now=utcnow())
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/api/offers/{key}")
+def get_offer(key: str, request: Request, _: Principal = Depends(readers)) -> dict[str, Any]:
+    with _errors(), db.read(request.app.state.engine) as conn:
+        return offers.get_offer(conn=conn, key=key)
+
+
+@router.get("/api/profiles/{profile_id}/offers")
+def profile_offers(
+    profile_id: int,
+    request: Request,
+    channel: str = Query(..., max_length=32),
+    sku: str | None = Query(None, max_length=64),
+    _: Principal = Depends(readers),
+) -> dict[str, Any]:
+    """The offers this customer may use in this channel, best first (the same in every channel)."""
+    with _errors(), db.read(request.app.state.engine) as conn:
+        return offers.eligible_offers(conn=conn, profile_id=profile_id, channel=channel, sku=sku, now=utcnow())
+
+
+@router.post("/api/offers/{key}/redeem")
+async def redeem_offer(key: str, request: Request, principal: Principal = Depends(readers)) -> dict[str, Any]:
+    body = await _json(request)
+    try:
+        redeem = RedeemIn.model_validate(body)
+    except ValidationError as exc:
+        raise _offer_invalid(exc) from exc
+    engine = request.app.state.engine
+
+    def run() -> dict[str, Any]:
+        try:
+            with _errors(), db.write(engine) as conn:
+                return offers.redeem(conn=conn, key=key, body=redeem, actor=_actor(principal), now=utcnow())
+        except IntegrityError as exc:  # a database limit refused it (CHECK / UNIQUE)
+            raise ApiError(409, "exhausted", f"offer {key!r} has no redemptions left") from exc
+
+    return await run_in_threadpool(run)
