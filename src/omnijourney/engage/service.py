@@ -753,11 +753,24 @@ def reset(*, conn: Connection) -> None:
     conn.execute(sa.delete(HISTORY))
 
 
-def refresh_all(*, engine: Any, config: EngageConfig, profile_config: ProfileConfig | None = None) -> dict[str, int]:
-    """The time-based sweep over every surviving profile, one transaction per chunk.
+def refresh_all(
+    *,
+    engine: Any,
+    config: EngageConfig,
+    profile_config: ProfileConfig | None = None,
+    keys: Sequence[str] | None = None,
+    attempts: int = 5,
+) -> dict[str, int]:
+    """The time-based sweep over every surviving profile (or only the segments `keys`), one short
+    transaction per chunk of `config.refresh_chunk` profiles.
 
     Each chunk holds the processing checkpoint lock (PostgreSQL; SQLite has one writer anyway),
-    so a sweep and the pipeline handler never evaluate the same profile concurrently."""
+    so a sweep and the pipeline handler never evaluate the same profile concurrently. A chunk that
+    cannot get the write lock in time (a long processing step) is retried, not abandoned."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
     from omnijourney.pipeline.models import Checkpoint
     from omnijourney.profiles.config import load_profile_config
     from omnijourney.store import db
@@ -770,11 +783,21 @@ def refresh_all(*, engine: Any, config: EngageConfig, profile_config: ProfileCon
     with db.write(engine) as conn:
         sync_config(conn=conn, config=config, now=utcnow())
     while True:
-        with db.write(engine) as conn:
-            conn.execute(dialect.for_update(sa.select(checkpoints.c.name).where(checkpoints.c.name == "main"), conn))
-            nxt, counts = refresh_chunk(
-                conn=conn, after=after, limit=config.refresh_chunk, now=utcnow(), profile_config=pcfg
-            )
+        for attempt in range(attempts):
+            try:
+                with db.write(engine) as conn:
+                    conn.execute(
+                        dialect.for_update(sa.select(checkpoints.c.name).where(checkpoints.c.name == "main"), conn)
+                    )
+                    nxt, counts = refresh_chunk(
+                        conn=conn, after=after, limit=config.refresh_chunk, now=utcnow(), profile_config=pcfg, keys=keys
+                    )
+                break
+            except OperationalError:  # SQLite: the write lock was busy past its timeout
+                if attempt == attempts - 1:
+                    raise
+                log.info("engage: refresh chunk after %s waiting for the write lock", after)
+                time.sleep(1.0)
         total = {k: total[k] + counts[k] for k in total}
         if nxt is None:
             return total

@@ -80,23 +80,16 @@ async def _json(request: Request) -> Any:
         raise ApiError(400, "invalid_json", "the body must be a JSON object") from exc
 
 
-def _evaluate_everyone(conn: Any, key: str) -> dict[str, int]:
-    """A new or changed definition is applied to every profile in the same transaction."""
-    total = {"entered": 0, "left": 0}
-    after = 0
-    while True:
-        nxt, counts = service.refresh_chunk(
-            conn=conn,
-            after=after,
-            limit=default_config().refresh_chunk,
-            now=utcnow(),
-            profile_config=_pcfg(),
-            keys=[key],
-        )
-        total = {k: total[k] + counts[k] for k in total}
-        if nxt is None:
-            return total
-        after = nxt
+def _evaluate_everyone(engine: Any, key: str) -> dict[str, Any]:
+    """A new or changed definition (committed) is applied to every profile, in short chunked
+    transactions so ingestion and processing are not blocked; the next refresh completes it
+    should this stop half-way."""
+    counts: dict[str, Any] = service.refresh_all(
+        engine=engine, config=default_config(), profile_config=_pcfg(), keys=[key]
+    )
+    with db.read(engine) as conn:
+        counts["count"] = service.count(conn=conn, key=key)
+    return counts
 
 
 # ------------------------------------------------------------------ segments
@@ -120,9 +113,9 @@ async def create_segment(request: Request, principal: Principal = Depends(market
     def run() -> dict[str, Any]:
         with _errors(), db.write(engine) as conn:
             out = service.create_segment(conn=conn, segment=seg, actor=_actor(principal), now=utcnow())
-            out["evaluated"] = _evaluate_everyone(conn, seg.key)
-            out["count"] = service.count(conn=conn, key=seg.key)
-            return out
+        out["evaluated"] = _evaluate_everyone(engine, seg.key)
+        out["count"] = out["evaluated"].pop("count")
+        return out
 
     return await run_in_threadpool(run)
 
@@ -154,10 +147,13 @@ async def update_segment(key: str, request: Request, principal: Principal = Depe
         with _errors(), db.write(engine) as conn:
             before = service.get_segment(conn=conn, key=key)["version"]
             out = service.update_segment(conn=conn, key=key, update=update, actor=_actor(principal), now=utcnow())
-            if out["version"] != before:
-                out["evaluated"] = _evaluate_everyone(conn, key)
-            out["count"] = service.count(conn=conn, key=key)
-            return out
+        if out["version"] != before:
+            out["evaluated"] = _evaluate_everyone(engine, key)
+            out["count"] = out["evaluated"].pop("count")
+        else:
+            with db.read(engine) as conn:
+                out["count"] = service.count(conn=conn, key=key)
+        return out
 
     return await run_in_threadpool(run)
 
