@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from omnijourney.access import service as access
+from omnijourney.engage.config import default_config
 from omnijourney.store import db
 from tests.conftest import World, count, wait_for
 from tests.engage.helpers import ago
+
+
+@pytest.fixture
+def config_segments(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """engage.yaml with two configuration segments (the shipped file has none)."""
+    monkeypatch.setenv("OMNIJOURNEY_ENGAGE_CONFIG", str(Path(__file__).with_name("engage.test.yaml")))
+    default_config.cache_clear()
+    yield
+    default_config.cache_clear()
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -46,7 +59,9 @@ BAD = [
 ]
 
 
-def test_definitions_roles_versions_and_bad_input(client: httpx.Client, world: World, engine: sa.Engine) -> None:
+def test_definitions_roles_versions_and_bad_input(
+    config_segments: None, client: httpx.Client, world: World, engine: sa.Engine
+) -> None:
     marketer, agent, admin = bearer(world.marketer_token), bearer(world.agent_token), bearer(world.admin_token)
     r = client.get("/api/segments", headers=agent)  # syncs the configuration segments
     assert r.status_code == 200

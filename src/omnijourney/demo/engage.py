@@ -1,5 +1,5 @@
-"""The demo's engage step, through the API: train recommendations, refresh the segments (the
-configuration segments of engage.yaml plus one created through the API), show a sample."""
+"""The demo's engage step, through the API: train recommendations, create the demo segments and
+refresh them, show a sample."""
 
 from __future__ import annotations
 
@@ -8,17 +8,59 @@ from typing import Any
 
 import httpx
 
-DEMO_SEGMENT = {
-    "key": "demo_runners_email_ok",
-    "name": "Runners who may be e-mailed",
-    "description": "Viewed running shoes in the last 90 days; e-mail marketing not withdrawn.",
-    "rule": {
-        "all": [
-            {"event": {"name": "Product Viewed", "within_days": 90}},
-            {"not": {"consent": {"purpose": "marketing", "channel": "email", "status": "withdrawn"}}},
-        ]
+#: the demo's segments, created through the API (engage.yaml ships none)
+DEMO_SEGMENTS: list[dict[str, Any]] = [
+    {
+        "key": "cart_abandoners",
+        "name": "Abandoned cart (idle 1 h+, 500+)",
+        "rule": {"cart": {"idle_minutes_gte": 60, "value_gte": 500}},
     },
-}
+    {
+        "key": "repeat_buyers",
+        "name": "Repeat buyers",
+        "rule": {"computed": {"field": "order_count", "op": "gte", "value": 2}},
+    },
+    {
+        "key": "high_value_email_ok",
+        "name": "High value, e-mail marketing not withdrawn",
+        "rule": {
+            "all": [
+                {"computed": {"field": "lifetime_revenue", "op": "gte", "value": 5000}},
+                {"not": {"consent": {"purpose": "marketing", "channel": "email", "status": "withdrawn"}}},
+            ]
+        },
+    },
+    {
+        "key": "lapsing_buyers",
+        "name": "Bought before, not in the last 60 days",
+        "rule": {
+            "all": [
+                {"event": {"name": "Order Completed"}},
+                {"event": {"name": "Order Completed", "did": False, "within_days": 60}},
+            ]
+        },
+    },
+    {
+        "key": "browsers_not_buyers",
+        "name": "Viewed 5+ products in 30 days, no order in 30 days",
+        "rule": {
+            "all": [
+                {"event": {"name": "Product Viewed", "within_days": 30, "count": {"op": "gte", "value": 5}}},
+                {"event": {"name": "Order Completed", "did": False, "within_days": 30}},
+            ]
+        },
+    },
+    {
+        "key": "runners_email_ok",
+        "name": "Viewed products in 90 days, e-mail not withdrawn",
+        "rule": {
+            "all": [
+                {"event": {"name": "Product Viewed", "within_days": 90}},
+                {"not": {"consent": {"purpose": "marketing", "channel": "email", "status": "withdrawn"}}},
+            ]
+        },
+    },
+]
 
 
 class DemoEngageError(RuntimeError):
@@ -43,9 +85,10 @@ def run(client: httpx.Client, admin: str) -> EngageSummary:
     auth = {"Authorization": f"Bearer {admin}"}
     out = EngageSummary()
     out.model = _ok(client.post("/api/recommendations/train", headers=auth))
-    existing = _ok(client.get("/api/segments", headers=auth))["segments"]
-    if not any(s["key"] == DEMO_SEGMENT["key"] for s in existing):
-        _ok(client.post("/api/segments", json=DEMO_SEGMENT, headers=auth))
+    existing = {s["key"] for s in _ok(client.get("/api/segments", headers=auth))["segments"]}
+    for seg in DEMO_SEGMENTS:  # each is evaluated for everyone when created
+        if seg["key"] not in existing:
+            _ok(client.post("/api/segments", json=seg, headers=auth))
     _ok(client.post("/api/segments/refresh", headers=auth))
     out.segments = _ok(client.get("/api/segments", headers=auth))["segments"]
     buyers = next((s for s in out.segments if s["key"] == "repeat_buyers"), None)
