@@ -14,6 +14,8 @@ Per backend (SQLite file, PostgreSQL: a throwaway cluster or --pg-url):
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import random
 import sys
 import tempfile
@@ -111,78 +113,124 @@ def bench_availability(engine: sa.Engine, skus: int, queries: int, seed: int) ->
     return {"p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
 
 
-def bench_checkouts(engine: sa.Engine, clients: int, checkouts: int, hot: int, seed: int) -> dict[str, Any]:
+def _flow(engine: sa.Engine, config: Any, rnd: random.Random, hot_skus: list[str], tag: str) -> None:
+    """One customer: anonymous cart with 1-2 hot SKUs -> checkout (ship, reserve) -> complete (order)."""
+    now = utcnow()
+    with db.write(engine) as conn:
+        cart = service.resolve_cart(conn=conn, rules=None, anonymous_id=f"bench-{tag}", currency="CZK", now=now)
+        assert cart is not None
+        for sku in rnd.sample(hot_skus, rnd.randint(1, 2)):
+            service.add_to_cart(
+                conn=conn, cart_id=cart, sku=sku, quantity=1, channel="web", device=None, actor=None, now=now
+            )
+    with db.write(engine) as conn:
+        co = service.start_checkout(
+            conn=conn,
+            cart_id=cart,
+            fulfilment="ship",
+            pickup_location=None,
+            ship_address={"city": "x"},
+            channel="web",
+            now=now,
+            ttl_seconds=900,
+        )
+    with db.write(engine) as conn:
+        service.complete_checkout(
+            conn=conn,
+            checkout_id=co["id"],
+            idempotency_key=f"b-{tag}",
+            redeem_points=0,
+            rules=None,
+            config=config,
+            channel="web",
+            actor=None,
+            now=utcnow(),
+        )
+
+
+def _client_process(
+    url: str, proc: int, threads: int, counter: Any, checkouts: int, hot: int, seed: int, start: Any, out: Any
+) -> None:
+    """A process of `threads` clients (the API runs as several processes too; one interpreter lock
+    would otherwise serialise all 32 clients' Python work)."""
+    engine = db.create_engine(url, pool_size=threads + 2)
     config = load_commerce_config()
     hot_skus = [f"SKU-{i:07d}" for i in range(hot)]
+    lock = threading.Lock()
+    done = {"orders": 0, "refused": 0, "errors": 0}
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        rnd = random.Random(seed * 1000 + proc * 100 + n)
+        while True:
+            with counter.get_lock():
+                i = counter.value
+                if i >= checkouts:
+                    return
+                counter.value = i + 1
+            t = time.perf_counter()
+            try:
+                _flow(engine, config, rnd, hot_skus, f"{proc}-{n}-{i}")
+                with lock:
+                    done["orders"] += 1
+                    latencies.append((time.perf_counter() - t) * 1000)
+            except CommerceError:
+                with lock:
+                    done["refused"] += 1
+            except sa.exc.OperationalError as exc:  # SQLite: a writer waited past busy_timeout
+                with lock:
+                    done["errors"] += 1
+                    errors.append(str(exc.orig)[:100])
+
+    with db.read(engine) as conn:  # warm the pool and the statement cache before the clock starts
+        service.availability(conn=conn, sku=hot_skus[0])
+    start.wait()
+    began = time.time()
+    ts = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    out.put({**done, "began": began, "ended": time.time(), "latencies": latencies, "error_samples": errors[:3]})
+    engine.dispose()
+
+
+def bench_checkouts(
+    engine: sa.Engine, url: str, clients: int, processes: int, checkouts: int, hot: int, hot_units: int, seed: int
+) -> dict[str, Any]:
+    hot_skus = [f"SKU-{i:07d}" for i in range(hot)]
+    with db.write(engine) as conn:  # the contended SKUs: `hot_units` at each shipping location
+        conn.execute(
+            sa.update(service.STOCK)
+            .where(service.STOCK.c.sku.in_(hot_skus), service.STOCK.c.location.in_(["loc-000", "loc-001", "loc-002"]))
+            .values(on_hand=hot_units)
+        )
     with db.read(engine) as conn:
         before = {
             (r.sku, r.location): r.on_hand
             for r in conn.execute(sa.select(service.STOCK).where(service.STOCK.c.sku.in_(hot_skus)))
         }
-    counter = iter(range(checkouts))
-    lock = threading.Lock()
-    done = {"orders": 0, "refused": 0}
-
-    def client(n: int) -> None:
-        rnd = random.Random(seed + n)
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            now = utcnow()
-            try:
-                with db.write(engine) as conn:
-                    cart = service.resolve_cart(
-                        conn=conn, rules=None, anonymous_id=f"bench-{n}-{i}", currency="CZK", now=now
-                    )
-                    for sku in rnd.sample(hot_skus, rnd.randint(1, 2)):
-                        service.add_to_cart(
-                            conn=conn,
-                            cart_id=cart,
-                            sku=sku,
-                            quantity=1,
-                            channel="web",
-                            device=None,
-                            actor=None,
-                            now=now,
-                        )
-                with db.write(engine) as conn:
-                    co = service.start_checkout(
-                        conn=conn,
-                        cart_id=cart,
-                        fulfilment="ship",
-                        pickup_location=None,
-                        ship_address={"city": "x"},
-                        channel="web",
-                        now=now,
-                        ttl_seconds=900,
-                    )
-                with db.write(engine) as conn:
-                    service.complete_checkout(
-                        conn=conn,
-                        checkout_id=co["id"],
-                        idempotency_key=f"b-{n}-{i}",
-                        redeem_points=0,
-                        rules=None,
-                        config=config,
-                        channel="web",
-                        actor=None,
-                        now=utcnow(),
-                    )
-                with lock:
-                    done["orders"] += 1
-            except CommerceError:
-                with lock:
-                    done["refused"] += 1
-
-    t = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - t
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    start = ctx.Event()
+    out = ctx.Queue()
+    per = [clients // processes + (1 if p < clients % processes else 0) for p in range(processes)]
+    procs = [
+        ctx.Process(target=_client_process, args=(url, p, n, counter, checkouts, hot, seed, start, out))
+        for p, n in enumerate(per)
+        if n
+    ]
+    for pr in procs:
+        pr.start()
+    time.sleep(3.0)  # let every process import and connect
+    start.set()
+    results = [out.get() for _ in procs]
+    for pr in procs:
+        pr.join()
+    elapsed = max(r["ended"] for r in results) - min(r["began"] for r in results)
+    latencies = [x for r in results for x in r["latencies"]]
+    orders = sum(r["orders"] for r in results)
     with db.read(engine) as conn:
         after = conn.execute(sa.select(service.STOCK).where(service.STOCK.c.sku.in_(hot_skus))).all()
         allocated = conn.execute(
@@ -190,13 +238,19 @@ def bench_checkouts(engine: sa.Engine, clients: int, checkouts: int, hot: int, s
                 service.ORDER_LINES.c.sku, service.ORDER_LINES.c.location, sa.func.sum(service.ORDER_LINES.c.quantity)
             ).group_by(service.ORDER_LINES.c.sku, service.ORDER_LINES.c.location)
         ).all()
+        stored_orders = conn.execute(sa.select(sa.func.count()).select_from(service.ORDERS)).scalar_one()
     oversold = sum(max(0, int(q) - before.get((sku, loc), 0)) for sku, loc, q in allocated)
     negative = sum(1 for r in after if r.on_hand - r.reserved - r.allocated < 0)
     return {
-        "orders": done["orders"],
-        "refused": done["refused"],
+        "orders": orders,
+        "stored_orders": int(stored_orders),
+        "refused": sum(r["refused"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "error_samples": [e for r in results for e in r["error_samples"]][:3],
         "seconds": round(elapsed, 2),
-        "checkouts_per_s": round(done["orders"] / elapsed, 1) if elapsed else 0.0,
+        "checkouts_per_s": round(orders / elapsed, 1) if elapsed else 0.0,
+        "flow_p50_ms": percentile(latencies, 0.5) if latencies else 0.0,
+        "flow_p99_ms": percentile(latencies, 0.99) if latencies else 0.0,
         "oversold_units": oversold + negative,
     }
 
@@ -209,7 +263,12 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         load(engine, args.skus, args.locations, args.seed)
         loaded = time.perf_counter() - t
         out = {"load_s": round(loaded, 1), **bench_availability(engine, args.skus, args.queries, args.seed)}
-        out.update(bench_checkouts(engine, args.clients, args.checkouts, args.hot, args.seed))
+        out["loadavg"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        out.update(
+            bench_checkouts(
+                engine, url, args.clients, args.processes, args.checkouts, args.hot, args.hot_units, args.seed
+            )
+        )
         return out
     finally:
         engine.dispose()
@@ -221,8 +280,10 @@ def main() -> None:
     p.add_argument("--locations", type=int, default=50)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over")
     p.add_argument("--checkouts", type=int, default=5000)
     p.add_argument("--hot", type=int, default=20, help="SKUs the checkouts compete for")
+    p.add_argument("--hot-units", type=int, default=100, help="units of each hot SKU at each shipping location")
     p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     p.add_argument("--pg-url", default=None)
     p.add_argument("--seed", type=int, default=7)
@@ -240,9 +301,14 @@ def main() -> None:
     for backend, r in results.items():
         print(
             f"{backend:9s} {args.skus} SKUs x {args.locations} locations (load {r['load_s']} s): availability "
-            f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms | {args.clients} clients: {r['orders']} orders, "
-            f"{r['refused']} refused (out of stock), {r['checkouts_per_s']} checkouts/s, oversold units {r['oversold_units']}"
+            f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms | {args.clients} clients in {args.processes} "
+            f"processes: {r['orders']} orders ({r['stored_orders']} stored), {r['refused']} refused (out of stock), "
+            f"{r['errors']} errors, {r['checkouts_per_s']} checkouts/s (cart + checkout + order, p50 "
+            f"{r['flow_p50_ms']:.0f} ms p99 {r['flow_p99_ms']:.0f} ms), oversold units {r['oversold_units']} | "
+            f"load average {r['loadavg']}"
         )
+        for sample in r["error_samples"]:
+            print(f"  error: {sample}")
     if any(r["oversold_units"] for r in results.values()):
         raise SystemExit("OVERSOLD")
 

@@ -17,6 +17,7 @@ from omnijourney import __version__, errors
 from omnijourney.access import views as access_views
 from omnijourney.access.cache import SourceCache
 from omnijourney.commerce import views as commerce_views
+from omnijourney.commerce.sweeper import ReservationSweeper
 from omnijourney.config import Settings
 from omnijourney.engage import views as engage_views
 from omnijourney.identity import views as identity_views
@@ -50,6 +51,7 @@ class Runtime:
             on_commit=self.worker.wake if self.worker else None,
         )
         self.lag_monitor = LagMonitor(engine)
+        self.sweeper = ReservationSweeper(engine)
 
     def start(self) -> None:
         self.writer.start()
@@ -57,12 +59,14 @@ class Runtime:
             self.worker.start()
         self.lag_monitor.refresh()
         self.lag_monitor.start()
+        self.sweeper.start()
 
     def stop(self) -> None:
         self.writer.stop()  # drains queued writes first
         if self.worker:
             self.worker.stop()
         self.lag_monitor.stop()
+        self.sweeper.stop()
 
 
 def create_app(

@@ -64,6 +64,22 @@ def test_bad_input_is_refused_and_changes_nothing(live_server, client, world: Wo
     refused(
         "POST",
         "/api/commerce/checkouts",
+        {"cart_id": cart["id"], "fulfilment": "parcel_locker", "pickup_location": "store-praha-1"},
+        422,
+        "not_a_locker",
+    )
+    refused(
+        "POST",
+        "/api/commerce/checkouts",
+        {"cart_id": cart["id"], "fulfilment": "parcel_locker"},
+        422,
+        "pickup_location_required",
+    )
+    refused("POST", "/api/commerce/checkouts", {"cart_id": cart["id"], "fulfilment": "drone"}, 422, "invalid_request")
+    refused("GET", "/api/commerce/carts/abandoned?idle_minutes=-5", None, 422, "invalid_request")
+    refused(
+        "POST",
+        "/api/commerce/checkouts",
         {"cart_id": 999999, "fulfilment": "ship", "ship_address": {}},
         404,
         "not_found",
@@ -90,6 +106,7 @@ def test_bad_input_is_refused_and_changes_nothing(live_server, client, world: Wo
         "insufficient_stock",
     )
     assert snapshot(engine) == before
+    assert count(engine, "SELECT count(*) FROM events") == 1  # only the one cart line added: nothing refused was told
 
     admin = bearer(world.admin_token)
     bad_prices = {"products": [{"sku": "X-1", "name": "x", "prices": {"ABC": "1.00"}}]}

@@ -16,6 +16,7 @@ from omnijourney.commerce.handler import CommerceHandler
 from omnijourney.pipeline import service as pipeline
 from omnijourney.pipeline.worker import run_until_idle
 from omnijourney.store import db
+from omnijourney.store.base import utcnow
 from tests.commerce.helpers import count, seed_service, set_stock, stock
 from tests.identity.helpers import append, process, profile_of, source
 
@@ -347,3 +348,61 @@ def test_set_based_carts_match_the_per_event_path(
     monkeypatch.setattr(CommerceHandler, "_cart_event", per_event)
     _cart_scenario(twin_engine, batch=1000)
     assert _cart_state(twin_engine, changes=True) == _cart_state(engine, changes=True)
+
+
+def test_cart_viewed_merges_the_shops_cart_by_the_rule_in_log_order(engine) -> None:
+    """`Cart Viewed` with products: lines united, larger quantity wins, lines only we have stay;
+    applied in log order between the batch's other cart events, once per event (rebuilds too)."""
+    seed_service(engine)
+    shop = source(engine, "shop", "web", False)
+
+    def cart_event(name: str, mid: str, **props: object) -> dict[str, object]:
+        return {
+            "type": "track",
+            "event": name,
+            "anonymousId": "anon-v",
+            "messageId": mid,
+            "properties": {"cart_id": "shop-cart-9", **props},
+        }
+
+    append(
+        engine,
+        shop,
+        "web",
+        [
+            cart_event("Product Added", "v1", sku="SHOE-42"),
+            cart_event(
+                "Cart Viewed",
+                "v2",
+                products=[{"sku": "SHOE-42", "quantity": 1}, {"sku": "SOCK-1", "quantity": 2}, {"sku": "NOPE-1"}],
+            ),
+            cart_event("Product Added", "v3", sku="SHOE-42"),
+        ],
+    )
+    process(engine)
+
+    def lines() -> dict[str, int]:
+        with db.read(engine) as conn:
+            cart = conn.execute(sa.text("SELECT id FROM commerce_carts WHERE external_id = 'shop-cart-9'")).scalar_one()
+            return {line["sku"]: line["quantity"] for line in service.cart_view(conn=conn, cart_id=cart)["lines"]}
+
+    assert lines() == {"SHOE-42": 2, "SOCK-1": 2}  # added, viewed (1 <= 1: unchanged), added again
+    with db.write(engine) as conn:
+        cart = conn.execute(sa.text("SELECT id FROM commerce_carts WHERE external_id = 'shop-cart-9'")).scalar_one()
+        service.add_to_cart(
+            conn=conn,
+            cart_id=cart,
+            sku="SPRAY-1",
+            quantity=1,
+            channel="call_center",
+            device=None,
+            actor="agent",
+            now=utcnow(),
+        )
+    append(engine, shop, "web", [cart_event("Cart Viewed", "v4", products=[{"sku": "SOCK-1", "quantity": 3}])])
+    process(engine)
+    assert lines() == {"SHOE-42": 2, "SOCK-1": 3, "SPRAY-1": 1}  # the agent's line stays
+    with db.write(engine) as conn:
+        pipeline.reset(conn=conn, handlers=pipeline.default_handlers())
+    process(engine)
+    assert lines() == {"SHOE-42": 2, "SOCK-1": 3, "SPRAY-1": 1}

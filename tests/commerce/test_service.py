@@ -214,3 +214,31 @@ def test_loyalty_is_credited_once_per_order_and_never_negative(engine) -> None:
                 config=CONFIG,
             )
     assert out["balance"] == 150 and out["tier"] == "basic"
+
+
+def test_the_background_sweeper_releases_expired_holds_without_a_checkout(engine) -> None:
+    from omnijourney.commerce.sweeper import ReservationSweeper, sweep_once
+    from tests.conftest import wait_for
+
+    seed_service(engine)
+    set_stock(engine, "SOCK-1", "store-praha-1", 3)
+    with db.write(engine) as conn:
+        for n in range(2):
+            service.hold(
+                conn=conn,
+                sku="SOCK-1",
+                location="store-praha-1",
+                quantity=1,
+                reference=f"r{n}",
+                ttl_seconds=60,
+                now=utcnow() - timedelta(seconds=61 if n == 0 else 0),
+            )
+    assert stock(engine, "SOCK-1", "store-praha-1")["available"] == 1
+    sweeper = ReservationSweeper(engine, interval=0.05)
+    sweeper.start()
+    try:
+        assert wait_for(lambda: stock(engine, "SOCK-1", "store-praha-1")["available"] == 2, timeout=10)
+    finally:
+        sweeper.stop()
+    assert sweep_once(engine) == 0  # the other hold has not expired
+    assert stock(engine, "SOCK-1", "store-praha-1")["reserved"] == 1

@@ -70,9 +70,20 @@ def _default_rules() -> IdentityRules:
 def internal_source_id(conn: Connection, *, create: bool = True, name: str = SOURCE_NAME) -> int | None:
     """The id of an internal source (commerce by default; created, disabled, on first use).
 
-    Other domains that append events of their own (engage: segment entries) pass their own `name`."""
+    Other domains that append events of their own (engage: segment entries) pass their own `name`.
+    Remembered per database connection once found (a source is never deleted), so the hot paths
+    (checkout, the handler's every step) do not ask again.
+    """
+    cache_key, created_key = f"omnijourney.source_id:{name}", f"omnijourney.source_created:{name}"
+    info = conn.connection.info
+    cached = info.get(cache_key)
+    if cached is not None:
+        return int(cached)
     stmt = sa.select(SOURCES.c.id).where(SOURCES.c.name == name)
     found = conn.execute(stmt).scalar_one_or_none()
+    # a source this connection created may not be committed yet (its transaction may roll back)
+    if found is not None and found != info.get(created_key):
+        info[cache_key] = found
     if found is not None or not create:
         return found
     conn.execute(
@@ -89,7 +100,9 @@ def internal_source_id(conn: Connection, *, create: bool = True, name: str = SOU
             }
         ],
     )
-    return conn.execute(stmt).scalar_one()
+    created = conn.execute(stmt).scalar_one()
+    info[created_key] = created
+    return int(created)
 
 
 def _set_path(message: dict[str, Any], path: str, value: str) -> None:
@@ -138,7 +151,7 @@ def owner_fields(
     return None
 
 
-def emit(
+def prepare(
     conn: Connection,
     *,
     message_id: str,
@@ -152,9 +165,10 @@ def emit(
     source_name: str = SOURCE_NAME,
     origin: str = ORIGIN,
     fallback_anonymous_id: str | None = None,
-) -> bool:
-    """Append one commerce event to the log in the caller's transaction (a message id appended
-    before is skipped, not duplicated); False if there is nobody to attribute it to (logged).
+) -> dict[str, Any] | None:
+    """The event row of a change, validated as ingestion validates a shop's message; None if there
+    is nobody to attribute it to (logged). Built before the change takes its hottest locks, so
+    that `append` is all that is left to do while they are held.
 
     `source_name` / `origin` let another domain append through the same path under its own
     internal source (engage appends `Segment Entered` / `Segment Exited` this way). A track message
@@ -162,11 +176,11 @@ def emit(
     known only by e-mail or card), `fallback_anonymous_id` is added beside it (it then links to
     the same profile)."""
     owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
-    if owner is not None and fallback_anonymous_id and not (owner.get("userId") or owner.get("anonymousId")):
-        owner["anonymousId"] = fallback_anonymous_id
     if owner is None:
         log.info("%s: %s %s has no owner to put on a timeline", origin, event, message_id)
-        return False
+        return None
+    if fallback_anonymous_id and not (owner.get("userId") or owner.get("anonymousId")):
+        owner["anonymousId"] = fallback_anonymous_id
     context = owner.pop("context", {})
     context["channel"] = channel if channel in CHANNELS else "other"
     context["omnijourney"] = {"origin": origin}
@@ -193,5 +207,19 @@ def emit(
         raise ValueError(f"{origin} event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
     source_id = internal_source_id(conn, name=source_name)
     assert source_id is not None
-    ingest.append_events(conn=conn, rows=[valid.row(source_id)])
-    return True
+    return valid.row(source_id)
+
+
+def append(conn: Connection, rows: list[dict[str, Any] | None]) -> None:
+    """Append prepared rows to the log in the caller's transaction; a message id appended before is
+    skipped, not duplicated. On PostgreSQL this takes the event-log lock until commit: call it last."""
+    ready = [r for r in rows if r is not None]
+    if ready:
+        ingest.append_events(conn=conn, rows=ready)
+
+
+def emit(conn: Connection, **kwargs: Any) -> bool:
+    """`prepare` + `append` for one change; False if there is nobody to attribute it to."""
+    row = prepare(conn, **kwargs)
+    append(conn, [row])
+    return row is not None

@@ -44,6 +44,8 @@ from omnijourney.identity import service as identity
 log = logging.getLogger(__name__)
 
 CART_EVENTS = {"Product Added", "Product Removed"}
+#: the shop's view of its cart (products[]): merged into ours by the merge rule
+SNAPSHOT_EVENT = "Cart Viewed"
 STOCK_EVENT = "Inventory Updated"
 
 
@@ -101,7 +103,7 @@ class CommerceHandler:
             if e.type != "track" or e.source_id == internal:
                 continue
             name = e.event
-            if name in CART_EVENTS:
+            if name in CART_EVENTS or name == SNAPSHOT_EVENT:
                 if e.cart_id:
                     carts.append(e)
             elif name == STOCK_EVENT:
@@ -111,8 +113,17 @@ class CommerceHandler:
         if not (carts or stock or orders):
             return
         roots = _roots(conn, members, [*carts, *orders])
-        if carts:
-            self._apply_carts(conn, carts, roots)
+        run: list[Row[Any]] = []  # cart events between two snapshots, set-based; snapshots in log order
+        for e in carts:
+            if e.event != SNAPSHOT_EVENT:
+                run.append(e)
+                continue
+            if run:
+                self._apply_carts(conn, run, roots)
+                run = []
+            self._guarded(conn, e, self._snapshot_event, roots.get(e.id))
+        if run:
+            self._apply_carts(conn, run, roots)
         for e in sorted(stock, key=lambda e: (str(_props(e).get("sku")), str(self._location(e)), e.id)):
             self._guarded(conn, e, self._stock_event, None)
         if orders:
@@ -239,6 +250,56 @@ class CommerceHandler:
         return str(value)[:64] if isinstance(value, str | int) and not isinstance(value, bool) else None
 
     # ------------------------------------------------------------------ one event at a time (the fallback)
+
+    def _snapshot_event(self, conn: Connection, e: Row[Any], root: int | None) -> None:
+        """`Cart Viewed` with products: the shop's cart merged into ours (`service.sync_cart_snapshot`)."""
+        lines = []
+        for p in _props(e).get("products") or []:
+            if isinstance(p, dict) and (sku := _sku(p)) is not None:
+                quantity = _int(p.get("quantity"))
+                lines.append((sku, quantity if quantity and quantity > 0 else 1))
+        if not lines:
+            return
+        cart_id = self._event_cart(conn, e, root)
+        if cart_id is None:
+            return
+        payload = e.payload if isinstance(e.payload, dict) else {}
+        service.sync_cart_snapshot(
+            conn=conn,
+            cart_id=cart_id,
+            lines=lines,
+            channel=e.channel,
+            device=service._device(payload),
+            actor=f"source:{e.source_id}",
+            now=e.timestamp,
+            event_id=e.id,
+        )
+
+    def _event_cart(self, conn: Connection, e: Row[Any], root: int | None) -> int | None:
+        """The cart an event's `cart_id` names (or the owner's active cart, which takes that id);
+        None when there is no owner or the cart was checked out."""
+        at: datetime = e.timestamp
+        cart_id = conn.execute(
+            sa.select(service.CARTS.c.id).where(service.CARTS.c.external_id == e.cart_id)
+        ).scalar_one_or_none()
+        if cart_id is None:
+            cart_id = service.resolve_cart(
+                conn=conn,
+                rules=None,
+                profile_id=root,
+                anonymous_id=None if root is not None else e.anonymous_id,
+                currency=self._currency(e),
+                now=at,
+            )
+            if cart_id is None:
+                return None
+            conn.execute(
+                sa.update(service.CARTS)
+                .where(service.CARTS.c.id == cart_id, service.CARTS.c.external_id.is_(None))
+                .values(external_id=e.cart_id)
+            )
+        status = conn.execute(sa.select(service.CARTS.c.status).where(service.CARTS.c.id == cart_id)).scalar_one()
+        return None if status == "checked_out" else int(cart_id)
 
     def _cart_event(self, conn: Connection, e: Row[Any], root: int | None) -> None:
         """One cart event through the API-grade functions (the fallback of `_apply_carts`)."""

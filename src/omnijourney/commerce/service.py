@@ -785,7 +785,21 @@ def _emit_order(
     location: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """The event of an order's status change (`events.STATUS_EVENTS`), once per order and status."""
+    """Append the event of an order's status change (`events.STATUS_EVENTS`), once per order and status."""
+    events.append(conn, [_order_event(conn, order_id, status, now, channel=channel, location=location, extra=extra)])
+
+
+def _order_event(
+    conn: Connection,
+    order_id: int,
+    status: str,
+    now: datetime,
+    *,
+    channel: str | None = None,
+    location: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The prepared event row of an order's status change (see `events.prepare`)."""
     o = conn.execute(sa.select(ORDERS).where(ORDERS.c.id == order_id)).one()
     props: dict[str, Any] = {
         "order_id": o.order_ref,
@@ -807,7 +821,7 @@ def _emit_order(
     if location:
         props["location_id"] = location
     props.update(extra or {})
-    events.emit(
+    return events.prepare(
         conn,
         message_id=f"oj:order:{order_id}:{status}",
         event=events.STATUS_EVENTS[status],
@@ -1137,6 +1151,66 @@ def set_cart_quantity(
     _touch_cart(conn, cart.id, now)
     if event_id is None:
         _emit_cart_change(conn, cart, change_id, sku, quantity - (have or 0), channel, device, now)
+    return int(cart.id)
+
+
+def sync_cart_snapshot(
+    *,
+    conn: Connection,
+    cart_id: int,
+    lines: Sequence[tuple[str, int]],
+    channel: str,
+    device: str | None,
+    actor: str | None,
+    now: datetime,
+    event_id: int,
+) -> int:
+    """A shop's view of its cart (`Cart Viewed` with products) merged into ours by the merge rule:
+    lines united, a SKU in both keeps the larger quantity (never the sum), lines only we have stay
+    (another device or channel added them). Unknown or inactive SKUs are skipped. Once per event."""
+    cart = _lock_cart(conn, cart_id)
+    wanted: dict[str, int] = {}
+    for sku, quantity in lines:
+        if 1 <= quantity <= MAX_LINE_QUANTITY:
+            wanted[sku] = max(wanted.get(sku, 0), quantity)
+    active = known_skus(conn=conn, skus=wanted, active_only=True)
+    have = dict(
+        conn.execute(sa.select(CART_LINES.c.sku, CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id)).all()
+    )
+    raised = {sku: q for sku, q in sorted(wanted.items()) if sku in active and q > have.get(sku, 0)}
+    change = _record_cart_change(
+        conn,
+        cart.id,
+        "sync",
+        now,
+        channel=channel,
+        device=device,
+        actor=actor,
+        event_id=event_id,
+        detail={"lines": [{"sku": k, "quantity": v} for k, v in raised.items()]},
+    )
+    if change is None or not raised:
+        return int(cart.id)
+    for sku, quantity in raised.items():
+        if sku in have:
+            conn.execute(
+                sa.update(CART_LINES)
+                .where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
+                .values(quantity=quantity, updated_at=now)
+            )
+        else:
+            conn.execute(
+                sa.insert(CART_LINES).values(
+                    cart_id=cart.id,
+                    sku=sku,
+                    quantity=quantity,
+                    channel=channel,
+                    device=device,
+                    added_at=now,
+                    updated_at=now,
+                )
+            )
+    _touch_cart(conn, cart.id, now)
     return int(cart.id)
 
 
@@ -1819,6 +1893,26 @@ def start_checkout(
         )
         .returning(CHECKOUTS.c.id)
     ).scalar_one()
+    _record_cart_change(conn, cart.id, "checkout", now, channel=channel, detail={"checkout_id": co_id})
+    # everything but the reservations first: the hot stock rows stay locked only for what follows them
+    event = events.prepare(
+        conn,
+        message_id=f"oj:checkout:{co_id}:started",
+        event="Checkout Started",
+        channel=channel,
+        profile_id=cart.profile_id,
+        anonymous_id=cart.anonymous_id,
+        properties={
+            "checkout_id": str(co_id),
+            "cart_id": str(cart.id),
+            "fulfilment": fulfilment,
+            **({"pickup_location": pickup_location} if fulfilment != "ship" else {}),
+            "currency": cart.currency,
+            "value": _amount(total, cart.currency),
+            "products": [{"product_id": x.sku, "sku": x.sku, "quantity": x.quantity} for x in lines],
+        },
+        now=now,
+    )
     reservations = []
     for line in lines:  # SKU order: each transaction locks stock rows in one global order
         options = (
@@ -1843,31 +1937,28 @@ def start_checkout(
             }
         )
     conn.execute(sa.insert(RESERVATIONS), reservations)
-    _record_cart_change(conn, cart.id, "checkout", now, channel=channel, detail={"checkout_id": co_id})
-    co = conn.execute(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == co_id)).one()
-    out = _checkout_dict(conn, co, now)
-    events.emit(
-        conn,
-        message_id=f"oj:checkout:{co_id}:started",
-        event="Checkout Started",
-        channel=channel,
-        profile_id=cart.profile_id,
-        anonymous_id=cart.anonymous_id,
-        properties={
-            "checkout_id": str(co_id),
-            "cart_id": str(cart.id),
-            "fulfilment": fulfilment,
-            **({"pickup_location": pickup_location} if fulfilment != "ship" else {}),
-            "currency": cart.currency,
-            "value": _amount(total, cart.currency),
-            "products": [
-                {"product_id": r["sku"], "sku": r["sku"], "quantity": r["quantity"], "location": r["location"]}
-                for r in out["reservations"]
-            ],
-        },
-        now=now,
-    )
-    return out
+    events.append(conn, [event])
+    stored = "ship" if fulfilment == "parcel_locker" else fulfilment
+    location = pickup_location if fulfilment != "ship" else None
+    return {
+        "id": co_id,
+        "cart_id": cart.id,
+        "status": "open",
+        "fulfilment": fulfilment_of(stored, location),
+        "pickup_location": location,
+        "ship_address": ship_address if fulfilment != "click_and_collect" else None,
+        "currency": cart.currency,
+        "total": to_major(total, cart.currency),
+        "total_minor": total,
+        "channel": channel,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+        "order_id": None,
+        "reservations": [
+            {"sku": r["sku"], "location": r["location"], "quantity": r["quantity"], "status": "active"}
+            for r in reservations
+        ],
+    }
 
 
 def _end_checkout(conn: Connection, checkout_id: int, status: str, now: datetime) -> None:
@@ -1999,7 +2090,24 @@ def complete_checkout(
             for n, r in enumerate(sorted(res, key=lambda r: r.sku), start=1)
         ],
     )
-    for r in sorted(res, key=lambda r: (r.sku, r.location)):
+    conn.execute(sa.update(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).values(status="allocated"))
+    conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id == co.id).values(status="completed", order_id=order_id))
+    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart.id).values(status="checked_out", updated_at=now))
+    _record_cart_change(conn, cart.id, "order", now, actor=actor, detail={"order_id": order_id})
+    _history(conn, order_id, "placed", now, actor=actor, location=co.pickup_location)
+    # the answer and the event are built before the hot stock rows are locked (a new order earns exactly
+    # `points_for` its total), so only the allocation, the loyalty writes and the append hold them
+    earned = config.loyalty.points_for(co.total_minor, co.currency) if profile_id is not None else 0
+    view = order_view(conn=conn, order_id=order_id)
+    event = _order_event(
+        conn,
+        order_id,
+        "placed",
+        now,
+        channel=channel or co.channel,
+        extra={"points_earned": earned, "points_redeemed": redeem_points},
+    )
+    for r in sorted(res, key=lambda r: (r.sku, r.location)):  # the global lock order: stock before loyalty
         moved = conn.execute(
             sa.update(STOCK)
             .where(STOCK.c.sku == r.sku, STOCK.c.location == r.location, STOCK.c.reserved >= r.quantity)
@@ -2007,11 +2115,6 @@ def complete_checkout(
         ).rowcount
         if moved != 1:
             raise RuntimeError(f"reservation {r.id}: stock {r.sku}@{r.location} lost its reserved units")
-    conn.execute(sa.update(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).values(status="allocated"))
-    conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id == co.id).values(status="completed", order_id=order_id))
-    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart.id).values(status="checked_out", updated_at=now))
-    _record_cart_change(conn, cart.id, "order", now, actor=actor, detail={"order_id": order_id})
-    _history(conn, order_id, "placed", now, actor=actor, location=co.pickup_location)
     if profile_id is not None:
         if redeem_points:
             redeem_loyalty(
@@ -2026,21 +2129,10 @@ def complete_checkout(
                 config=config,
             )
             conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(points_redeemed=redeem_points))
+            view["points_redeemed"] = redeem_points
         _earn_for_order(conn, profile_id, order_id, co.total_minor, co.currency, config.loyalty, channel, now)
-    earned = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0)).where(
-            LEDGER.c.order_id == order_id, LEDGER.c.kind == "earn"
-        )
-    ).scalar_one()
-    _emit_order(
-        conn,
-        order_id,
-        "placed",
-        now,
-        channel=channel or co.channel,
-        extra={"points_earned": int(earned), "points_redeemed": redeem_points},
-    )
-    return order_view(conn=conn, order_id=order_id), True
+    events.append(conn, [event])
+    return view, True
 
 
 # ============================================================================ orders

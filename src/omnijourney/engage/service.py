@@ -612,9 +612,9 @@ def _record_history(
     conn.execute(sa.insert(HISTORY), [{k: v for k, v in r.items() if k != "_name"} for r in rows])
     if not emit_events:
         return
-    # appended last: on PostgreSQL the event-log lock is then held as briefly as possible
-    for r in rows:
-        outbox.emit(
+    # appended last, in one statement: on PostgreSQL the event-log lock is then held as briefly as possible
+    prepared = [
+        outbox.prepare(
             conn,
             message_id=f"oj:segment:{r['segment_key']}:{r['profile_id']}:{r['action']}:{r['seq']}",
             event=ENTERED if r["action"] == "entered" else LEFT,
@@ -632,6 +632,9 @@ def _record_history(
             origin=ORIGIN,
             fallback_anonymous_id=f"oj-profile-{r['profile_id']}",
         )
+        for r in rows
+    ]
+    outbox.append(conn, prepared)
 
 
 def engage_source_id(conn: Connection) -> int | None:
