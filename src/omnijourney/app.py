@@ -19,6 +19,7 @@ from omnijourney.access.cache import SourceCache, TokenCache
 from omnijourney.commerce import views as commerce_views
 from omnijourney.commerce.sweeper import ReservationSweeper
 from omnijourney.config import Settings
+from omnijourney.engage import views as engage_views
 from omnijourney.identity import views as identity_views
 from omnijourney.identity.rules import load_rules
 from omnijourney.ingest import api as ingest_api
@@ -147,6 +148,7 @@ def create_app(
     web_views.install(app)
     app.include_router(service_views.router)
     app.include_router(service_views.profile_router)
+    app.include_router(engage_views.router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app
 

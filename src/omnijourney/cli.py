@@ -23,6 +23,10 @@ users_app = typer.Typer(no_args_is_help=True, help="Staff console users (log in 
 app.add_typer(users_app, name="users")
 identity_app = typer.Typer(no_args_is_help=True, help="Identity resolution.")
 app.add_typer(identity_app, name="identity")
+segments_app = typer.Typer(no_args_is_help=True, help="Segments (engage).")
+app.add_typer(segments_app, name="segments")
+recommend_app = typer.Typer(no_args_is_help=True, help="Recommendations (engage).")
+app.add_typer(recommend_app, name="recommend")
 
 console = Console()
 err = Console(stderr=True)
@@ -337,6 +341,64 @@ def identity_rebuild(
     with db.read(engine) as conn:
         profiles = conn.execute(sa.text("SELECT count(DISTINCT canonical_id) FROM profiles")).scalar_one()
     console.print(f"rebuilt from {done} events: {profiles} profiles")
+
+
+@segments_app.command("refresh")
+def segments_refresh(
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+    every: float = typer.Option(0, "--every", help="repeat every N seconds (a periodic sweep); 0 runs once"),
+) -> None:
+    """Re-evaluate every profile's segments ('within a period' conditions change with the clock)."""
+    import time
+
+    from omnijourney.engage.config import default_config
+    from omnijourney.engage.service import refresh_all
+
+    engine = _engine(_settings(database_url, data_dir))
+    while True:
+        counts = refresh_all(engine=engine, config=default_config())
+        console.print(f"segments refreshed: {counts['entered']} entered, {counts['left']} left")
+        if every <= 0:
+            return
+        time.sleep(every)
+
+
+@recommend_app.command("train")
+def recommend_train(database_url: str | None = DatabaseOpt, data_dir: Path | None = DataDirOpt) -> None:
+    """Rebuild the item-to-item model from every stored purchase and view."""
+    from omnijourney.engage import recommend
+    from omnijourney.engage.config import default_config
+    from omnijourney.store.base import utcnow
+
+    engine = _engine(_settings(database_url, data_dir))
+    with db.write(engine) as conn:
+        out = recommend.train(conn=conn, config=default_config().recommendations, now=utcnow())
+    console.print(
+        f"model {out['model_id']}: {out['items']} items, {out['profiles']} profiles, "
+        f"{out['purchases']} purchase lines, {out['views']} views, {out['pairs']} neighbour pairs"
+    )
+
+
+@recommend_app.command("evaluate")
+def recommend_evaluate(
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+    k: int = typer.Option(10, "--k", help="cut-off of hit rate@k and NDCG@k"),
+) -> None:
+    """Offline evaluation: each customer's last order held out; hit rate and NDCG vs most popular."""
+    from omnijourney.engage import recommend
+    from omnijourney.engage.config import default_config
+
+    engine = _engine(_settings(database_url, data_dir))
+    with db.read(engine) as conn:
+        out = recommend.evaluate_offline(conn=conn, config=default_config().recommendations, k=k)
+    console.print(
+        f"hold-out: last order of {out['customers']} customers "
+        f"(trained on {out['train_purchases']} purchase lines, {out['train_views']} views)"
+    )
+    for name in ("model", "most_popular"):
+        console.print(f"{name:>13}: hit rate@{k} {out[name]['hit_rate']:.4f}  NDCG@{k} {out[name]['ndcg']:.4f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from omnijourney.commerce import events as commerce_events
 from omnijourney.config import IngestLimits, Settings
 from omnijourney.demo import runner
 from omnijourney.demo.world import JUNK_EMAIL, JUNK_PHONE, DemoWorld, build_world
+from omnijourney.engage import service as engage_service
 from omnijourney.ingest.schemas import ValidMessage, validate_message
 from omnijourney.ingest.spec import CHANNELS
 from omnijourney.pipeline import service as pipeline_service
@@ -435,7 +436,8 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert count(engine, "dead_letters") == 0
     with db.read(engine) as conn:
         assert pipeline_service.lag(conn=conn) == 0
-        sources = {s.name: s for s in access.list_sources(conn=conn) if s.name != commerce_events.SOURCE_NAME}
+        internal = {commerce_events.SOURCE_NAME, engage_service.SOURCE_NAME}
+        sources = {s.name: s for s in access.list_sources(conn=conn) if s.name not in internal}
     assert {name: s.channel for name, s in sources.items()} == {s.name: s.channel for s in world.sources}
     assert sources["pos"].trusted and not sources["web"].trusted
 
@@ -463,6 +465,15 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
         origins = dict(conn.execute(sa.text("SELECT origin, count(*) FROM commerce_orders GROUP BY origin")).all())
         carts = conn.execute(sa.text("SELECT count(*) FROM commerce_carts")).scalar_one()
     assert origins["omnijourney"] == 3 and origins["event"] > 0 and carts > 0
+    # engage: the model is trained, the demo segments exist and have members, entries are on timelines
+    with db.read(engine) as conn:
+        segments = {s["key"]: s["count"] for s in engage_service.list_segments(conn=conn)}
+        trained = conn.execute(sa.text("SELECT count(*) FROM engage_reco_models")).scalar_one()
+        entered = conn.execute(
+            sa.text("SELECT count(*) FROM profile_events WHERE event = 'Segment Entered'")
+        ).scalar_one()
+    assert {"repeat_buyers", "cart_abandoners", "lapsing_buyers"} <= set(segments)
+    assert trained == 1 and sum(segments.values()) > 0 and entered >= sum(segments.values())
 
     out.seek(0)
     out.truncate()
@@ -479,6 +490,6 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert shop_events(engine) == world.message_count
     assert commerce_steps(engine) == ours  # the demo orders are placed once
     assert count(engine, "api_tokens") == tokens
-    assert count(engine, "sources") == len(world.sources) + 1  # + the internal commerce source
+    assert count(engine, "sources") == len(world.sources) + 2  # + the internal commerce and engage sources
     assert json.loads(path.read_text())["tokens"] == saved["tokens"]
     assert saved["tokens"]["admin"] not in out.getvalue()

@@ -67,33 +67,30 @@ def _default_rules() -> IdentityRules:
     return load_rules()
 
 
-_SOURCE_ID = sa.select(SOURCES.c.id).where(SOURCES.c.name == SOURCE_NAME)
-_CACHE_KEY = "omnijourney.commerce.source_id"
-_CREATED_KEY = "omnijourney.commerce.source_created"
+def internal_source_id(conn: Connection, *, create: bool = True, name: str = SOURCE_NAME) -> int | None:
+    """The id of an internal source (commerce by default; created, disabled, on first use).
 
-
-def internal_source_id(conn: Connection, *, create: bool = True) -> int | None:
-    """The id of the internal commerce source (created, disabled, on first use).
-
+    Other domains that append events of their own (engage: segment entries) pass their own `name`.
     Remembered per database connection once found (a source is never deleted), so the hot paths
     (checkout, the handler's every step) do not ask again.
     """
+    cache_key, created_key = f"omnijourney.source_id:{name}", f"omnijourney.source_created:{name}"
     info = conn.connection.info
-    cached = info.get(_CACHE_KEY)
+    cached = info.get(cache_key)
     if cached is not None:
         return int(cached)
-    stmt = _SOURCE_ID
+    stmt = sa.select(SOURCES.c.id).where(SOURCES.c.name == name)
     found = conn.execute(stmt).scalar_one_or_none()
     # a source this connection created may not be committed yet (its transaction may roll back)
-    if found is not None and found != info.get(_CREATED_KEY):
-        info[_CACHE_KEY] = found
+    if found is not None and found != info.get(created_key):
+        info[cache_key] = found
     if found is not None or not create:
         return found
     conn.execute(
         dialect.insert_ignoring_conflicts(conn, SOURCES, ["name"]),
         [
             {
-                "name": SOURCE_NAME,
+                "name": name,
                 "channel": "other",
                 "trusted": False,
                 "write_key": "internal-" + secrets.token_urlsafe(24),
@@ -104,7 +101,7 @@ def internal_source_id(conn: Connection, *, create: bool = True) -> int | None:
         ],
     )
     created = conn.execute(stmt).scalar_one()
-    info[_CREATED_KEY] = created
+    info[created_key] = created
     return int(created)
 
 
@@ -165,17 +162,28 @@ def prepare(
     properties: dict[str, Any],
     now: datetime,
     rules: IdentityRules | None = None,
+    source_name: str = SOURCE_NAME,
+    origin: str = ORIGIN,
+    fallback_anonymous_id: str | None = None,
 ) -> dict[str, Any] | None:
     """The event row of a change, validated as ingestion validates a shop's message; None if there
     is nobody to attribute it to (logged). Built before the change takes its hottest locks, so
-    that `append` is all that is left to do while they are held."""
+    that `append` is all that is left to do while they are held.
+
+    `source_name` / `origin` let another domain append through the same path under its own
+    internal source (engage appends `Segment Entered` / `Segment Exited` this way). A track message
+    needs a userId or anonymousId: when the profile's best identifier is neither (a POS customer
+    known only by e-mail or card), `fallback_anonymous_id` is added beside it (it then links to
+    the same profile)."""
     owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
     if owner is None:
-        log.info("commerce: %s %s has no owner to put on a timeline", event, message_id)
+        log.info("%s: %s %s has no owner to put on a timeline", origin, event, message_id)
         return None
+    if fallback_anonymous_id and not (owner.get("userId") or owner.get("anonymousId")):
+        owner["anonymousId"] = fallback_anonymous_id
     context = owner.pop("context", {})
     context["channel"] = channel if channel in CHANNELS else "other"
-    context["omnijourney"] = {"origin": ORIGIN}
+    context["omnijourney"] = {"origin": origin}
     props = {**owner.pop("properties", {}), **properties}
     raw = {
         "type": "track",
@@ -196,8 +204,8 @@ def prepare(
         limits=_LIMITS,
     )
     if isinstance(valid, list):  # a bug in what we build, never the customer's input
-        raise ValueError(f"commerce event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
-    source_id = internal_source_id(conn)
+        raise ValueError(f"{origin} event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
+    source_id = internal_source_id(conn, name=source_name)
     assert source_id is not None
     return valid.row(source_id)
 

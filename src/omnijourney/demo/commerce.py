@@ -51,6 +51,10 @@ def _ok(r: httpx.Response) -> dict[str, Any]:
     return body
 
 
+#: categories customers buy again (socks wear out): recommendations do not exclude them once bought
+CONSUMABLE_CATEGORIES = frozenset({"Socks"})
+
+
 def load_catalog(client: httpx.Client, world: DemoWorld, admin: str) -> CommerceSummary:
     """Products with CZK/EUR prices and accessories, locations, and stock everywhere."""
     auth = {"Authorization": f"Bearer {admin}"}
@@ -63,7 +67,11 @@ def load_catalog(client: httpx.Client, world: DemoWorld, admin: str) -> Commerce
             "category": p.category,
             "brand": p.brand,
             "prices": {"CZK": f"{p.price_czk:.2f}", "EUR": f"{p.price_eur:.2f}"},
-            "attributes": {"sizing": p.sizing} if p.sizing else {},
+            "attributes": {
+                **({"sizing": p.sizing} if p.sizing else {}),
+                # engage: a consumable may be recommended again after it was bought
+                **({"consumable": True} if p.category in CONSUMABLE_CATEGORIES else {}),
+            },
         }
         for p in world.catalog
     ]

@@ -38,6 +38,7 @@ from omnijourney.access.service import SourceInfo
 from omnijourney.config import Settings
 from omnijourney.demo import commerce as demo_commerce
 from omnijourney.demo import console as demo_console
+from omnijourney.demo import engage as demo_engage
 from omnijourney.demo.world import DemoWorld, build_world
 from omnijourney.ingest import service as ingest_service
 from omnijourney.service import service as service_domain
@@ -143,6 +144,10 @@ def run_demo(
                             demo_commerce.place_orders(client, world, credentials.tokens, shop)
                             caught_up = wait_until_processed(client)
                         console.print(demo_commerce.describe(shop))
+                        with console.status("training recommendations and refreshing segments"):
+                            engaged = demo_engage.run(client, credentials.tokens["admin"])
+                            caught_up = wait_until_processed(client)
+                        console.print(demo_engage.describe(engaged))
                     if not caught_up:
                         console.print(
                             "[yellow]the processing stage is not catching up (see the server log above); "

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from omnijourney.commerce.handler import CommerceHandler
+from omnijourney.engage.handler import EngageHandler
 from omnijourney.identity import service as identity_service
 from omnijourney.identity.handler import IdentityHandler
 from omnijourney.identity.models import IdentityAction
@@ -98,6 +99,7 @@ def default_handlers(rules: IdentityRules | None = None, profile_config: Profile
         ProfileHandler(profile_config or load_profile_config()),
         CommerceHandler(),
         ServiceHandler(),
+        EngageHandler(profile_config=profile_config),
     ]
 
 

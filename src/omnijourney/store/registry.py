@@ -2,6 +2,7 @@
 
 from omnijourney.access import models as _access  # noqa: F401
 from omnijourney.commerce import models as _commerce  # noqa: F401
+from omnijourney.engage import models as _engage  # noqa: F401
 from omnijourney.identity import models as _identity  # noqa: F401
 from omnijourney.ingest import models as _ingest  # noqa: F401
 from omnijourney.pipeline import models as _pipeline  # noqa: F401

@@ -1,0 +1,1 @@
+"""Engage: segments, recommendations (docs/ENGAGE.md)."""

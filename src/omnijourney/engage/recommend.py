@@ -1,0 +1,577 @@
+"""Recommendations: one ranking for every channel (docs/ENGAGE.md).
+
+Signals, all per surviving profile (every member of the cluster, every channel):
+
+- catalog relations: accessories / bundle parts of what the profile bought (strong) or viewed;
+- co-purchase and co-view item-to-item similarity: cosine similarity of items over the profiles
+  that bought (viewed) them, from binary item x profile matrices (scipy.sparse), the top
+  neighbours of each item kept (`omnijourney recommend train`, tables `engage_item_*`);
+- popularity (buyers) as a weak fallback, so a new profile still gets something.
+
+Exclusions: what the cluster already bought (any variant of the product) unless the product is
+consumable (catalog attribute, `recommendations.consumable_attribute`), inactive products, and
+for `context=store` what is not available at that store (on hand - reserved - allocated <= 0).
+Ties break on the SKU, so the answer is deterministic given the data. Every item carries its
+strongest reason ("because you bought X").
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from scipy import sparse
+from sqlalchemy.engine import Connection
+
+from omnijourney.commerce.models import Location, Order, OrderLine, Product, RelatedProduct, Stock
+from omnijourney.engage.models import ItemPopularity, ItemSimilarity, RecoModel
+from omnijourney.engage.schemas import RecoConfig
+from omnijourney.identity import service as identity
+from omnijourney.identity.models import Profile, ProfileEvent
+from omnijourney.ingest.models import Event
+from omnijourney.profiles.models import ProfileCounter
+
+PRODUCTS = Product.__table__
+RELATED = RelatedProduct.__table__
+STOCK = Stock.__table__
+LOCATIONS = Location.__table__
+ORDERS = Order.__table__
+ORDER_LINES = OrderLine.__table__
+MODELS = RecoModel.__table__
+SIMILARITY = ItemSimilarity.__table__
+POPULARITY = ItemPopularity.__table__
+PROFILES = Profile.__table__
+PROFILE_EVENTS = ProfileEvent.__table__
+EVENTS = Event.__table__
+COUNTERS = ProfileCounter.__table__
+
+CONTEXTS = ("email", "web", "store", "agent")
+VIEW_EVENTS = ("Product Viewed", "Product Added")
+RELATION_KINDS = ("accessory", "bundle_part")
+CHUNK = 500
+
+
+class RecoError(ValueError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+# ============================================================================ data
+
+
+@dataclass(frozen=True)
+class Purchase:
+    profile: int
+    sku: str
+    order: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class View:
+    profile: int
+    sku: str
+    at: datetime
+
+
+def _sku_of(payload: Any) -> str | None:
+    props = payload.get("properties") if isinstance(payload, dict) else None
+    if not isinstance(props, dict):
+        return None
+    for key in ("sku", "product_id"):
+        value = props.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()[:64]
+    return None
+
+
+def _roots(conn: Connection) -> dict[int, int]:
+    return dict(conn.execute(sa.select(PROFILES.c.id, PROFILES.c.canonical_id)).all())
+
+
+def load_purchases(conn: Connection, member_ids: Sequence[int] | None = None) -> list[Purchase]:
+    """Order lines of orders that were not cancelled, by the surviving profile of their owner."""
+    stmt = (
+        sa.select(ORDERS.c.profile_id, ORDERS.c.id, ORDERS.c.placed_at, ORDER_LINES.c.sku)
+        .join(ORDER_LINES, ORDER_LINES.c.order_id == ORDERS.c.id)
+        .where(ORDERS.c.profile_id.is_not(None), ORDERS.c.status != "cancelled")
+        .order_by(ORDERS.c.placed_at, ORDERS.c.id, ORDER_LINES.c.line_no)
+    )
+    if member_ids is not None:
+        stmt = stmt.where(ORDERS.c.profile_id.in_(list(member_ids)))
+    rows = conn.execute(stmt).all()
+    roots = _roots(conn) if member_ids is None else None
+    root = member_ids[0] if member_ids else None
+    out = []
+    for pid, oid, at, sku in rows:
+        owner = roots.get(pid, pid) if roots is not None else root
+        out.append(Purchase(int(owner), sku, int(oid), at))  # type: ignore[arg-type]
+    return out
+
+
+def load_views(conn: Connection, member_ids: Sequence[int] | None = None, limit: int | None = None) -> list[View]:
+    """Product views and cart additions (any channel), newest first when limited."""
+    pe = PROFILE_EVENTS
+    stmt = (
+        sa.select(pe.c.profile_id, pe.c.timestamp, EVENTS.c.payload)
+        .join(EVENTS, EVENTS.c.id == pe.c.event_id)
+        .where(pe.c.event.in_(VIEW_EVENTS))
+        .order_by(pe.c.timestamp.desc(), pe.c.event_id.desc())
+    )
+    if member_ids is not None:
+        stmt = stmt.where(pe.c.profile_id.in_(list(member_ids)))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    roots = _roots(conn) if member_ids is None else None
+    root = member_ids[0] if member_ids else None
+    out = []
+    for pid, at, payload in conn.execute(stmt):
+        sku = _sku_of(payload)
+        if sku is None:
+            continue
+        owner = roots.get(pid, pid) if roots is not None else root
+        out.append(View(int(owner), sku, at))  # type: ignore[arg-type]
+    return out
+
+
+@dataclass(frozen=True)
+class ProductInfo:
+    sku: str
+    product_id: str
+    name: str
+    category: str | None
+    active: bool
+    consumable: bool
+
+
+def load_products(conn: Connection, config: RecoConfig, skus: Iterable[str] | None = None) -> dict[str, ProductInfo]:
+    stmt = sa.select(PRODUCTS)
+    if skus is not None:
+        wanted = sorted(set(skus))
+        if not wanted:
+            return {}
+        stmt = stmt.where(PRODUCTS.c.sku.in_(wanted))
+    out = {}
+    for r in conn.execute(stmt):
+        attrs = r.attributes if isinstance(r.attributes, dict) else {}
+        out[r.sku] = ProductInfo(
+            r.sku, r.product_id, r.name, r.category, bool(r.active), attrs.get(config.consumable_attribute) is True
+        )
+    return out
+
+
+def load_relations(conn: Connection, skus: Iterable[str] | None = None) -> dict[str, list[str]]:
+    stmt = sa.select(RELATED.c.sku, RELATED.c.related_sku).where(RELATED.c.kind.in_(RELATION_KINDS))
+    if skus is not None:
+        stmt = stmt.where(RELATED.c.sku.in_(sorted(set(skus))))
+    out: dict[str, list[str]] = defaultdict(list)
+    for sku, other in conn.execute(stmt.order_by(RELATED.c.sku, RELATED.c.related_sku)):
+        out[sku].append(other)
+    return out
+
+
+# ============================================================================ the model
+
+
+@dataclass
+class Model:
+    """Neighbours per kind and item, and popularity. Built in memory, stored in tables."""
+
+    neighbours: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)
+    buyers: dict[str, int] = field(default_factory=dict)
+    viewers: dict[str, int] = field(default_factory=dict)
+    id: int | None = None
+    trained_at: datetime | None = None
+
+    def similar(self, kind: str, sku: str) -> list[tuple[str, float]]:
+        return self.neighbours.get(kind, {}).get(sku, [])
+
+    def popular(self, n: int) -> list[tuple[str, int]]:
+        return sorted(self.buyers.items(), key=lambda x: (-x[1], x[0]))[:n]
+
+
+def cosine_neighbours(pairs: Iterable[tuple[int, str]], k: int) -> dict[str, list[tuple[str, float]]]:
+    """Item-to-item cosine similarity over profiles from (profile, sku) pairs (binary), top k each."""
+    unique = sorted(set(pairs), key=lambda p: (p[1], p[0]))
+    if not unique:
+        return {}
+    items = sorted({s for _, s in unique})
+    users = sorted({u for u, _ in unique})
+    iidx = {s: i for i, s in enumerate(items)}
+    uidx = {u: i for i, u in enumerate(users)}
+    rows = np.fromiter((iidx[s] for _, s in unique), dtype=np.int64, count=len(unique))
+    cols = np.fromiter((uidx[u] for u, _ in unique), dtype=np.int64, count=len(unique))
+    m = sparse.csr_matrix((np.ones(len(unique)), (rows, cols)), shape=(len(items), len(users)))
+    norms = np.sqrt(np.asarray(m.sum(axis=1)).ravel())
+    inv = sparse.diags(1.0 / np.where(norms > 0, norms, 1.0))
+    sim = (inv @ (m @ m.T) @ inv).tocsr()
+    sim.setdiag(0)
+    sim.eliminate_zeros()
+    out: dict[str, list[tuple[str, float]]] = {}
+    for i in range(sim.shape[0]):
+        start, end = sim.indptr[i], sim.indptr[i + 1]
+        if start == end:
+            continue
+        cand = [
+            (items[j], round(float(v), 6)) for j, v in zip(sim.indices[start:end], sim.data[start:end], strict=True)
+        ]
+        cand.sort(key=lambda x: (-x[1], x[0]))
+        out[items[i]] = cand[:k]
+    return out
+
+
+def build_model(purchases: Sequence[Purchase], views: Sequence[View], config: RecoConfig) -> Model:
+    buyers: dict[str, set[int]] = defaultdict(set)
+    viewers: dict[str, set[int]] = defaultdict(set)
+    for p in purchases:
+        buyers[p.sku].add(p.profile)
+    for v in views:
+        viewers[v.sku].add(v.profile)
+    return Model(
+        neighbours={
+            "purchase": cosine_neighbours(((p.profile, p.sku) for p in purchases), config.neighbours),
+            "view": cosine_neighbours(((v.profile, v.sku) for v in views), config.neighbours),
+        },
+        buyers={s: len(u) for s, u in buyers.items()},
+        viewers={s: len(u) for s, u in viewers.items()},
+    )
+
+
+def train(*, conn: Connection, config: RecoConfig, now: datetime) -> dict[str, Any]:
+    """Rebuild the model from every stored purchase and view; the new model replaces the old one."""
+    purchases, views = load_purchases(conn), load_views(conn)
+    model = build_model(purchases, views, config)
+    stats = {
+        "purchases": len(purchases),
+        "views": len(views),
+        "profiles": len({p.profile for p in purchases} | {v.profile for v in views}),
+        "items": len(set(model.buyers) | set(model.viewers)),
+        "pairs": sum(len(n) for kind in model.neighbours.values() for n in kind.values()),
+    }
+    model_id = conn.execute(sa.insert(MODELS).values(trained_at=now, stats=stats).returning(MODELS.c.id)).scalar_one()
+    rows = [
+        {"model_id": model_id, "kind": kind, "sku": sku, "other_sku": other, "score": score}
+        for kind, by_sku in model.neighbours.items()
+        for sku, ns in by_sku.items()
+        for other, score in ns
+    ]
+    for i in range(0, len(rows), 5000):
+        conn.execute(sa.insert(SIMILARITY), rows[i : i + 5000])
+    pop = [
+        {"model_id": model_id, "sku": s, "buyers": model.buyers.get(s, 0), "viewers": model.viewers.get(s, 0)}
+        for s in sorted(set(model.buyers) | set(model.viewers))
+    ]
+    for i in range(0, len(pop), 5000):
+        conn.execute(sa.insert(POPULARITY), pop[i : i + 5000])
+    for table in (SIMILARITY, POPULARITY):
+        conn.execute(sa.delete(table).where(table.c.model_id != model_id))
+    conn.execute(sa.delete(MODELS).where(MODELS.c.id != model_id))
+    return {"model_id": model_id, "trained_at": now, **stats}
+
+
+def _stored_model(conn: Connection, seeds: dict[str, set[str]], popular: int) -> Model | None:
+    head = conn.execute(sa.select(MODELS).order_by(MODELS.c.id.desc()).limit(1)).first()
+    if head is None:
+        return None
+    model = Model(id=head.id, trained_at=head.trained_at)
+    for kind, skus in seeds.items():
+        if not skus:
+            continue
+        by: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for r in conn.execute(
+            sa.select(SIMILARITY.c.sku, SIMILARITY.c.other_sku, SIMILARITY.c.score).where(
+                SIMILARITY.c.model_id == head.id, SIMILARITY.c.kind == kind, SIMILARITY.c.sku.in_(sorted(skus))
+            )
+        ):
+            by[r.sku].append((r.other_sku, r.score))
+        model.neighbours[kind] = {s: sorted(v, key=lambda x: (-x[1], x[0])) for s, v in by.items()}
+    model.buyers = {
+        r.sku: r.buyers
+        for r in conn.execute(
+            sa.select(POPULARITY.c.sku, POPULARITY.c.buyers)
+            .where(POPULARITY.c.model_id == head.id, POPULARITY.c.buyers > 0)
+            .order_by(POPULARITY.c.buyers.desc(), POPULARITY.c.sku)
+            .limit(popular)
+        )
+    }
+    return model
+
+
+# ============================================================================ ranking
+
+
+@dataclass
+class Candidate:
+    sku: str
+    score: float = 0.0
+    reason: tuple[float, str, str | None] = (0.0, "popular", None)
+
+    def add(self, score: float, kind: str, because: str | None) -> None:
+        self.score += score
+        if score > self.reason[0] or (score == self.reason[0] and (because or "") < (self.reason[2] or "")):
+            self.reason = (score, kind, because)
+
+
+def rank(
+    *,
+    bought: Sequence[str],
+    viewed: Sequence[str],
+    model: Model | None,
+    relations: dict[str, list[str]],
+    products: dict[str, ProductInfo],
+    config: RecoConfig,
+    allowed: set[str] | None = None,
+    limit: int = 10,
+    popular_pool: int = 50,
+) -> list[Candidate]:
+    """Score candidates from what was bought (set) and viewed (newest first); pure and deterministic."""
+    cands: dict[str, Candidate] = {}
+
+    def add(sku: str, score: float, kind: str, because: str | None) -> None:
+        if score > 0:
+            cands.setdefault(sku, Candidate(sku)).add(score, kind, because)
+
+    bought_set = sorted(set(bought))
+    for b in bought_set:
+        for other in relations.get(b, []):
+            add(other, config.accessory_of_bought, "accessory_of_bought", b)
+    recent = list(dict.fromkeys(viewed))[: config.recent_views]
+    for rank_, v in enumerate(recent):
+        decay = 1.0 / (1.0 + 0.1 * rank_)
+        for other in relations.get(v, []):
+            add(other, config.accessory_of_viewed * decay, "accessory_of_viewed", v)
+        if model is not None:
+            for other, s in model.similar("view", v):
+                add(other, config.co_view * s * decay, "co_view", v)
+    if model is not None:
+        for b in bought_set:
+            for other, s in model.similar("purchase", b):
+                add(other, config.co_purchase * s, "co_purchase", b)
+        top = model.popular(popular_pool)
+        if top:
+            best = top[0][1]
+            for sku, n in top:
+                add(sku, config.popularity * n / best, "popular", None)
+    owned_products = {products[b].product_id for b in bought_set if b in products}
+    out = []
+    for c in cands.values():
+        p = products.get(c.sku)
+        if p is None or not p.active:
+            continue
+        if (c.sku in bought_set or p.product_id in owned_products) and not p.consumable:
+            continue
+        if allowed is not None and c.sku not in allowed:
+            continue
+        out.append(c)
+    out.sort(key=lambda c: (-round(c.score, 9), c.sku))
+    return out[:limit]
+
+
+REASON_TEXT = {
+    "accessory_of_bought": "goes with {name} you bought",
+    "accessory_of_viewed": "goes with {name} you looked at",
+    "co_purchase": "because you bought {name}",
+    "co_view": "because you viewed {name}",
+    "popular": "popular right now",
+}
+
+
+def _preferred_store(conn: Connection, member_ids: list[int]) -> str | None:
+    acc: dict[str, int] = defaultdict(int)
+    for key, n in conn.execute(
+        sa.select(COUNTERS.c.key, COUNTERS.c.count).where(
+            COUNTERS.c.profile_id.in_(member_ids), COUNTERS.c.kind == "store"
+        )
+    ):
+        acc[key] += int(n)
+    return min(acc, key=lambda k: (-acc[k], k)) if acc else None
+
+
+def available_at(conn: Connection, store: str, skus: Iterable[str]) -> set[str]:
+    wanted = sorted(set(skus))
+    if not wanted:
+        return set()
+    return {
+        r[0]
+        for r in conn.execute(
+            sa.select(STOCK.c.sku).where(
+                STOCK.c.location == store,
+                STOCK.c.sku.in_(wanted),
+                STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated > 0,
+            )
+        )
+    }
+
+
+def recommend(
+    *, conn: Connection, profile_id: int, context: str, store: str | None, limit: int, config: RecoConfig
+) -> dict[str, Any]:
+    if context not in CONTEXTS:
+        raise RecoError(400, "invalid_context", f"context must be one of {', '.join(CONTEXTS)}")
+    if not 1 <= limit <= 100:
+        raise RecoError(400, "invalid_limit", "limit must be between 1 and 100")
+    root = identity.canonical_id(conn=conn, profile_id=profile_id)
+    if root is None:
+        raise RecoError(404, "not_found", f"no profile {profile_id}")
+    member_ids = identity.members(conn=conn, root=root)
+    if context == "store":
+        store = store or _preferred_store(conn, member_ids)
+        if store is None:
+            raise RecoError(
+                400, "store_required", "context=store needs store=<location code> (no preferred store known)"
+            )
+        if conn.execute(sa.select(LOCATIONS.c.code).where(LOCATIONS.c.code == store)).first() is None:
+            raise RecoError(404, "unknown_store", f"no location {store!r}")
+    elif store is not None:
+        raise RecoError(400, "invalid_store", "store= is only used with context=store")
+    bought = [p.sku for p in load_purchases(conn, member_ids)]
+    viewed = [v.sku for v in load_views(conn, member_ids, limit=config.recent_views * 5)]
+    seeds_bought, seeds_viewed = set(bought), set(list(dict.fromkeys(viewed))[: config.recent_views])
+    model = _stored_model(conn, {"purchase": seeds_bought, "view": seeds_viewed}, popular=50)
+    relations = load_relations(conn, seeds_bought | seeds_viewed)
+    pool = set(relations_values(relations))
+    if model is not None:
+        pool |= {o for kind in model.neighbours.values() for ns in kind.values() for o, _ in ns} | set(model.buyers)
+    products = load_products(conn, config, pool | seeds_bought | seeds_viewed)
+    allowed = available_at(conn, store, pool) if context == "store" and store else None
+    items = rank(
+        bought=bought,
+        viewed=viewed,
+        model=model,
+        relations=relations,
+        products=products,
+        config=config,
+        allowed=allowed,
+        limit=limit,
+    )
+    names = load_products(conn, config, {c.reason[2] for c in items if c.reason[2]}) if items else {}
+    out = []
+    for c in items:
+        p = products[c.sku]
+        _, kind, because = c.reason
+        because_name = names[because].name if because and because in names else because
+        out.append(
+            {
+                "sku": c.sku,
+                "product_id": p.product_id,
+                "name": p.name,
+                "category": p.category,
+                "score": round(c.score, 6),
+                "reason": {
+                    "kind": kind,
+                    "because_sku": because,
+                    "text": REASON_TEXT[kind].format(name=because_name),
+                },
+            }
+        )
+    return {
+        "profile_id": root,
+        "context": context,
+        "store": store if context == "store" else None,
+        "model": {"id": model.id, "trained_at": model.trained_at} if model is not None else None,
+        "items": out,
+    }
+
+
+def relations_values(relations: dict[str, list[str]]) -> list[str]:
+    return [o for v in relations.values() for o in v]
+
+
+# ============================================================================ offline evaluation
+
+
+def _ndcg(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    dcg = sum(1.0 / math.log2(i + 2) for i, s in enumerate(ranked[:k]) if s in relevant)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), k)))
+    return dcg / ideal if ideal else 0.0
+
+
+def evaluate_offline(*, conn: Connection, config: RecoConfig, k: int = 10) -> dict[str, Any]:
+    """Leave-last-purchase-out: each customer's last order is held out, the model is trained on
+    everything else (and only on that customer's views before the held-out order), and the top k
+    (bought items excluded as in serving) is compared with a most-popular baseline."""
+    purchases, views = load_purchases(conn), load_views(conn)
+    last_order: dict[int, tuple[datetime, int]] = {}
+    for p in purchases:
+        key = (p.at, p.order)
+        if p.profile not in last_order or key > last_order[p.profile]:
+            last_order[p.profile] = key
+    held = {(p.profile, p.order) for p in purchases if last_order[p.profile][1] == p.order}
+    train_p = [p for p in purchases if (p.profile, p.order) not in held]
+    cutoff = {pid: at for pid, (at, _) in last_order.items()}
+    train_v = [v for v in views if v.profile not in cutoff or v.at < cutoff[v.profile]]
+    model = build_model(train_p, train_v, config)
+    relations = load_relations(conn)
+    products = load_products(conn, config)
+    bought: dict[int, list[str]] = defaultdict(list)
+    for p in train_p:
+        bought[p.profile].append(p.sku)
+    viewed: dict[int, list[str]] = defaultdict(list)
+    for v in sorted(train_v, key=lambda v: v.at, reverse=True):
+        viewed[v.profile].append(v.sku)
+    target: dict[int, set[str]] = defaultdict(set)
+    for p in purchases:
+        if (p.profile, p.order) in held:
+            target[p.profile].add(p.sku)
+    popular_only = RecoConfig(
+        **{
+            **config.model_dump(),
+            "accessory_of_bought": 0,
+            "accessory_of_viewed": 0,
+            "co_purchase": 0,
+            "co_view": 0,
+            "popularity": 1.0,
+        }
+    )
+    # customers with some history before the held-out order (a cold start is not what is measured)
+    customers = sorted(pid for pid in target if bought.get(pid) or viewed.get(pid))
+    # the held-out items must be recommendable at all: a repurchase of a non-consumable is excluded by design
+    results = {"model": [0.0, 0.0], "popular": [0.0, 0.0]}
+    for pid in customers:
+        relevant = {
+            s for s in target[pid] if s in products and (products[s].consumable or s not in set(bought.get(pid, [])))
+        }
+        if not relevant:
+            continue
+        for name, cfg in (("model", config), ("popular", popular_only)):
+            ranked = [
+                c.sku
+                for c in rank(
+                    bought=bought.get(pid, []),
+                    viewed=viewed.get(pid, []),
+                    model=model,
+                    relations=relations if name == "model" else {},
+                    products=products,
+                    config=cfg,
+                    limit=k,
+                    popular_pool=max(200, k * 5),
+                )
+            ]
+            results[name][0] += 1.0 if relevant & set(ranked) else 0.0
+            results[name][1] += _ndcg(ranked, relevant, k)
+    n = sum(
+        1
+        for pid in customers
+        if any(s in products and (products[s].consumable or s not in set(bought.get(pid, []))) for s in target[pid])
+    )
+    return {
+        "k": k,
+        "customers": n,
+        "train_purchases": len(train_p),
+        "train_views": len(train_v),
+        "model": {
+            "hit_rate": round(results["model"][0] / n, 4) if n else 0.0,
+            "ndcg": round(results["model"][1] / n, 4) if n else 0.0,
+        },
+        "most_popular": {
+            "hit_rate": round(results["popular"][0] / n, 4) if n else 0.0,
+            "ndcg": round(results["popular"][1] / n, 4) if n else 0.0,
+        },
+    }
