@@ -10,6 +10,7 @@ need_apt=()
 if [[ "${OMNIJOURNEY_SKIP_SYSTEM_PACKAGES:-0}" != "1" && "${1:-}" == "--with-test-services" ]]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
   command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+  command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)  # Apache Spark (analytics tests)
 fi
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
