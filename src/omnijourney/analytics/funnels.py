@@ -262,18 +262,18 @@ def best_attempts(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: in
     return j.drop("v_unit", "v_seq", "v_value", "b_seq_key")
 
 
+def _time_cols(spec: FunnelSpec) -> list[str]:
+    n = len(spec.steps)
+    return [f"t{k}" for k in range(n)] if spec.order == "any" else ["s0_ts"] + [f"s{k}_ts" for k in range(1, n)]
+
+
 def funnel_expressions(
     lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int
 ) -> tuple[ibis.Table, ibis.Table]:
     """(counts by breakdown/steps/open, step times of units past step 1): what the engine computes."""
     best = best_attempts(lt, spec, f, as_of_ms)
     counts = best.group_by(["breakdown", "steps", "open"]).aggregate(units=best.count())
-    n = len(spec.steps)
-    if spec.order == "any":
-        time_cols = [f"t{k}" for k in range(n)]
-    else:
-        time_cols = ["s0_ts"] + [f"s{k}_ts" for k in range(1, n)]
-    times = best.filter(best.steps >= 2).select("breakdown", "steps", *time_cols)
+    times = best.filter(best.steps >= 2).select("breakdown", "steps", *_time_cols(spec))
     return counts, times
 
 
@@ -339,7 +339,7 @@ def run_funnel(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int) 
     counts = lt.execute(counts_expr).to_pylist()
     times_tbl: pa.Table = lt.execute(times_expr)
     n = len(spec.steps)
-    tcols = [f"t{k}" for k in range(n)] if spec.order == "any" else ["s0_ts"] + [f"s{k}_ts" for k in range(1, n)]
+    tcols = _time_cols(spec)
     bd = np.array(times_tbl.column("breakdown").to_pylist(), dtype=object)
     steps = np.array(times_tbl.column("steps").to_pylist(), dtype=np.int64)
     if times_tbl.num_rows:
