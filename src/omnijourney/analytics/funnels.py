@@ -81,6 +81,10 @@ class Step:
     events: tuple[str, ...] = ()
     #: (column, op, value) conditions, all must hold
     where: tuple[tuple[str, str, Any], ...] = ()
+    #: message types that also match (e.g. "page", "screen": page views have no event name)
+    types: tuple[str, ...] = ()
+    #: alternatives: the step matches when any of these matches (in addition to the fields above)
+    any_of: tuple[Step, ...] = ()
 
     def __post_init__(self) -> None:
         for col, op, _ in self.where:
@@ -129,9 +133,20 @@ class FunnelSpec:
 
 
 def match(t: ibis.Table, step: Step) -> ibis.expr.types.BooleanValue:
+    if step.any_of:
+        own = Step(step.name, step.events, step.where, step.types)
+        alts = [match(t, a) for a in step.any_of]
+        out = match(t, own) if (step.events or step.types or step.where) else alts.pop(0)
+        for a in alts:
+            out = out | a
+        return out
     preds = []
-    if step.events:
+    if step.events and step.types:
+        preds.append(t.event.isin(list(step.events)) | t.type.isin(list(step.types)))
+    elif step.events:
         preds.append(t.event.isin(list(step.events)))
+    elif step.types:
+        preds.append(t.type.isin(list(step.types)))
     for col, op, value in step.where:
         c = t[col]
         preds.append(
@@ -355,6 +370,7 @@ def run_funnel(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int) 
         return _summarise(spec, rows, {"matrix": mat[sel], "steps": steps[sel]})
 
     result = part(counts, np.ones(len(steps), dtype=bool))
+    result["rows"] = [{"breakdown": "all", **_flat(s)} for s in result["steps"]]
     result["order"] = spec.order
     result["window_seconds"] = spec.window_seconds
     result["filters"] = f.describe()
@@ -364,4 +380,21 @@ def run_funnel(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int) 
         result["breakdown_values"] = [
             {"value": v, **part([r for r in counts if r["breakdown"] == v], bd == v)} for v in values
         ]
+        for b in result["breakdown_values"]:
+            result["rows"].extend({"breakdown": b["value"], **_flat(s)} for s in b["steps"])
     return result
+
+
+def _flat(step: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "step",
+        "name",
+        "count",
+        "conversion_from_start",
+        "conversion_from_previous",
+        "in_progress",
+        "dropped",
+        "median_seconds_from_previous",
+        "median_seconds_from_start",
+    )
+    return {k: step.get(k) for k in keys}
