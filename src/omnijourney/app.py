@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from omnijourney import __version__, errors
 from omnijourney.access import views as access_views
 from omnijourney.access.cache import SourceCache
+from omnijourney.analytics import views as analytics_views
 from omnijourney.commerce import views as commerce_views
 from omnijourney.config import Settings
 from omnijourney.identity import views as identity_views
@@ -134,5 +135,6 @@ def create_app(
     app.include_router(profile_views.router)
     app.include_router(identity_views.router)
     app.include_router(commerce_views.router)
+    app.include_router(analytics_views.router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app

@@ -18,8 +18,10 @@ from omnijourney.analytics.engine import LakeTables
 PURCHASE = "Order Completed"
 RETURN_EVENTS = ("Return Requested", "Return Received", "Order Refunded")
 ONLINE_CHANNELS = ("web", "app")
-#: channels we send through: they do not make a customer "multi-channel" by themselves
+#: channels we send through, and service channels: a customer is multi-channel when they
+#: shop (browse or buy) in two or more of the other channels
 OUTBOUND_CHANNELS = ("email", "sms", "push", "ads")
+SERVICE_CHANNELS = ("chat", "call_center")
 FCR_WINDOW_MS = 7 * 86400 * 1000
 LOST_CONTEXT_WINDOW_MS = 48 * 3600 * 1000
 
@@ -117,9 +119,9 @@ def _purchases(lt: LakeTables, f: flt.Filters) -> ibis.Table:
 
 
 def multi_vs_single(lt: LakeTables, f: flt.Filters) -> dict[str, Any]:
-    """Customers (a purchase in the period) who interacted in 2+ channels vs one: repeat rate, frequency, AOV."""
+    """Customers (a purchase in the period) who shopped in 2+ channels vs one: repeat rate, frequency, AOV."""
     ev = _known(lt, f)
-    touch = ev.filter(~ev.channel.isin(list(OUTBOUND_CHANNELS)))
+    touch = ev.filter(~ev.channel.isin(list(OUTBOUND_CHANNELS + SERVICE_CHANNELS)))
     channels = touch.group_by(c_unit=touch.unit).aggregate(channels=touch.channel.nunique())
     p = ev.filter(ev.event == PURCHASE)
     per_unit = p.group_by("unit").aggregate(orders=p.count())
