@@ -28,12 +28,13 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -111,60 +112,63 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
-def _path_of(payload: dict[str, Any], context: dict[str, Any]) -> str | None:
-    page = context.get("page") if isinstance(context.get("page"), dict) else None
-    props = payload.get("properties") if isinstance(payload.get("properties"), dict) else {}
-    path = (page or {}).get("path") or props.get("path")
-    return _str(path)
+def _load(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if raw is None:
+        return {}
+    value = orjson.loads(raw)
+    return value if isinstance(value, dict) else {}
 
 
-def event_row(row: Any) -> dict[str, Any]:
-    """One lake row from an event joined to the member profile it was resolved to."""
-    payload = row.payload if isinstance(row.payload, dict) else {}
-    context = row.context if isinstance(row.context, dict) else {}
-    props = payload.get("properties")
-    props = props if isinstance(props, dict) else {}
-    device = context.get("device") if isinstance(context.get("device"), dict) else {}
-    os_ = context.get("os") if isinstance(context.get("os"), dict) else {}
-    campaign = context.get("campaign") if isinstance(context.get("campaign"), dict) else {}
-    pos = context.get("pos") if isinstance(context.get("pos"), dict) else {}
-    score = props.get("score")
-    resolved = props.get("resolved")
-    if row.event == "Conversation Resolved":
-        resolved = True
-    ts: datetime = row.timestamp
-    return {
-        "event_id": int(row.id),
-        "ts": ts,
-        "ts_ms": int(ts.timestamp() * 1000),
-        "type": row.type,
-        "event": row.event,
-        "channel": row.channel,
-        "source_id": int(row.source_id),
-        "profile_id": None if row.profile_id is None else int(row.profile_id),
-        "user_id": row.user_id,
-        "anonymous_id": row.anonymous_id,
-        "order_id": row.order_id,
-        "cart_id": row.cart_id,
-        "revenue": row.revenue,
-        "currency": row.currency,
-        "device_type": _str(device.get("type")),
-        "os": _str(os_.get("name")),
-        "utm_source": _str(campaign.get("source")),
-        "utm_medium": _str(campaign.get("medium")),
-        "utm_campaign": _str(campaign.get("name")),
-        "store_id": _str(props.get("store_id") or pos.get("store_id")),
-        "page_path": _path_of(payload, context),
-        "conversation_id": _str(props.get("conversation_id") or props.get("call_id")),
-        "author": _str(props.get("author")),
-        "survey_type": _str(props.get("survey_type")),
-        "score": int(score) if isinstance(score, int) and not isinstance(score, bool) else None,
-        "resolved": resolved if isinstance(resolved, bool) else None,
-        "wait_seconds": _num(props.get("wait_seconds")),
-        "duration_seconds": _num(props.get("duration_seconds")),
-        "properties": orjson.dumps(props).decode(),
-        "context": orjson.dumps(context).decode(),
-    }
+def _sub(d: dict[str, Any], key: str) -> dict[str, Any]:
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+def event_columns(rows: list[Any]) -> pa.Table:
+    """Lake rows (EVENT_SCHEMA) from events joined to the member profile each was resolved to."""
+    cols: dict[str, list[Any]] = {name: [] for name in EVENT_SCHEMA.names}
+    for row in rows:
+        payload = _load(row.payload)
+        context_text = row.context if isinstance(row.context, str) else orjson.dumps(row.context or {}).decode()
+        context = _load(row.context)
+        props = _sub(payload, "properties")
+        device, campaign, pos = _sub(context, "device"), _sub(context, "campaign"), _sub(context, "pos")
+        score = props.get("score")
+        resolved = True if row.event == "Conversation Resolved" else props.get("resolved")
+        ts: datetime = row.timestamp
+        cols["event_id"].append(row.id)
+        cols["ts"].append(ts)
+        cols["ts_ms"].append(int(ts.timestamp() * 1000))
+        cols["type"].append(row.type)
+        cols["event"].append(row.event)
+        cols["channel"].append(row.channel)
+        cols["source_id"].append(row.source_id)
+        cols["profile_id"].append(row.profile_id)
+        cols["user_id"].append(row.user_id)
+        cols["anonymous_id"].append(row.anonymous_id)
+        cols["order_id"].append(row.order_id)
+        cols["cart_id"].append(row.cart_id)
+        cols["revenue"].append(row.revenue)
+        cols["currency"].append(row.currency)
+        cols["device_type"].append(_str(device.get("type")))
+        cols["os"].append(_str(_sub(context, "os").get("name")))
+        cols["utm_source"].append(_str(campaign.get("source")))
+        cols["utm_medium"].append(_str(campaign.get("medium")))
+        cols["utm_campaign"].append(_str(campaign.get("name")))
+        cols["store_id"].append(_str(props.get("store_id") or pos.get("store_id")))
+        cols["page_path"].append(_str(_sub(context, "page").get("path") or props.get("path")))
+        cols["conversation_id"].append(_str(props.get("conversation_id") or props.get("call_id")))
+        cols["author"].append(_str(props.get("author")))
+        cols["survey_type"].append(_str(props.get("survey_type")))
+        cols["score"].append(score if type(score) is int else None)
+        cols["resolved"].append(resolved if isinstance(resolved, bool) else None)
+        cols["wait_seconds"].append(_num(props.get("wait_seconds")))
+        cols["duration_seconds"].append(_num(props.get("duration_seconds")))
+        cols["properties"].append(orjson.dumps(props).decode())
+        cols["context"].append(context_text)
+    return pa.table({name: pa.array(cols[name], EVENT_SCHEMA.field(name).type) for name in EVENT_SCHEMA.names})
 
 
 # --------------------------------------------------------------------------- files
@@ -300,8 +304,9 @@ def _read_batch(conn: Connection, after: int, upto: int, limit: int) -> list[Any
             EVENTS.c.cart_id,
             EVENTS.c.revenue,
             EVENTS.c.currency,
-            EVENTS.c.context,
-            EVENTS.c.payload,
+            # raw JSON text: parsed once here, and the context is stored as received
+            sa.cast(EVENTS.c.context, sa.Text).label("context"),
+            sa.cast(EVENTS.c.payload, sa.Text).label("payload"),
             PROFILE_EVENTS.c.profile_id,
         )
         .select_from(EVENTS.outerjoin(PROFILE_EVENTS, PROFILE_EVENTS.c.event_id == EVENTS.c.id))
@@ -466,15 +471,12 @@ def export(
             if not events:
                 break
             first, last = int(events[0].id), int(events[-1].id)
-            by_day: dict[str, list[dict[str, Any]]] = {}
-            for e in events:
-                r = event_row(e)
-                by_day.setdefault(r["ts"].astimezone(UTC).date().isoformat(), []).append(r)
+            table = event_columns(events)
+            days = pc.strftime(table.column("ts"), format="%Y-%m-%d")
             written = []
-            for day, day_rows in sorted(by_day.items()):
-                table = pa.Table.from_pylist(day_rows, schema=EVENT_SCHEMA)
+            for day in sorted(set(days.to_pylist())):
                 path = lake / "events" / f"date={day}" / part_name(first, last)
-                write_atomic(table, path)
+                write_atomic(table.filter(pc.equal(days, day)), path)
                 written.append(path)
             if _after_files is not None:
                 _after_files(written)

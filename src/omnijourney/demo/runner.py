@@ -130,6 +130,10 @@ def run_demo(
                             "[yellow]the processing stage is not catching up (see the server log above); "
                             "the events are stored and will be processed when it recovers[/yellow]"
                         )
+                    if caught_up:
+                        from omnijourney.analytics.demo import export_and_summarise
+
+                        export_and_summarise(engine, data_dir, console)
                 else:
                     console.print("the in-process pipeline is off; run `omnijourney worker` to process the events")
             after = _stored(engine, sources)
