@@ -171,7 +171,10 @@ def sequenced(lt: LakeTables, f: flt.Filters) -> ibis.Table:
     """The filtered events of known units, numbered per unit in (timestamp, log position) order."""
     ev = flt.apply(lt, lt.events, f)
     ev = ev.filter(ev.unit.notnull())
-    return ev.mutate(seq=ibis.row_number().over(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id]))
+    ev = ev.mutate(seq=ibis.row_number().over(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id]))
+    # every step joins this table: on DuckDB materialise it once (a temp table of this connection);
+    # Spark plans the reuse itself and a cached view would outlive the request in a shared session
+    return ev.cache() if lt.engine == "duckdb" else ev
 
 
 def _candidates(ev: ibis.Table, step: Step) -> ibis.Table:
