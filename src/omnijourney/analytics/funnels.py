@@ -167,10 +167,30 @@ def match(t: ibis.Table, step: Step) -> ibis.expr.types.BooleanValue:
     return out
 
 
-def sequenced(lt: LakeTables, f: flt.Filters) -> ibis.Table:
+def _step_columns(step: Step) -> set[str]:
+    out = {c for c, _, _ in step.where}
+    for a in step.any_of:
+        out |= _step_columns(a)
+    return out
+
+
+def needed_columns(spec: FunnelSpec) -> list[str]:
+    cols = {"unit", "event_id", "ts_ms", "event", "type"}
+    for s in spec.steps:
+        cols |= _step_columns(s)
+    for x in spec.exclusions:
+        cols |= _step_columns(x.step)
+    if spec.breakdown:
+        cols.add(spec.breakdown)
+    return sorted(cols)
+
+
+def sequenced(lt: LakeTables, f: flt.Filters, columns: list[str] | None = None) -> ibis.Table:
     """The filtered events of known units, numbered per unit in (timestamp, log position) order."""
     ev = flt.apply(lt, lt.events, f)
     ev = ev.filter(ev.unit.notnull())
+    if columns:
+        ev = ev.select(*columns)
     ev = ev.mutate(seq=ibis.row_number().over(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id]))
     # every step joins this table: on DuckDB materialise it once (a temp table of this connection);
     # Spark plans the reuse itself and a cached view would outlive the request in a shared session
@@ -254,7 +274,7 @@ def _apply_exclusions(ev: ibis.Table, att: ibis.Table, spec: FunnelSpec) -> ibis
 
 def best_attempts(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int) -> ibis.Table:
     """One row per unit: its best attempt (steps done, step times, window open?, breakdown value)."""
-    ev = sequenced(lt, f)
+    ev = sequenced(lt, f, needed_columns(spec))
     att = _attempts_any(ev, spec) if spec.order == "any" else _attempts_sequential(ev, spec)
     att = _steps_done(att, spec)
     att = _apply_exclusions(ev, att, spec)
@@ -290,6 +310,8 @@ def funnel_expressions(
 ) -> tuple[ibis.Table, ibis.Table]:
     """(counts by breakdown/steps/open, step times of units past step 1): what the engine computes."""
     best = best_attempts(lt, spec, f, as_of_ms)
+    if lt.engine == "duckdb":  # two queries read it: compute it once
+        best = best.cache()
     counts = best.group_by(["breakdown", "steps", "open"]).aggregate(units=best.count())
     times = best.filter(best.steps >= 2).select("breakdown", "steps", *_time_cols(spec))
     return counts, times
