@@ -7,7 +7,8 @@ over the tables returned here and runs unchanged on both.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,19 @@ class LakeTables:
     locations: ibis.Table
     products: ibis.Table
 
+    views: list[str] = field(default_factory=list)
+
     def execute(self, expr: ibis.Expr) -> pa.Table:
         return self.backend.to_pyarrow(expr)
+
+    def close(self) -> None:
+        """Drop the Spark temp views of this call (DuckDB connections go with the object)."""
+        if self.engine == "spark":
+            session = self.backend._session
+            for view in self.views:
+                session.catalog.dropTempView(view)
+        else:
+            self.backend.disconnect()
 
 
 def _empty(schema: pa.Schema) -> pa.Table:
@@ -140,9 +152,12 @@ def open_lake(data_dir: Path, engine: str = "duckdb", *, spark: Any = None) -> L
     else:
         session = spark or spark_session()
         backend = ibis.pyspark.connect(session)
+        # views are per call: concurrent requests on the shared session never see each other's file lists
+        suffix = uuid.uuid4().hex[:12]
 
         def register(name: str, paths: list[str] | None, schema: pa.Schema) -> ibis.Table:
-            view = f"oj_{name}"
+            view = f"oj_{name}_{suffix}"
+            views.append(view)
             if paths:
                 df = session.read.parquet(*paths)
             else:
@@ -152,6 +167,7 @@ def open_lake(data_dir: Path, engine: str = "duckdb", *, spark: Any = None) -> L
             df.createOrReplaceTempView(view)
             return backend.table(view)
 
+    views: list[str] = []
     raw = register("lake_events", files, lake_mod.EVENT_SCHEMA)
     tables = {name: register(name, [p] if p else None, _dimension_schema(name)) for name, p in dims.items()}
     idm = tables["identity_map"].select(map_profile=lambda t: t.profile_id, map_canonical=lambda t: t.canonical_id)
@@ -165,6 +181,7 @@ def open_lake(data_dir: Path, engine: str = "duckdb", *, spark: Any = None) -> L
         orders=tables["orders"],
         locations=tables["locations"],
         products=tables["products"],
+        views=views,
     )
 
 

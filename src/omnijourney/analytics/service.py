@@ -60,17 +60,20 @@ def run(
             raise AnalyticsError(
                 422, "engine_unavailable", "install omnijourney[spark] to use the Spark engine"
             ) from exc
-    lt = open_lake(data_dir, engine, spark=spark)
     if analysis in ("stages", "funnel") and as_of_ms is None:
         raise AnalyticsError(422, "invalid_request", "as_of is required for funnels")
-    if analysis == "stages":
-        result = stage_funnel(lt, stage_config or load_stage_config(), filters, as_of_ms)  # type: ignore[arg-type]
-    elif analysis == "funnel":
-        if funnel is None:
-            raise AnalyticsError(422, "invalid_request", "a funnel needs steps")
-        result = funnels.run_funnel(lt, funnel, filters, as_of_ms)  # type: ignore[arg-type]
-    else:
-        result = KPI[analysis](lt, filters)
+    if analysis == "funnel" and funnel is None:
+        raise AnalyticsError(422, "invalid_request", "a funnel needs steps")
+    lt = open_lake(data_dir, engine, spark=spark)
+    try:
+        if analysis == "stages":
+            result = stage_funnel(lt, stage_config or load_stage_config(), filters, as_of_ms)  # type: ignore[arg-type]
+        elif analysis == "funnel":
+            result = funnels.run_funnel(lt, funnel, filters, as_of_ms)  # type: ignore[arg-type]
+        else:
+            result = KPI[analysis](lt, filters)
+    finally:
+        lt.close()
     result.setdefault("filters", filters.describe())
     return {"analysis": analysis, "engine": engine, **result}
 
