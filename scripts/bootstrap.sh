@@ -11,6 +11,7 @@ if [[ "${OMNIJOURNEY_SKIP_SYSTEM_PACKAGES:-0}" != "1" && "${1:-}" == "--with-tes
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
   command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)  # the console's browser tests (Playwright drives it)
+  command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)  # Apache Spark (analytics tests)
 fi
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"

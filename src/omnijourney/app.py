@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from omnijourney import __version__, errors
 from omnijourney.access import views as access_views
 from omnijourney.access.cache import SourceCache, TokenCache
+from omnijourney.analytics import views as analytics_views
 from omnijourney.commerce import views as commerce_views
 from omnijourney.commerce.sweeper import ReservationSweeper
 from omnijourney.config import Settings
@@ -149,6 +150,7 @@ def create_app(
     app.include_router(service_views.router)
     app.include_router(service_views.profile_router)
     app.include_router(engage_views.router)
+    app.include_router(analytics_views.router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app
 

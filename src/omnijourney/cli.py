@@ -27,6 +27,8 @@ segments_app = typer.Typer(no_args_is_help=True, help="Segments (engage).")
 app.add_typer(segments_app, name="segments")
 recommend_app = typer.Typer(no_args_is_help=True, help="Recommendations (engage).")
 app.add_typer(recommend_app, name="recommend")
+analytics_app = typer.Typer(no_args_is_help=True, help="The event lake and journey analytics.")
+app.add_typer(analytics_app, name="analytics")
 
 console = Console()
 err = Console(stderr=True)
@@ -399,6 +401,41 @@ def recommend_evaluate(
     )
     for name in ("model", "most_popular"):
         console.print(f"{name:>13}: hit rate@{k} {out[name]['hit_rate']:.4f}  NDCG@{k} {out[name]['ndcg']:.4f}")
+
+
+@analytics_app.command("export")
+def analytics_export(
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+    batch: int = typer.Option(50_000, "--batch", min=1, help="events per lake file batch"),
+) -> None:
+    """Export processed events not yet in the lake (exactly once) and refresh the dimension snapshots."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from omnijourney.analytics import lake
+
+    settings = _settings(database_url, data_dir)
+    engine = _engine(settings)
+    with Progress(
+        TextColumn("[bold]exporting[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("events", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            result = lake.export(engine=engine, data_dir=settings.data_dir, batch=batch, progress=report)
+        except lake.ExportBusy as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    dims = ", ".join(f"{k} {v}" for k, v in result.dimensions.items())
+    console.print(
+        f"exported [green]{result.rows}[/green] events in {result.files} files up to log position "
+        f"{result.position} into {lake.lake_dir(settings.data_dir)}; snapshots: {dims}"
+    )
+    if result.removed:
+        console.print(f"removed {result.removed} leftover files of an interrupted export")
 
 
 if __name__ == "__main__":

@@ -453,6 +453,12 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert admin is not None and admin.role == "admin"
     first_output = out.getvalue()
     assert saved["tokens"]["admin"] in first_output
+    # the demo exports the event lake exactly once and shows the stage funnel from it
+    from omnijourney.analytics.engine import read_events
+
+    assert f"event lake: {world.message_count} events exported" in first_output
+    assert "journey stages" in first_output and "awareness" in first_output
+    assert read_events(settings.data_dir).num_rows == world.message_count
     assert all(saved["tokens"][role] not in first_output for role in ("marketer", "agent", "store_staff"))
     tokens = count(engine, "api_tokens")
     # orders placed through the commerce API, each step on the customer's timeline
@@ -493,3 +499,5 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert count(engine, "sources") == len(world.sources) + 2  # + the internal commerce and engage sources
     assert json.loads(path.read_text())["tokens"] == saved["tokens"]
     assert saved["tokens"]["admin"] not in out.getvalue()
+    assert "event lake: 0 events exported" in out.getvalue()
+    assert read_events(settings.data_dir).num_rows == world.message_count

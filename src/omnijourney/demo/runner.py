@@ -155,11 +155,17 @@ def run_demo(
                         )
                     with console.status("placing today's click & collect orders"):
                         pickups = demo_console.place_pickups(client, world, credentials.tokens["admin"])
+                        if caught_up:  # the lake below exports processed events only
+                            caught_up = wait_until_processed(client)
                     if pickups:
                         console.print(
                             f"{len(pickups)} click & collect orders wait at the stores today "
                             f"(e.g. {pickups[0]['order']} for {pickups[0]['customer']} at {pickups[0]['store']})"
                         )
+                    if caught_up:
+                        from omnijourney.analytics.demo import export_and_summarise
+
+                        export_and_summarise(engine, data_dir, console)
                 else:
                     console.print("the in-process pipeline is off; run `omnijourney worker` to process the events")
             after = _stored(engine, sources)

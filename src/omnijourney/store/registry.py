@@ -1,6 +1,7 @@
 """Imports every domain's models so `Base.metadata` is complete (for Alembic and tests)."""
 
 from omnijourney.access import models as _access  # noqa: F401
+from omnijourney.analytics import models as _analytics  # noqa: F401
 from omnijourney.commerce import models as _commerce  # noqa: F401
 from omnijourney.engage import models as _engage  # noqa: F401
 from omnijourney.identity import models as _identity  # noqa: F401

@@ -1,7 +1,7 @@
 """engage: segments, memberships, recommendation model, offers
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0007
 Create Date: 2026-11-26 13:20:19.983384
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 import omnijourney.store.base
 
 revision = "0008"
-down_revision = "0003"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

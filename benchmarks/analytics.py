@@ -1,0 +1,212 @@
+"""Analytics: lake export throughput and funnel / KPI query latency on DuckDB.
+
+1. Generates a deterministic (seeded) stream of --events events for --profiles customers
+   (journeys page -> Product Viewed -> Product Added -> Checkout Started -> Order Completed with
+   drop-offs at every step, over 30 days, web / app / store channels, mobile / desktop devices, UTM
+   campaigns) and bulk-loads it into a fresh SQLite database with the server's `append_events`.
+   The identity tables the export joins (`profiles`, `profile_events`) and the pipeline checkpoint
+   are written directly (identity resolution has its own benchmark), so only the export is timed.
+2. Times `omnijourney analytics export` (lake.export, batches of --batch): rows per second.
+3. Times on DuckDB, over the exported lake: a 5-step ordered funnel with a 7-day window, the same
+   with a breakdown by channel, the journey stage funnel and the cross-channel matrix (each run
+   twice; the second run is the warm figure), and a hand-written DuckDB SQL baseline of the
+   cross-channel matrix.
+
+It is a script, not a test: `.venv/bin/python benchmarks/analytics.py --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson
+import sqlalchemy as sa
+
+from omnijourney.access import service as access
+from omnijourney.analytics import filters as flt
+from omnijourney.analytics import lake, service
+from omnijourney.analytics.engine import open_lake
+from omnijourney.analytics.funnels import FunnelSpec, Step, run_funnel
+from omnijourney.identity.models import Profile, ProfileEvent
+from omnijourney.ingest import service as ingest
+from omnijourney.pipeline.models import Checkpoint
+from omnijourney.store import db, migrate
+from omnijourney.store.base import Encoded
+
+START = datetime(2026, 10, 1, tzinfo=UTC)
+STEPS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
+CAMPAIGNS = ("spring", "autumn", "running", None, None)
+
+
+def generate(n_events: int, n_profiles: int, seed: int):  # type: ignore[no-untyped-def]
+    """Yield (profile, event row) in timestamp-independent log order until n_events."""
+    rng = random.Random(seed)
+    made = 0
+    while made < n_events:
+        p = rng.randrange(1, n_profiles + 1)
+        t = START + timedelta(seconds=rng.randrange(30 * 86400))
+        channel = rng.choice(("web", "web", "app", "store"))
+        device = "desktop" if channel == "web" and rng.random() < 0.5 else "mobile"
+        campaign = rng.choice(CAMPAIGNS)
+        ctx = {"device": {"type": device}}
+        if campaign:
+            ctx["campaign"] = {"source": "instagram", "medium": "cpc", "name": campaign}
+        journey = [("page", None)] + [("track", e) for e in STEPS]
+        cut = 1 + sum(1 for _ in range(4) if rng.random() < 0.55)
+        for typ, name in journey[: cut + 1]:
+            if made >= n_events:
+                return
+            t += timedelta(seconds=rng.randrange(5, 3600))
+            if rng.random() < 0.1:  # some continue in another channel
+                channel = rng.choice(("web", "app", "store"))
+            revenue = round(rng.uniform(10, 300), 2) if name == "Order Completed" else None
+            payload = {"type": typ, "event": name, "properties": {}, "context": ctx}
+            yield (
+                p,
+                {
+                    "message_id": f"b{made}",
+                    "type": typ,
+                    "event": name,
+                    "user_id": f"user{p}",
+                    "anonymous_id": None,
+                    "channel": channel,
+                    "timestamp": t,
+                    "received_at": t,
+                    "sent_at": None,
+                    "original_timestamp": None,
+                    "order_id": f"o{made}" if revenue else None,
+                    "cart_id": None,
+                    "revenue": revenue,
+                    "currency": "CZK" if revenue else None,
+                    "context": ctx,
+                    "payload": Encoded(orjson.dumps(payload).decode()),
+                },
+            )
+            made += 1
+
+
+def load(engine: sa.Engine, n_events: int, n_profiles: int, seed: int) -> int:
+    with db.write(engine) as conn:
+        src = access.create_source(conn=conn, name="bench", channel="web", trusted=True)
+    rows, members = [], []
+    next_id = 1
+
+    def flush() -> None:
+        nonlocal next_id
+        if not rows:
+            return
+        with db.write(engine) as conn:
+            ingest.append_events(conn=conn, rows=rows)
+            conn.execute(
+                sa.insert(ProfileEvent.__table__),
+                [
+                    {
+                        "event_id": next_id + i,
+                        "profile_id": p,
+                        "timestamp": r["timestamp"],
+                        "channel": r["channel"],
+                        "event": r["event"],
+                    }
+                    for i, (p, r) in enumerate(zip(members, rows, strict=True))
+                ],
+            )
+        next_id += len(rows)
+        rows.clear()
+        members.clear()
+
+    for p, row in generate(n_events, n_profiles, seed):
+        row["source_id"] = src.id
+        rows.append(row)
+        members.append(p)
+        if len(rows) == 10_000:
+            flush()
+    flush()
+    with db.write(engine) as conn:
+        last = conn.execute(sa.text("SELECT max(id) FROM events")).scalar_one()
+        assert last == next_id - 1, "event ids are not the dense sequence the benchmark assumed"
+        conn.execute(
+            sa.insert(Profile.__table__),
+            [{"id": p, "created_at": START, "merged_into": None, "canonical_id": p} for p in range(1, n_profiles + 1)],
+        )
+        conn.execute(sa.insert(Checkpoint.__table__).values(name="main", position=last, action_seq=0, updated_at=START))
+    return int(last)
+
+
+def timed(fn):  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--profiles", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=50_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="oj-bench-analytics-"))
+    try:
+        engine = db.create_engine(f"sqlite:///{tmp / 'bench.db'}", sqlite_synchronous="NORMAL")
+        migrate.upgrade(engine)
+        t_load, n = timed(lambda: load(engine, args.events, args.profiles, args.seed))
+        print(f"loaded {n:,} events for {args.profiles:,} customers into SQLite in {t_load:.1f} s (not timed below)")
+
+        t_export, res = timed(lambda: lake.export(engine=engine, data_dir=tmp, batch=args.batch))
+        assert res.rows == n
+        size = sum(f.stat().st_size for f in (tmp / "lake").rglob("*.parquet"))
+        print(
+            f"export: {res.rows:,} rows in {t_export:.1f} s = {res.rows / t_export:,.0f} rows/s "
+            f"({res.files} files, {size / 1e6:.1f} MB)"
+        )
+
+        as_of = flt.to_ms(START + timedelta(days=40))
+        spec = FunnelSpec(
+            steps=(Step("page", types=("page",)), *(Step(e, (e,)) for e in STEPS)), window_seconds=7 * 86400
+        )
+        spec_bd = FunnelSpec(steps=spec.steps, window_seconds=spec.window_seconds, breakdown="channel")
+        queries = {
+            "5-step funnel": lambda: run_funnel(open_lake(tmp), spec, flt.Filters(), as_of),
+            "5-step funnel by channel": lambda: run_funnel(open_lake(tmp), spec_bd, flt.Filters(), as_of),
+            "stage funnel": lambda: service.run(data_dir=tmp, analysis="stages", filters=flt.Filters(), as_of_ms=as_of),
+            "cross-channel matrix": lambda: service.run(data_dir=tmp, analysis="cross-channel", filters=flt.Filters()),
+        }
+        for name, q in queries.items():
+            cold, out = timed(q)
+            warm, _ = timed(q)
+            extra = ""
+            if "steps" in out:
+                extra = " steps " + " > ".join(f"{s['count']:,}" for s in out["steps"])
+            print(f"{name}: {cold:.2f} s first, {warm:.2f} s second (DuckDB){extra}")
+
+        import duckdb
+
+        sql = f"""
+        WITH e AS (SELECT * FROM read_parquet('{tmp}/lake/events/*/*.parquet')),
+        f AS (SELECT profile_id, channel, row_number() OVER (PARTITION BY profile_id ORDER BY ts_ms, event_id) rn FROM e),
+        p AS (SELECT profile_id, channel, row_number() OVER (PARTITION BY profile_id ORDER BY ts_ms, event_id) rn
+              FROM e WHERE event = 'Order Completed')
+        SELECT f.channel, p.channel, count(*) FROM f JOIN p USING (profile_id)
+        WHERE f.rn = 1 AND p.rn = 1 GROUP BY ALL"""
+        t_sql, _ = timed(lambda: duckdb.sql(sql).fetchall())
+        print(f"cross-channel matrix, hand-written DuckDB SQL baseline: {t_sql:.2f} s")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Open the lake as Ibis tables on DuckDB (the embedded default) or Apache Spark.
+
+Only table registration differs between engines; every analysis is one Ibis expression
+over the tables returned here and runs unchanged on both.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ibis
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from omnijourney.analytics import lake as lake_mod
+
+ENGINES = ("duckdb", "spark")
+
+_spark_lock = threading.Lock()
+_spark_session: list[Any] = []
+
+
+def spark_session(master: str = "local[1]") -> Any:
+    """One SparkSession per process (creating one takes seconds), UTC, few shuffle partitions."""
+    with _spark_lock:
+        if not _spark_session:
+            from pyspark.sql import SparkSession
+
+            session = (
+                SparkSession.builder.master(master)
+                .appName("omnijourney-analytics")
+                .config("spark.sql.shuffle.partitions", "1")
+                .config("spark.sql.codegen.wholeStage", "false")
+                .config("spark.sql.adaptive.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
+                .config("spark.default.parallelism", "1")
+                .config("spark.sql.session.timeZone", "UTC")
+                .config("spark.ui.enabled", "false")
+                .config("spark.sql.ansi.enabled", "false")
+                .config("spark.driver.memory", "1g")
+                .getOrCreate()
+            )
+            session.sparkContext.setLogLevel("ERROR")
+            _spark_session.append(session)
+        return _spark_session[0]
+
+
+@dataclass
+class LakeTables:
+    """The lake as Ibis tables. `events` carries `unit`: the cluster (canonical profile) at query time."""
+
+    backend: Any
+    engine: str
+    events: ibis.Table
+    identity_map: ibis.Table
+    orders: ibis.Table
+    locations: ibis.Table
+    products: ibis.Table
+
+    views: list[str] = field(default_factory=list)
+
+    def execute(self, expr: ibis.Expr) -> pa.Table:
+        return self.backend.to_pyarrow(expr)
+
+    def close(self) -> None:
+        """Drop the Spark temp views of this call (DuckDB connections go with the object)."""
+        if self.engine == "spark":
+            session = self.backend._session
+            for view in self.views:
+                session.catalog.dropTempView(view)
+        else:
+            self.backend.disconnect()
+
+
+def _empty(schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([], schema=schema)
+
+
+def _dimension_schema(name: str) -> pa.Schema:
+    from omnijourney.analytics.lake import TS
+
+    schemas = {
+        "identity_map": pa.schema(
+            [("profile_id", pa.int64()), ("canonical_id", pa.int64()), ("merged_into", pa.int64()), ("created_at", TS)]
+        ),
+        "orders": pa.schema(
+            [
+                ("id", pa.int64()),
+                ("order_ref", pa.string()),
+                ("channel", pa.string()),
+                ("store_id", pa.string()),
+                ("fulfilment", pa.string()),
+                ("pickup_location", pa.string()),
+                ("status", pa.string()),
+                ("currency", pa.string()),
+                ("profile_id", pa.int64()),
+                ("total_minor", pa.int64()),
+                ("refunded_minor", pa.int64()),
+                ("placed_at", TS),
+                ("placed_ms", pa.int64()),
+            ]
+        ),
+        "locations": pa.schema(
+            [
+                ("code", pa.string()),
+                ("name", pa.string()),
+                ("kind", pa.string()),
+                ("city", pa.string()),
+                ("country", pa.string()),
+                ("latitude", pa.float64()),
+                ("longitude", pa.float64()),
+                ("pickup", pa.bool_()),
+            ]
+        ),
+        "products": pa.schema(
+            [
+                ("sku", pa.string()),
+                ("product_id", pa.string()),
+                ("name", pa.string()),
+                ("category", pa.string()),
+                ("brand", pa.string()),
+                ("active", pa.bool_()),
+            ]
+        ),
+    }
+    return schemas[name]
+
+
+def open_lake(data_dir: Path, engine: str = "duckdb", *, spark: Any = None) -> LakeTables:
+    """Register the committed event files and the dimension snapshots on an engine."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    lake = lake_mod.lake_dir(data_dir)
+    files = [str(f) for f in lake_mod.event_files(lake)]
+    dims = {}
+    for name in ("identity_map", "orders", "locations", "products"):
+        path = lake / "dimensions" / f"{name}.parquet"
+        dims[name] = str(path) if path.exists() else None
+
+    if engine == "duckdb":
+        backend = ibis.duckdb.connect()
+
+        def register(name: str, paths: list[str] | None, schema: pa.Schema) -> ibis.Table:
+            if paths:
+                return backend.read_parquet(paths, table_name=name)
+            return backend.create_table(name, _empty(schema))
+
+    else:
+        session = spark or spark_session()
+        backend = ibis.pyspark.connect(session)
+        # views are per call: concurrent requests on the shared session never see each other's file lists
+        suffix = uuid.uuid4().hex[:12]
+
+        def register(name: str, paths: list[str] | None, schema: pa.Schema) -> ibis.Table:
+            view = f"oj_{name}_{suffix}"
+            views.append(view)
+            if paths:
+                df = session.read.parquet(*paths)
+            else:
+                from pyspark.sql.pandas.types import from_arrow_schema
+
+                df = session.createDataFrame([], from_arrow_schema(schema))
+            df.createOrReplaceTempView(view)
+            return backend.table(view)
+
+    views: list[str] = []
+    raw = register("lake_events", files, lake_mod.EVENT_SCHEMA)
+    tables = {name: register(name, [p] if p else None, _dimension_schema(name)) for name, p in dims.items()}
+    idm = tables["identity_map"].select(map_profile=lambda t: t.profile_id, map_canonical=lambda t: t.canonical_id)
+    joined = raw.left_join(idm, raw.profile_id == idm.map_profile)
+    events = joined.mutate(unit=joined.map_canonical.coalesce(joined.profile_id)).drop("map_profile", "map_canonical")
+    return LakeTables(
+        backend=backend,
+        engine=engine,
+        events=events,
+        identity_map=tables["identity_map"],
+        orders=tables["orders"],
+        locations=tables["locations"],
+        products=tables["products"],
+        views=views,
+    )
+
+
+def read_events(data_dir: Path) -> pa.Table:
+    """Every committed lake row (for tests and small tools)."""
+    files = lake_mod.event_files(lake_mod.lake_dir(data_dir))
+    if not files:
+        return _empty(lake_mod.EVENT_SCHEMA)
+    return pa.concat_tables([pq.read_table(f, schema=lake_mod.EVENT_SCHEMA) for f in files])

@@ -1,0 +1,514 @@
+"""The event lake: processed events exported incrementally and exactly once to Parquet.
+
+Layout under `<data_dir>/lake/` (a public format, docs/ANALYTICS.md):
+
+    events/date=YYYY-MM-DD/part-<first id>-<last id>.parquet   one file per export batch and day
+    dimensions/<name>.parquet                                    current snapshots, replaced atomically
+    _export.json                                                 {"position": N} after each committed batch
+
+Exactly once. A batch is the next events after the export checkpoint (never past the processing
+stage's checkpoint, so every row carries the profile identity resolved it to). Its files are
+written under a hidden temporary name, fsynced, renamed into place and the directory fsynced;
+only then is the checkpoint advanced in the database. A crash before the rename leaves only a
+hidden temporary file; a crash after the rename but before the commit leaves files whose first
+id is beyond the checkpoint. Both are removed when the next export starts, and the batch is
+written again: no row is lost and none appears twice. One exporter runs per lake at a time
+(an exclusive file lock).
+
+Merges made after export are honoured at query time: rows keep the member profile they were
+resolved to, and readers map members to their cluster through `dimensions/identity_map.parquet`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from omnijourney.analytics.models import ExportCheckpoint
+from omnijourney.commerce.models import Location, Order, Product
+from omnijourney.identity.models import Profile, ProfileEvent
+from omnijourney.ingest.models import Event
+from omnijourney.pipeline.models import Checkpoint
+from omnijourney.store import db
+from omnijourney.store.base import utcnow
+
+EVENTS = Event.__table__
+PROFILE_EVENTS = ProfileEvent.__table__
+EXPORTS = ExportCheckpoint.__table__
+PIPELINE = Checkpoint.__table__
+EXPORT_NAME = "lake"
+PART_RE = re.compile(r"^part-(\d{20})-(\d{20})\.parquet$")
+
+TS = pa.timestamp("us", tz="UTC")
+
+#: the schema of every events file (docs/ANALYTICS.md documents each column)
+EVENT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.int64()),
+        ("ts", TS),
+        ("ts_ms", pa.int64()),
+        ("type", pa.string()),
+        ("event", pa.string()),
+        ("channel", pa.string()),
+        ("source_id", pa.int64()),
+        ("profile_id", pa.int64()),
+        ("user_id", pa.string()),
+        ("anonymous_id", pa.string()),
+        ("order_id", pa.string()),
+        ("cart_id", pa.string()),
+        ("revenue", pa.float64()),
+        ("currency", pa.string()),
+        ("device_type", pa.string()),
+        ("os", pa.string()),
+        ("utm_source", pa.string()),
+        ("utm_medium", pa.string()),
+        ("utm_campaign", pa.string()),
+        ("store_id", pa.string()),
+        ("page_path", pa.string()),
+        ("conversation_id", pa.string()),
+        ("author", pa.string()),
+        ("survey_type", pa.string()),
+        ("score", pa.int64()),
+        ("resolved", pa.bool_()),
+        ("wait_seconds", pa.float64()),
+        ("duration_seconds", pa.float64()),
+        ("properties", pa.string()),
+        ("context", pa.string()),
+    ]
+)
+
+
+def lake_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "lake"
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _str(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _load(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if raw is None:
+        return {}
+    value = orjson.loads(raw)
+    return value if isinstance(value, dict) else {}
+
+
+def _sub(d: dict[str, Any], key: str) -> dict[str, Any]:
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+def event_columns(rows: list[Any]) -> pa.Table:
+    """Lake rows (EVENT_SCHEMA) from events joined to the member profile each was resolved to."""
+    cols: dict[str, list[Any]] = {name: [] for name in EVENT_SCHEMA.names}
+    for row in rows:
+        payload = _load(row.payload)
+        context_text = row.context if isinstance(row.context, str) else orjson.dumps(row.context or {}).decode()
+        context = _load(row.context)
+        props = _sub(payload, "properties")
+        device, campaign, pos = _sub(context, "device"), _sub(context, "campaign"), _sub(context, "pos")
+        score = props.get("score")
+        resolved = True if row.event == "Conversation Resolved" else props.get("resolved")
+        ts: datetime = row.timestamp
+        cols["event_id"].append(row.id)
+        cols["ts"].append(ts)
+        cols["ts_ms"].append(int(ts.timestamp() * 1000))
+        cols["type"].append(row.type)
+        cols["event"].append(row.event)
+        cols["channel"].append(row.channel)
+        cols["source_id"].append(row.source_id)
+        cols["profile_id"].append(row.profile_id)
+        cols["user_id"].append(row.user_id)
+        cols["anonymous_id"].append(row.anonymous_id)
+        cols["order_id"].append(row.order_id)
+        cols["cart_id"].append(row.cart_id)
+        cols["revenue"].append(row.revenue)
+        cols["currency"].append(row.currency)
+        cols["device_type"].append(_str(device.get("type")))
+        cols["os"].append(_str(_sub(context, "os").get("name")))
+        cols["utm_source"].append(_str(campaign.get("source")))
+        cols["utm_medium"].append(_str(campaign.get("medium")))
+        cols["utm_campaign"].append(_str(campaign.get("name")))
+        cols["store_id"].append(_str(props.get("store_id") or pos.get("store_id")))
+        cols["page_path"].append(_str(_sub(context, "page").get("path") or props.get("path")))
+        cols["conversation_id"].append(_str(props.get("conversation_id") or props.get("call_id")))
+        cols["author"].append(_str(props.get("author")))
+        cols["survey_type"].append(_str(props.get("survey_type")))
+        cols["score"].append(score if type(score) is int else None)
+        cols["resolved"].append(resolved if isinstance(resolved, bool) else None)
+        cols["wait_seconds"].append(_num(props.get("wait_seconds")))
+        cols["duration_seconds"].append(_num(props.get("duration_seconds")))
+        cols["properties"].append(orjson.dumps(props).decode())
+        cols["context"].append(context_text)
+    return pa.table({name: pa.array(cols[name], EVENT_SCHEMA.field(name).type) for name in EVENT_SCHEMA.names})
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(table: pa.Table, final: Path) -> None:
+    """Write to a hidden temporary name, fsync, rename into place, fsync the directory."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def part_name(first: int, last: int) -> str:
+    return f"part-{first:020d}-{last:020d}.parquet"
+
+
+def event_files(lake: Path, position: int | None = None) -> list[Path]:
+    """The committed event files (those wholly at or below `position`, the export checkpoint)."""
+    if position is None:
+        position = committed_position(lake)
+    out = []
+    for f in sorted((lake / "events").glob("date=*/part-*.parquet")):
+        m = PART_RE.match(f.name)
+        if m and int(m.group(2)) <= position:
+            out.append(f)
+    return out
+
+
+def committed_position(lake: Path) -> int:
+    marker = lake / "_export.json"
+    if not marker.exists():
+        return 0
+    return int(json.loads(marker.read_text())["position"])
+
+
+def _write_marker(lake: Path, position: int) -> None:
+    lake.mkdir(parents=True, exist_ok=True)
+    tmp = lake / "._export.json.tmp"
+    tmp.write_text(json.dumps({"position": position, "format": 1}))
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, lake / "_export.json")
+    _fsync_dir(lake)
+
+
+def recover(lake: Path, position: int) -> int:
+    """Remove what a crashed export left: temporary files, and parts beyond the checkpoint."""
+    removed = 0
+    for tmp in lake.rglob(".*.tmp"):
+        tmp.unlink()
+        removed += 1
+    for f in (lake / "events").glob("date=*/part-*.parquet") if (lake / "events").exists() else []:
+        m = PART_RE.match(f.name)
+        if m and int(m.group(1)) > position:
+            f.unlink()
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def _exclusive(lake: Path) -> Iterator[None]:
+    lake.mkdir(parents=True, exist_ok=True)
+    with open(lake / ".export.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ExportBusy(f"another export is running on {lake}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class ExportBusy(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def export_checkpoint(*, conn: Connection, lock: bool = False) -> int:
+    stmt = sa.select(EXPORTS.c.position).where(EXPORTS.c.name == EXPORT_NAME)
+    row = conn.execute(stmt).first()
+    if row is None:
+        conn.execute(sa.insert(EXPORTS).values(name=EXPORT_NAME, position=0, exported_rows=0, updated_at=utcnow()))
+        return 0
+    return int(row.position)
+
+
+def exportable_position(*, conn: Connection) -> int:
+    """Events are exported only once the processing stage has resolved their profile."""
+    pos = conn.execute(sa.select(PIPELINE.c.position).where(PIPELINE.c.name == "main")).scalar_one_or_none()
+    return int(pos or 0)
+
+
+def pending(*, conn: Connection) -> int:
+    done = conn.execute(sa.select(EXPORTS.c.position).where(EXPORTS.c.name == EXPORT_NAME)).scalar_one_or_none()
+    upto = exportable_position(conn=conn)
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(EVENTS).where(EVENTS.c.id > int(done or 0), EVENTS.c.id <= upto)
+        ).scalar_one()
+    )
+
+
+def _read_batch(conn: Connection, after: int, upto: int, limit: int) -> list[Any]:
+    stmt = (
+        sa.select(
+            EVENTS.c.id,
+            EVENTS.c.timestamp,
+            EVENTS.c.type,
+            EVENTS.c.event,
+            EVENTS.c.channel,
+            EVENTS.c.source_id,
+            EVENTS.c.user_id,
+            EVENTS.c.anonymous_id,
+            EVENTS.c.order_id,
+            EVENTS.c.cart_id,
+            EVENTS.c.revenue,
+            EVENTS.c.currency,
+            # raw JSON text: parsed once here, and the context is stored as received
+            sa.cast(EVENTS.c.context, sa.Text).label("context"),
+            sa.cast(EVENTS.c.payload, sa.Text).label("payload"),
+            PROFILE_EVENTS.c.profile_id,
+        )
+        .select_from(EVENTS.outerjoin(PROFILE_EVENTS, PROFILE_EVENTS.c.event_id == EVENTS.c.id))
+        .where(EVENTS.c.id > after, EVENTS.c.id <= upto)
+        .order_by(EVENTS.c.id)
+        .limit(limit)
+    )
+    return conn.execute(stmt).all()
+
+
+# --------------------------------------------------------------------------- dimensions
+
+DimensionQuery = Callable[[Connection], pa.Table]
+
+
+def _identity_map(conn: Connection) -> pa.Table:
+    t = Profile.__table__
+    rows = conn.execute(sa.select(t.c.id, t.c.canonical_id, t.c.merged_into, t.c.created_at).order_by(t.c.id)).all()
+    return pa.table(
+        {
+            "profile_id": pa.array([r.id for r in rows], pa.int64()),
+            "canonical_id": pa.array([r.canonical_id for r in rows], pa.int64()),
+            "merged_into": pa.array([r.merged_into for r in rows], pa.int64()),
+            "created_at": pa.array([r.created_at for r in rows], TS),
+        }
+    )
+
+
+def _orders(conn: Connection) -> pa.Table:
+    t = Order.__table__
+    rows = conn.execute(
+        sa.select(
+            t.c.id,
+            t.c.order_ref,
+            t.c.profile_id,
+            t.c.channel,
+            t.c.store_id,
+            t.c.fulfilment,
+            t.c.pickup_location,
+            t.c.status,
+            t.c.currency,
+            t.c.total_minor,
+            t.c.refunded_minor,
+            t.c.placed_at,
+        ).order_by(t.c.id)
+    ).all()
+    cols = ["order_ref", "channel", "store_id", "fulfilment", "pickup_location", "status", "currency"]
+    data: dict[str, pa.Array] = {"id": pa.array([r.id for r in rows], pa.int64())}
+    for c in cols:
+        data[c] = pa.array([getattr(r, c) for r in rows], pa.string())
+    data["profile_id"] = pa.array([r.profile_id for r in rows], pa.int64())
+    data["total_minor"] = pa.array([r.total_minor for r in rows], pa.int64())
+    data["refunded_minor"] = pa.array([r.refunded_minor for r in rows], pa.int64())
+    data["placed_at"] = pa.array([r.placed_at for r in rows], TS)
+    data["placed_ms"] = pa.array([int(r.placed_at.timestamp() * 1000) for r in rows], pa.int64())
+    return pa.table(data)
+
+
+def _locations(conn: Connection) -> pa.Table:
+    t = Location.__table__
+    rows = conn.execute(sa.select(t).order_by(t.c.code)).all()
+    addr = [r.address if isinstance(r.address, dict) else {} for r in rows]
+    return pa.table(
+        {
+            "code": pa.array([r.code for r in rows], pa.string()),
+            "name": pa.array([r.name for r in rows], pa.string()),
+            "kind": pa.array([r.kind for r in rows], pa.string()),
+            "city": pa.array([_str(a.get("city")) for a in addr], pa.string()),
+            "country": pa.array([_str(a.get("country")) for a in addr], pa.string()),
+            "latitude": pa.array([r.latitude for r in rows], pa.float64()),
+            "longitude": pa.array([r.longitude for r in rows], pa.float64()),
+            "pickup": pa.array([bool(r.pickup) for r in rows], pa.bool_()),
+        }
+    )
+
+
+def _products(conn: Connection) -> pa.Table:
+    t = Product.__table__
+    rows = conn.execute(
+        sa.select(t.c.sku, t.c.product_id, t.c.name, t.c.category, t.c.brand, t.c.active).order_by(t.c.sku)
+    ).all()
+    return pa.table(
+        {
+            "sku": pa.array([r.sku for r in rows], pa.string()),
+            "product_id": pa.array([r.product_id for r in rows], pa.string()),
+            "name": pa.array([r.name for r in rows], pa.string()),
+            "category": pa.array([r.category for r in rows], pa.string()),
+            "brand": pa.array([r.brand for r in rows], pa.string()),
+            "active": pa.array([bool(r.active) for r in rows], pa.bool_()),
+        }
+    )
+
+
+#: dimension snapshots written after every export. The service package registers
+#: "conversations" here (register_dimension) when it lands; until then the service KPIs
+#: are computed from Conversation* / Call Completed / Survey Responded events.
+DIMENSIONS: dict[str, DimensionQuery] = {
+    "identity_map": _identity_map,
+    "orders": _orders,
+    "locations": _locations,
+    "products": _products,
+}
+
+
+def register_dimension(name: str, query: DimensionQuery) -> None:
+    if not re.fullmatch(r"[a-z_]+", name):
+        raise ValueError(f"bad dimension name {name!r}")
+    DIMENSIONS[name] = query
+
+
+def snapshot_dimensions(engine: sa.Engine, lake: Path) -> dict[str, int]:
+    """Write every dimension from one consistent read transaction; each file is replaced atomically."""
+    out = {}
+    with db.read(engine) as conn:
+        tables = {name: q(conn) for name, q in DIMENSIONS.items()}
+    for name, table in tables.items():
+        write_atomic(table, lake / "dimensions" / f"{name}.parquet")
+        out[name] = table.num_rows
+    return out
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    rows: int
+    files: int
+    position: int
+    dimensions: dict[str, int]
+    removed: int
+
+
+#: fault-injection point for the crash tests: called after a batch's files are in place,
+#: before the checkpoint commit
+_after_files: Callable[[list[Path]], None] | None = None
+
+
+def export(
+    *,
+    engine: sa.Engine,
+    data_dir: Path,
+    batch: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+    dimensions: bool = True,
+) -> ExportResult:
+    """Export every processed event not yet in the lake, then refresh the dimension snapshots."""
+    lake = lake_dir(data_dir)
+    with _exclusive(lake):
+        with db.write(engine) as conn:
+            position = export_checkpoint(conn=conn)
+            total = pending(conn=conn)
+        removed = recover(lake, position)
+        _write_marker(lake, position)
+        rows = files = 0
+        if progress:
+            progress(0, total)
+        while True:
+            with db.read(engine) as conn:
+                upto = exportable_position(conn=conn)
+                events = _read_batch(conn, position, upto, batch)
+            if not events:
+                break
+            first, last = int(events[0].id), int(events[-1].id)
+            table = event_columns(events)
+            days = pc.strftime(table.column("ts"), format="%Y-%m-%d")
+            written = []
+            for day in sorted(set(days.to_pylist())):
+                path = lake / "events" / f"date={day}" / part_name(first, last)
+                write_atomic(table.filter(pc.equal(days, day)), path)
+                written.append(path)
+            if _after_files is not None:
+                _after_files(written)
+            with db.write(engine) as conn:
+                # guarded: only the exporter that read `position` may move it (a second lake writer fails here)
+                moved = conn.execute(
+                    sa.update(EXPORTS)
+                    .where(EXPORTS.c.name == EXPORT_NAME, EXPORTS.c.position == position)
+                    .values(position=last, exported_rows=EXPORTS.c.exported_rows + len(events), updated_at=utcnow())
+                ).rowcount
+                if moved != 1:
+                    raise ExportBusy("the export checkpoint moved under this export; run it again")
+            position = last
+            _write_marker(lake, position)
+            rows += len(events)
+            files += len(written)
+            if progress:
+                progress(rows, total)
+        dims = snapshot_dimensions(engine, lake) if dimensions else {}
+    return ExportResult(rows=rows, files=files, position=position, dimensions=dims, removed=removed)
+
+
+def status(*, engine: sa.Engine, data_dir: Path) -> dict[str, Any]:
+    lake = lake_dir(data_dir)
+    with db.read(engine) as conn:
+        row = conn.execute(sa.select(EXPORTS).where(EXPORTS.c.name == EXPORT_NAME)).first()
+        waiting = pending(conn=conn)
+    return {
+        "lake": str(lake),
+        "position": int(row.position) if row else 0,
+        "exported_rows": int(row.exported_rows) if row else 0,
+        "updated_at": row.updated_at.isoformat() if row else None,
+        "pending": waiting,
+        "files": len(event_files(lake)),
+    }

@@ -1,0 +1,88 @@
+"""Run an analysis over the lake on an engine; shape results as JSON and CSV rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omnijourney.analytics import filters as flt
+from omnijourney.analytics import funnels, kpis
+from omnijourney.analytics.config import StageConfig, load_stage_config
+from omnijourney.analytics.engine import ENGINES, LakeTables, open_lake
+from omnijourney.analytics.funnels import FunnelSpec
+
+
+class AnalyticsError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def stage_funnel(lt: LakeTables, cfg: StageConfig, f: flt.Filters, as_of_ms: int) -> dict[str, Any]:
+    spec = FunnelSpec(steps=cfg.stages, order="ordered", window_seconds=cfg.window_days * 86400)
+    out = funnels.run_funnel(lt, spec, f, as_of_ms)
+    out["stages"] = [s.name for s in cfg.stages]
+    return out
+
+
+KPI: dict[str, Callable[[LakeTables, flt.Filters], dict[str, Any]]] = {
+    "cross-channel": kpis.cross_channel_matrix,
+    "click-and-collect": kpis.click_and_collect,
+    "multi-channel": kpis.multi_vs_single,
+    "revenue": kpis.revenue_per_channel,
+    "service": kpis.service_kpis,
+}
+ANALYSES = ("stages", "funnel", *KPI)
+
+
+def run(
+    *,
+    data_dir: Path,
+    analysis: str,
+    filters: flt.Filters,
+    engine: str = "duckdb",
+    funnel: FunnelSpec | None = None,
+    as_of_ms: int | None = None,
+    stage_config: StageConfig | None = None,
+    spark: Any = None,
+) -> dict[str, Any]:
+    if analysis not in ANALYSES:
+        raise AnalyticsError(404, "not_found", f"unknown analysis {analysis!r}")
+    if engine not in ENGINES:
+        raise AnalyticsError(422, "invalid_request", f"engine must be one of {', '.join(ENGINES)}")
+    if engine == "spark":
+        try:
+            import pyspark  # noqa: F401
+        except ImportError as exc:
+            raise AnalyticsError(
+                422, "engine_unavailable", "install omnijourney[spark] to use the Spark engine"
+            ) from exc
+    if analysis in ("stages", "funnel") and as_of_ms is None:
+        raise AnalyticsError(422, "invalid_request", "as_of is required for funnels")
+    if analysis == "funnel" and funnel is None:
+        raise AnalyticsError(422, "invalid_request", "a funnel needs steps")
+    lt = open_lake(data_dir, engine, spark=spark)
+    try:
+        if analysis == "stages":
+            result = stage_funnel(lt, stage_config or load_stage_config(), filters, as_of_ms)  # type: ignore[arg-type]
+        elif analysis == "funnel":
+            result = funnels.run_funnel(lt, funnel, filters, as_of_ms)  # type: ignore[arg-type]
+        else:
+            result = KPI[analysis](lt, filters)
+    finally:
+        lt.close()
+    result.setdefault("filters", filters.describe())
+    return {"analysis": analysis, "engine": engine, **result}
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+    return buf.getvalue()
