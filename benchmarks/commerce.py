@@ -274,6 +274,20 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         engine.dispose()
 
 
+def report(backend: str, r: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"{backend:9s} {args.skus} SKUs x {args.locations} locations (load {r['load_s']} s): availability "
+        f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms | {args.clients} clients in {args.processes} "
+        f"processes: {r['orders']} orders ({r['stored_orders']} stored), {r['refused']} refused (out of stock), "
+        f"{r['errors']} errors, {r['checkouts_per_s']} checkouts/s (cart + checkout + order, p50 "
+        f"{r['flow_p50_ms']:.0f} ms p99 {r['flow_p99_ms']:.0f} ms), oversold units {r['oversold_units']} | "
+        f"load average {r['loadavg']}",
+        flush=True,
+    )
+    for sample in r["error_samples"]:
+        print(f"  error: {sample}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skus", type=int, default=100_000)
@@ -292,23 +306,14 @@ def main() -> None:
     if args.backend in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             results["sqlite"] = run(f"sqlite:///{tmp}/bench.db", args)
+            report("sqlite", results["sqlite"], args)
     if args.backend in ("postgres", "both"):
         pg = PgServer(args.pg_url)
         try:
             results["postgres"] = run(pg.fresh_database("oj_bench_commerce"), args)
+            report("postgres", results["postgres"], args)
         finally:
             pg.close()
-    for backend, r in results.items():
-        print(
-            f"{backend:9s} {args.skus} SKUs x {args.locations} locations (load {r['load_s']} s): availability "
-            f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms | {args.clients} clients in {args.processes} "
-            f"processes: {r['orders']} orders ({r['stored_orders']} stored), {r['refused']} refused (out of stock), "
-            f"{r['errors']} errors, {r['checkouts_per_s']} checkouts/s (cart + checkout + order, p50 "
-            f"{r['flow_p50_ms']:.0f} ms p99 {r['flow_p99_ms']:.0f} ms), oversold units {r['oversold_units']} | "
-            f"load average {r['loadavg']}"
-        )
-        for sample in r["error_samples"]:
-            print(f"  error: {sample}")
     if any(r["oversold_units"] for r in results.values()):
         raise SystemExit("OVERSOLD")
 
