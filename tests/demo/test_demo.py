@@ -39,11 +39,14 @@ def world() -> DemoWorld:
 
 
 def shop_events(engine: sa.Engine) -> int:
-    """Events of the demo's sources (not those the commerce API appended)."""
+    """Events of the demo's sources (not those the commerce API or segment changes appended)."""
     with db.read(engine) as conn:
         internal = commerce_events.internal_source_id(conn, create=False) or -1
+        engage = engage_service.engage_source_id(conn) or -1
         return int(
-            conn.execute(sa.text("SELECT count(*) FROM events WHERE source_id != :s"), {"s": internal}).scalar_one()
+            conn.execute(
+                sa.text("SELECT count(*) FROM events WHERE source_id NOT IN (:s, :e)"), {"s": internal, "e": engage}
+            ).scalar_one()
         )
 
 
