@@ -42,8 +42,17 @@ MIN_PASSWORD_LENGTH = 10
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{1,63}$")
 
 _hasher = PasswordHasher()
-#: verified against when the username is unknown, so both cases take the same time
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_dummy: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so both cases take the same time.
+
+    Made on first use, not at import: an argon2 hash takes a noticeable moment, and every API
+    process (`serve --workers N`) imports this module while starting."""
+    if not _dummy:
+        _dummy.append(_hasher.hash(secrets.token_urlsafe(16)))
+    return _dummy[0]
 
 
 class ConsoleError(ValueError):
@@ -230,7 +239,7 @@ def record_attempt(*, conn: Connection, username: str, client: str, succeeded: b
 def login_candidate(*, conn: Connection, username: str) -> tuple[User | None, str]:
     """The user of this name (None if unknown) and the hash to verify against (a dummy one if unknown)."""
     row = conn.execute(sa.select(USERS).where(USERS.c.username == username.strip().lower()[:64])).first()
-    return (_user(row), row.password_hash) if row is not None else (None, _DUMMY_HASH)
+    return (_user(row), row.password_hash) if row is not None else (None, _dummy_hash())
 
 
 def verify_password(stored_hash: str, password: str) -> bool:
