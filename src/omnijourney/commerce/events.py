@@ -173,14 +173,16 @@ def prepare(
     `source_name` / `origin` let another domain append through the same path under its own
     internal source (engage appends `Segment Entered` / `Segment Exited` this way). A track message
     needs a userId or anonymousId: when the profile's best identifier is neither (a POS customer
-    known only by e-mail or card), `fallback_anonymous_id` is added beside it (it then links to
-    the same profile)."""
+    known only by e-mail or card), `fallback_anonymous_id` (default `oj-profile-<profile id>`) is
+    added beside it (it then links to the same profile)."""
     owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
     if owner is None:
         log.info("%s: %s %s has no owner to put on a timeline", origin, event, message_id)
         return None
-    if fallback_anonymous_id and not (owner.get("userId") or owner.get("anonymousId")):
-        owner["anonymousId"] = fallback_anonymous_id
+    if not (owner.get("userId") or owner.get("anonymousId")):
+        # the profile's best identifier is neither (a customer known only by e-mail or card): a
+        # profile-scoped anonymous id beside it, which can only ever link to this same profile
+        owner["anonymousId"] = fallback_anonymous_id or f"oj-profile-{profile_id}"
     context = owner.pop("context", {})
     context["channel"] = channel if channel in CHANNELS else "other"
     context["omnijourney"] = {"origin": origin}

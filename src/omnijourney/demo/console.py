@@ -89,6 +89,8 @@ def place_pickups(client: httpx.Client, world: DemoWorld, admin_token: str) -> l
         cart = client.post("/api/commerce/carts", json={"profile_id": pid, "currency": "CZK"}, headers=headers)
         cart.raise_for_status()
         cart_id = cart.json()["id"]
+        if any(line["sku"] == product.sku for line in cart.json().get("lines", [])):
+            continue  # placed in an earlier run, or its checkout was refused then: do not add it twice
         client.post(
             f"/api/commerce/carts/{cart_id}/items",
             json={"sku": product.sku, "quantity": 1, "channel": "web", "device": "mobile"},
