@@ -115,19 +115,19 @@ def test_revoked_token_is_refused_at_once(client: httpx.Client, world: World, en
 
 def test_token_cache_forgets_a_token_revoked_elsewhere_within_its_ttl(engine: sa.Engine, world: World) -> None:
     """Another API node revoked it: this node's cache stops accepting it once the entry expires."""
-    import time
-
     from omnijourney.access import service as access
     from omnijourney.access.cache import TokenCache
 
-    cache = TokenCache(engine, ttl=0.3)
+    now = [1000.0]
+    cache = TokenCache(engine, ttl=5.0, clock=lambda: now[0])
     principal = cache.get(world.marketer_token)
     assert principal is not None and principal.role == "marketer"
     assert cache.peek(world.marketer_token) == principal
     with db.write(engine) as conn:
         assert access.revoke_token(conn=conn, token_id=principal.token_id)
+    now[0] += 4.9
     assert cache.get(world.marketer_token) == principal  # still within the TTL
-    time.sleep(0.35)
+    now[0] += 0.2
     assert cache.peek(world.marketer_token) is None
     assert cache.get(world.marketer_token) is None
     assert cache.get("oj_never-issued") is None and cache.peek("oj_never-issued") is None

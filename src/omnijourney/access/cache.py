@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -73,14 +74,17 @@ class TokenCache:
     that revoked it, which calls `invalidate`).
     """
 
-    def __init__(self, engine: sa.Engine, ttl: float = TOKEN_TTL_SECONDS) -> None:
+    def __init__(
+        self, engine: sa.Engine, ttl: float = TOKEN_TTL_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._engine = engine
         self._ttl = ttl
+        self._clock = clock
         self._by_hash: dict[str, tuple[service.Principal, float]] = {}
 
     def peek(self, token: str) -> service.Principal | None:
         entry = self._by_hash.get(service.hash_token(token))
-        if entry is not None and entry[1] > time.monotonic():
+        if entry is not None and entry[1] > self._clock():
             return entry[0]
         return None
 
@@ -94,7 +98,7 @@ class TokenCache:
         if principal is not None:
             if len(self._by_hash) > 10_000:
                 self._by_hash.clear()
-            self._by_hash[service.hash_token(token)] = (principal, time.monotonic() + self._ttl)
+            self._by_hash[service.hash_token(token)] = (principal, self._clock() + self._ttl)
         return principal
 
     def invalidate(self) -> None:
