@@ -5,6 +5,7 @@ roles, double submits, and conversations with their transcripts on the customer 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -340,3 +341,26 @@ def test_customer_360_lists_conversations_expandable_to_their_transcript(
     section = marketer.split('aria-labelledby="convs"')[1].split("</section>")[0]
     assert "Late delivery" in section and CUSTOMER_TEXT not in section
     assert "Wants the parcel sent to the store instead" not in section and "Log a phone call" not in section
+
+
+def test_concurrent_submits_of_the_same_reply_store_one_message(shop: Shop, chat: int, browser_for, engine) -> None:
+    agent = browser_for("agent")
+    page = agent.get(f"/console/workspace/{chat}").text
+    url = f"/console/workspace/{chat}/reply"
+    form = {"csrf_token": csrf_of(page), "idempotency_key": form_key(page, url), "text": "Only once, please."}
+    barrier = threading.Barrier(4)
+    statuses: list[int] = []
+
+    def submit() -> None:
+        with httpx.Client(base_url=agent.base_url, cookies=agent.cookies, timeout=30) as c:
+            barrier.wait()
+            statuses.append(c.post(url, data=form).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [303] * 4
+    assert messages(engine, chat) == [("customer", None, CUSTOMER_TEXT), ("agent", "agnes", "Only once, please.")]
+    assert rows(engine, "SELECT count(*) FROM service_outbox WHERE kind = 'message'") == [(2,)]
