@@ -202,3 +202,56 @@ def test_a_marketer_cannot_open_the_admin_page(page: Any, demo: Demo) -> None:
     log_in(page, demo, "admin")
     assert page.goto("/console/admin").status == 200
     assert page.locator("[data-testid=users]").inner_text().count("store") >= 1
+
+
+def test_agent_works_a_conversation_beside_the_customer_360(page: Any, demo: Demo) -> None:
+    """The agent workspace: the queue, a conversation with the 360 beside it, a reply, the resolution."""
+    hero = demo.hero
+    agent = {"Authorization": f"Bearer {demo.credentials['tokens']['agent']}"}
+    found = httpx.get(
+        f"{demo.url}/api/profiles/lookup", params={"type": "loyalty_card", "value": hero.loyalty_card}, headers=agent
+    )
+    assert found.status_code == 200, found.text
+    made = httpx.post(
+        f"{demo.url}/api/service/conversations",
+        json={
+            "channel": "chat",
+            "profile_id": found.json()["id"],
+            "subject": "Browser test: is my pickup ready?",
+            "topic": "pickup_question",
+            "message": {"author": "customer", "text": "Hello, can I pick up my order today after work?"},
+        },
+        headers=agent,
+    )
+    assert made.status_code == 201, made.text
+    conversation = made.json()["id"]
+
+    log_in(page, demo, "agent")
+    page.get_by_role("link", name="Workspace").click()
+    row = page.locator(f"[data-testid=queue] tr[data-conversation='{conversation}']")
+    row.wait_for()
+    assert hero.name in row.inner_text()
+    shot(page, "07-workspace-queue")
+    row.get_by_role("link", name="Browser test: is my pickup ready?").click()
+    page.wait_for_selector("[data-testid=conversation-title]")
+    assert "can I pick up my order today" in page.locator("[data-testid=transcript]").inner_text()
+    beside = page.locator("[data-testid=customer-360]")
+    assert hero.name in beside.locator("[data-testid=customer-name]").inner_text()
+    assert "store-praha-1" in beside.locator("[data-testid=orders]").inner_text()
+    assert beside.locator("#timeline li.event").count() >= 5
+    shot(page, "08-workspace-conversation")
+
+    page.get_by_label("Message to the customer").fill("Yes, it is waiting for you at Praha until 20:00.")
+    page.get_by_role("button", name="Send reply").click()
+    page.get_by_role("status").filter(has_text="reply sent").wait_for()
+    assert "waiting for you at Praha" in page.locator("[data-testid=transcript]").inner_text()
+    page.get_by_label("Resolution").fill("answered")
+    page.get_by_role("button", name="Resolve").click()
+    page.get_by_role("status").filter(has_text="resolved").wait_for()
+    assert page.locator("[data-testid=conversation-status]").inner_text() == "resolved"
+    shot(page, "09-workspace-resolved")
+    page.get_by_role("link", name="← Queue").click()
+    page.wait_for_selector("[data-testid=queue-count]")
+    assert page.locator(f"tr[data-conversation='{conversation}']").count() == 0
+    detail = httpx.get(f"{demo.url}/api/service/conversations/{conversation}", headers=agent).json()
+    assert detail["status"] == "resolved" and detail["messages"][-1]["author_id"] == "agent"

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from omnijourney.app import create_app
 from omnijourney.store import db
-from omnijourney.web import service
+from omnijourney.web import service, workspace
 from omnijourney.web import views as web_views
 from tests.commerce.helpers import bearer
 from tests.conftest import LiveServer, World, wait_for
@@ -183,6 +183,9 @@ GET_ROUTES = {
     "/console/customers/{profile_id}/timeline": ("admin", "marketer", "agent", "store_staff"),
     "/console/store": ("admin", "store_staff"),
     "/console/admin": ("admin",),
+    "/console/workspace": ("admin", "agent"),
+    "/console/workspace/": ("admin", "agent"),
+    "/console/workspace/{conversation_id}": ("admin", "agent"),
 }
 POST_ROUTES = {
     "/console/logout": ("admin", "marketer", "agent", "store_staff"),
@@ -192,6 +195,11 @@ POST_ROUTES = {
     "/console/admin/sources": ("admin",),
     "/console/admin/sources/{source_id}/enabled": ("admin",),
     "/console/admin/tokens": ("admin",),
+    "/console/workspace/{conversation_id}/reply": ("admin", "agent"),
+    "/console/workspace/{conversation_id}/note": ("admin", "agent"),
+    "/console/workspace/{conversation_id}/assign": ("admin", "agent"),
+    "/console/workspace/{conversation_id}/resolve": ("admin", "agent"),
+    "/console/workspace/calls": ("admin", "agent"),
 }
 #: open to anyone: the login form and the stylesheet/script
 PUBLIC = {"/console/login", "/console/static/{name}"}
@@ -199,15 +207,22 @@ STREAM = "/console/customers/{profile_id}/stream"
 
 
 def test_the_role_table_covers_every_console_route() -> None:
-    declared = {(r.path, m) for r in web_views.router.routes for m in r.methods}  # type: ignore[attr-defined]
+    routes = [*web_views.router.routes, *workspace.router.routes]
+    declared = {(r.path, m) for r in routes for m in r.methods}  # type: ignore[attr-defined]
     covered = {(p, "GET") for p in GET_ROUTES} | {(p, "POST") for p in POST_ROUTES} | {(STREAM, "GET")}
     covered |= {(p, m) for p in PUBLIC for m in ("GET", "POST")}
     assert {(p.replace(":int", ""), m) for p, m in declared} <= covered
 
 
 @pytest.mark.parametrize("role", [None, "admin", "marketer", "agent", "store_staff"])
-def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser_for, engine) -> None:
+def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser_for, engine, client, world) -> None:
     c = browser_for(role)
+    made = client.post(
+        "/api/service/conversations",
+        json={"channel": "chat", "profile_id": shop.profile_id, "message": {"author": "customer", "text": "hi"}},
+        headers=bearer(world.agent_token),
+    )
+    assert made.status_code == 201, made.text
     with db.read(engine) as conn:
         uid = service.user_by_name(conn=conn, username="mark").id
         sid = conn.execute(sa.text("SELECT min(id) FROM sources")).scalar_one()
@@ -216,6 +231,7 @@ def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser
         "{ref}": shop.order_ref,
         "{user_id}": str(uid),
         "{source_id}": str(sid),
+        "{conversation_id}": str(made.json()["id"]),
     }
 
     def url(path: str) -> str:

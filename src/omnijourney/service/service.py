@@ -1172,6 +1172,30 @@ def list_conversations(
     return [_summary(r, roots, orders) for r in rows], (rows[-1].id if more and rows else None)
 
 
+def waiting_queue(
+    *,
+    conn: Connection,
+    channels: list[str] | None = None,
+    assignee: str | None = None,
+    unassigned: bool = False,
+    limit: int = 100,
+) -> tuple[list[dict[str, Any]], int]:
+    """Open and pending conversations, the longest waiting first (oldest last activity), and how many
+    match in all. The agent workspace's queue."""
+    where = [CONV.c.status.in_(("open", "pending"))]
+    if channels:
+        where.append(CONV.c.channel.in_(channels))
+    if assignee is not None:
+        where.append(CONV.c.assignee == assignee)
+    if unassigned:
+        where.append(CONV.c.assignee.is_(None))
+    rows = conn.execute(sa.select(CONV).where(*where).order_by(CONV.c.last_activity_at, CONV.c.id).limit(limit)).all()
+    total = conn.execute(sa.select(sa.func.count()).select_from(CONV).where(*where)).scalar_one()
+    roots = _roots(conn, {r.profile_id for r in rows if r.profile_id is not None})
+    orders = _orders_of(conn, [r.id for r in rows])
+    return [_summary(r, roots, orders) for r in rows], int(total)
+
+
 def cluster_members(*, conn: Connection, profile_id: int) -> list[int] | None:
     """Every member of the profile's cluster (None if there is no such profile)."""
     root = identity.canonical_id(conn=conn, profile_id=profile_id)

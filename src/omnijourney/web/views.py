@@ -178,6 +178,9 @@ def install(app: FastAPI) -> None:
         return _render(request, "forbidden.html", exc.session, {"message": exc.message}, status=403)
 
     app.include_router(router)
+    from omnijourney.web import workspace  # the agent workspace: its own router (it imports this module)
+
+    app.include_router(workspace.router)
 
 
 def _render(
@@ -367,7 +370,11 @@ def customer(
         return _render(request, "not_found.html", session, {"what": f"customer {profile_id}"}, status=404)
     if view["id"] != profile_id:  # a merged-away member: show the survivor
         return RedirectResponse(f"/console/customers/{view['id']}", status_code=303)
-    return _render(request, "customer.html", session, {"c": view})
+    from omnijourney.web import workspace
+
+    return _render(
+        request, "customer.html", session, {"c": view, **workspace.customer_context(request, session, view["id"])}
+    )
 
 
 @router.get("/customers/{profile_id:int}/timeline")
