@@ -178,6 +178,9 @@ def install(app: FastAPI) -> None:
         return _render(request, "forbidden.html", exc.session, {"message": exc.message}, status=403)
 
     app.include_router(router)
+    from omnijourney.web import dashboard  # the journey dashboard (its own module and router)
+
+    app.include_router(dashboard.router)
 
 
 def _render(
