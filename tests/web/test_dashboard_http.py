@@ -187,6 +187,7 @@ def test_the_page_has_filters_csv_links_and_no_inline_script(shop: dict, session
     assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline script"
     assert not re.search(r"\son[a-z]+=", html), "inline event handler"
     assert '<script src="/console/dashboard/assets/plotly.min.js?v=' in html
+    assert 'id="plotly.js-style-global" class="no-inline-styles"' in html
     # the shared URL pre-fills the filters and the funnel form
     assert '<option value="web" selected>' in html and '<option value="store" selected>' in html
     assert '<option value="email" >' in html or '<option value="email">' in html
@@ -203,6 +204,10 @@ def test_plotly_js_comes_from_the_python_package(live_server: LiveServer) -> Non
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
         assert r.content == dashboard.plotly_js().read_bytes()
         assert b"plotly.js v" in r.content[:200]
+        css = c.get("/console/dashboard/assets/plotly.css")  # plotly.js's own rules, so it needs no inline <style>
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert ".js-plotly-plot .plotly .main-svg{position:absolute;" in css.text
+        assert ".js-plotly-plot .plotly .modebar-btn{" in css.text and "X " not in css.text
         assert c.get("/console/dashboard/assets/dashboard.js").status_code == 200
         assert c.get("/console/dashboard/assets/dashboard.css").headers["content-type"].startswith("text/css")
         assert c.get("/console/dashboard/assets/..%2Fviews.py").status_code == 404

@@ -10,6 +10,7 @@ package's own file, served by `/console/dashboard/assets/plotly.min.js` (no CDN,
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,57 @@ def plotly_js() -> Path:
     return path
 
 
+_JS_KEY = re.compile(r"[A-Za-z_$][\w$]*")
+
+
+def _js_string(src: str, i: int) -> tuple[str, int]:
+    quote, j, out = src[i], i + 1, []
+    while src[j] != quote:
+        if src[j] == "\\":
+            out.append(src[j + 1])
+            j += 2
+        else:
+            out.append(src[j])
+            j += 1
+    return "".join(out), j + 1
+
+
+@cache
+def plotly_css() -> str:
+    """plotly.js's own stylesheet as a file. plotly.js normally inserts these rules into a <style> element it
+    creates, which the console's CSP (no inline styles) refuses; a stylesheet link with the id
+    `plotly.js-style-global` and the class `no-inline-styles` makes it skip that (see dashboard.html).
+    The rules are read from the bundle itself (its `{"X,X div": ..., ...}` table, X = `.js-plotly-plot .plotly`,
+    Y = `.plotly-notifier`), so they always match the installed plotly.js."""
+    src = plotly_js().read_text(encoding="utf-8")
+    start = src.find('{"X,X div":')
+    rules: list[str] = []
+    try:
+        i = start + 1
+        while start >= 0 and src[i] != "}":
+            if src[i] in "'\"":
+                key, i = _js_string(src, i)
+            else:
+                m = _JS_KEY.match(src, i)
+                if m is None:
+                    raise ValueError(f"unexpected {src[i : i + 20]!r}")
+                key, i = m.group(0), m.end()
+            if src[i] != ":":
+                raise ValueError(f"unexpected {src[i : i + 20]!r}")
+            value, i = _js_string(src, i + 1)
+            selector = re.sub(r"^,", " ,", key).replace("X", ".js-plotly-plot .plotly").replace("Y", ".plotly-notifier")
+            rules.append(f"{selector}{{{value}}}")
+            if src[i] == ",":
+                i += 1
+    except (ValueError, IndexError):
+        rules = []
+    if not rules:  # pragma: no cover - a plotly.js whose bundle changed shape: charts work, unstyled modebar
+        return "/* plotly.js stylesheet rules not found in this plotly version */\n"
+    return (
+        f"/* plotly.js stylesheet (plotly {plotly_version()}), extracted from its bundle */\n" + "\n".join(rules) + "\n"
+    )
+
+
 @cache
 def plotly_version() -> str:
     import plotly
@@ -76,8 +128,10 @@ ASSETS: dict[str, tuple[str, Any]] = {
 @router.get("/assets/{name}")
 def assets(name: str) -> Response:
     """The dashboard's script and stylesheet, and plotly.js (public, like the console's own static files)."""
-    if name not in ASSETS:
+    if name not in ASSETS and name != "plotly.css":
         return Response(status_code=404)
+    if name == "plotly.css":
+        return Response(plotly_css(), media_type="text/css", headers={"Cache-Control": "public, max-age=86400"})
     media_type, path = ASSETS[name]
     # plotly.js is big and only changes with the package version (the page asks for ?v=<version>)
     cache_control = "public, max-age=86400" if name == "plotly.min.js" else "no-cache"

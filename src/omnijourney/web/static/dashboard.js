@@ -135,7 +135,7 @@
     el.dataset.entered = String(result.entered);
     const values = result.breakdown_values || [];
     if (!result.entered) empty(el, "Nobody did the first step for these filters.");
-    else if (values.length) plot(el, values.map((b) => funnelTrace(b, String(b.value))), { showlegend: true, funnelmode: "group" });
+    else if (values.length) plot(el, values.map((b) => funnelTrace(b, b.value === null ? "(none)" : String(b.value))), { showlegend: true, funnelmode: "group" });
     else plot(el, [funnelTrace(result, "all")], { showlegend: false });
     $("#funnel-summary").textContent = `${num(result.entered)} entered, ${num(result.converted)} converted (${pct(result.conversion_rate)}), `
       + `${num(result.in_progress)} still in progress; median time to convert ${secs(result.median_seconds_to_convert)}.`;
@@ -152,6 +152,7 @@
       x: result.purchase_channels,
       y: result.start_channels,
       colorscale: "Blues",
+      reversescale: true,
       texttemplate: "%{z}",
       hovertemplate: "started in %{y}, bought in %{x}: %{z}<extra></extra>",
     }], { xaxis: { title: { text: "purchase channel" }, side: "bottom" }, yaxis: { title: { text: "journey start" }, autorange: "reversed" } });
@@ -201,8 +202,8 @@
     const label = (g) => g.group.replace("_", "-");
     if (!total) empty(el, "No buyers for these filters.");
     else plot(el, [
-      { type: "bar", name: "repeat rate %", x: groups.map(label), y: groups.map((g) => 100 * g.repeat_rate) },
-      { type: "bar", name: "orders per customer", x: groups.map(label), y: groups.map((g) => g.orders_per_customer), yaxis: "y2" },
+      { type: "bar", name: "repeat rate %", x: groups.map(label), y: groups.map((g) => 100 * g.repeat_rate), offsetgroup: 1 },
+      { type: "bar", name: "orders per customer", x: groups.map(label), y: groups.map((g) => g.orders_per_customer), yaxis: "y2", offsetgroup: 2 },
     ], { barmode: "group", margin: { l: 50, r: 50, t: 10, b: 40 }, yaxis: { title: { text: "repeat rate %" } },
       yaxis2: { overlaying: "y", side: "right", title: { text: "orders / customer" }, rangemode: "tozero" }, legend: { orientation: "h", y: -0.2 } });
     table($("#table-multi"), ["group", "customers", "repeat rate", "orders / customer", "average order value"],
@@ -261,7 +262,6 @@
       const q = join(a.dataset.csv === "funnel" ? withFunnel : filters, new URLSearchParams({ format: "csv" }));
       a.href = `${DATA}${a.dataset.csv}?${q}`;
     });
-    message("");
     await Promise.all(CHARTS.map(async (c) => {
       const el = $(c.el);
       el.classList.add("loading");
@@ -288,8 +288,8 @@
     try {
       const token = form.querySelector("[name=csrf_token]").value;
       const result = await fetchJson(form.action, { method: "POST", headers: { Accept: "application/json", "X-CSRF-Token": token } });
-      message(result.message);
       await Promise.all([lakeStatus(), refresh()]);
+      message(result.message);
     } catch (err) {
       message(err.message, true);
     } finally {
@@ -300,7 +300,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     const filters = $("#filters");
     if (!filters || !window.Plotly) return;
-    filters.addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
+    filters.addEventListener("submit", (ev) => { ev.preventDefault(); message(""); refresh(); });
     filters.addEventListener("change", () => refresh());
     $("#funnel-form").addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
     $("#refresh-lake").addEventListener("submit", refreshLake);
