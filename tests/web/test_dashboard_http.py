@@ -5,6 +5,7 @@ routes give exactly the analytics service's numbers on a small lake built from e
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import re
 from collections.abc import Iterator
@@ -251,6 +252,17 @@ def test_refresh_needs_the_csrf_token_then_exports_incrementally(
     )
     status = c.get("/console/dashboard/data/lake").json()
     assert status["exported_rows"] == 22 and status["pending"] == 0
+    # while another exporter holds the lake's lock, the button answers 409 and nothing moves
+    r = client.post(
+        "/v1/track", auth=(world.pos_key, ""), json=track("c2", "Store Visited", at(8), store_id="store-brno-1")
+    )
+    assert wait_for(lambda: processed(client, world), timeout=20)
+    with open(lake.lake_dir(data_dir) / ".export.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = c.post("/console/dashboard/refresh", headers={"X-CSRF-Token": token, "Accept": "application/json"})
+        assert busy.status_code == 409 and busy.json()["code"] == "export_busy"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    assert c.get("/console/dashboard/data/lake").json()["pending"] == 1
 
 
 FILTER_CASES: list[tuple[dict[str, Any], flt.Filters]] = [
