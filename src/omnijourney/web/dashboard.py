@@ -45,8 +45,8 @@ KPIS = ("cross-channel", "click-and-collect", "multi-channel", "revenue", "servi
 BREAKDOWNS = ("channel", "device_type", "utm_source", "utm_campaign", "store_id", "os")
 DEVICE_TYPES = ("mobile", "desktop", "tablet")
 DEFAULT_STEPS = ("Product Viewed", "Checkout Started", "Order Completed")
-FILTER_KEYS = ("start", "end", "channel", "device_type", "utm_source", "utm_campaign", "store", "city")
-FUNNEL_KEYS = ("step", "window", "order", "breakdown", "attribution")
+#: the list-valued filters (repeatable or comma-separated, as in the API)
+LIST_FILTERS = ("channel", "device_type", "utm_source", "utm_campaign", "store", "city")
 
 
 @cache
@@ -158,18 +158,15 @@ def dashboard(request: Request, session: Session = Depends(page(*ANALYSTS))) -> 
         {str(a["city"]) for a in (loc["address"] for loc in locations) if isinstance(a, dict) and a.get("city")}
     )
     q = request.query_params
-    chosen = {k: _values(request, k) for k in ("channel", "device_type", "utm_source", "utm_campaign", "store", "city")}
+    chosen = {k: _values(request, k) for k in LIST_FILTERS}
     steps = [s for s in q.getlist("step") if s.strip()] or list(DEFAULT_STEPS)
     try:
         stage_names = [s.name for s in load_stage_config().stages]
     except (OSError, ValueError):
         stage_names = []
     context = {
-        "f": {
-            "start": q.get("start", ""),
-            "end": q.get("end", ""),
-            **{k: v for k, v in chosen.items()},
-        },
+        # the date inputs hold dates: a time in a shared URL is shortened to its date
+        "f": {"start": q.get("start", "")[:10], "end": q.get("end", "")[:10], **chosen},
         "funnel": {
             "steps": steps,
             "window": q.get("window", "14d"),

@@ -200,8 +200,8 @@
     const multi = groups.find((g) => g.group === "multi_channel");
     setKpi("multi_share", total ? pct(multi.customers / total) : "–");
     const label = (g) => g.group.replace("_", "-");
-    if (!total) empty(el, "No buyers for these filters.");
-    else plot(el, [
+    if (!total) { empty(el, "No buyers for these filters."); $("#table-multi").replaceChildren(); mark(el, gen); return; }
+    plot(el, [
       { type: "bar", name: "repeat rate %", x: groups.map(label), y: groups.map((g) => 100 * g.repeat_rate), offsetgroup: 1 },
       { type: "bar", name: "orders per customer", x: groups.map(label), y: groups.map((g) => g.orders_per_customer), yaxis: "y2", offsetgroup: 2 },
     ], { barmode: "group", margin: { l: 50, r: 50, t: 10, b: 40 }, yaxis: { title: { text: "repeat rate %" } },
@@ -217,8 +217,8 @@
     setKpi("fcr", result.contacts ? pct(result.first_contact_resolution) : "–");
     setKpi("lost_context", result.contacts ? pct(result.lost_context_rate) : "–");
     const rows = result.rows || [];
-    if (!rows.length) empty(el, "No service contacts for these filters.");
-    else plot(el, [
+    if (!rows.length) { empty(el, "No service contacts for these filters."); $("#table-service").replaceChildren(); mark(el, gen); return; }
+    plot(el, [
       { type: "bar", name: "first-contact resolution %", x: rows.map((r) => r.channel), y: rows.map((r) => 100 * r.first_contact_resolution) },
       { type: "bar", name: "lost-context rate %", x: rows.map((r) => r.channel), y: rows.map((r) => 100 * r.lost_context_rate) },
       { type: "bar", name: "CSAT satisfied %", x: rows.map((r) => r.channel), y: rows.map((r) => 100 * r.csat_satisfied_share) },
