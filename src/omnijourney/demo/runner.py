@@ -511,6 +511,7 @@ def _print_summary(
     console.print(
         f"staff console: [bold]{summary.url}/console/[/bold] (users and passwords in {summary.credentials_path})"
     )
+    console.print(f"journey dashboard: [bold]{summary.url}/console/dashboard[/bold] (log in as marketer)")
     console.print(f"tokens and write keys: {summary.credentials_path}")
     console.print(f"loaded in {summary.seconds} s")
 

@@ -181,6 +181,9 @@ def install(app: FastAPI) -> None:
     from omnijourney.web import workspace  # the agent workspace: its own router (it imports this module)
 
     app.include_router(workspace.router)
+    from omnijourney.web import dashboard  # the journey dashboard (its own module and router)
+
+    app.include_router(dashboard.router)
 
 
 def _render(
