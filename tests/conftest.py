@@ -26,6 +26,19 @@ from tests.pgcluster import PgCluster
 _counter = itertools.count()
 
 
+# Suites that hold one heavy process per test session (a JVM for Spark, Chromium for the browser tests)
+# run on a single xdist worker each, so `-n 2` does not start two of them.
+_GROUPS = ("spark", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for group in _GROUPS:
+            if item.get_closest_marker(group):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     url = os.environ.get("OMNIJOURNEY_TEST_PG_URL")
