@@ -148,6 +148,23 @@ def test_membership_is_per_surviving_profile(engine) -> None:
     assert [r[0] for r in rows] == [root]
     assert "two_orders" in segments_of(engine, pid)
 
+    # an admin splits them again: once the unmerge's own events are processed, neither part has two orders
+    from omnijourney.pipeline import service as pipeline
+
+    with db.write(engine) as conn:
+        split = pipeline.unmerge(conn=conn, profile_id=pid, merged_id=None, actor="test")
+    process(engine)
+    with db.read(engine) as conn:
+        assert service.count(conn=conn, key="two_orders") == 0
+        unmerged = conn.execute(
+            sa.text("SELECT profile_id FROM profile_events WHERE event = 'Profile Unmerged' ORDER BY profile_id")
+        ).all()
+    assert [r[0] for r in unmerged] == sorted([split["survivor_id"], split["restored_id"]])
+    assert segment_timeline(engine, split["survivor_id"], "two_orders") == [
+        ("Segment Entered", 1),
+        ("Segment Exited", 1),
+    ]
+
 
 def test_rebuild_recreates_memberships_without_duplicate_events(engine) -> None:
     from omnijourney.pipeline import service as pipeline

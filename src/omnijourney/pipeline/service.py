@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from omnijourney.commerce import events as outbox
 from omnijourney.commerce.handler import CommerceHandler
 from omnijourney.engage.handler import EngageHandler
 from omnijourney.identity import service as identity_service
@@ -38,6 +39,8 @@ EVENTS = Event.__table__
 CHECKPOINTS = Checkpoint.__table__
 DAILY_COUNTS = DailyEventCount.__table__
 ACTIONS = IdentityAction.__table__
+#: the internal source of identity's own events (unmerges), disabled for public ingestion
+UNMERGE_SOURCE = "omnijourney:identity"
 
 MAIN = "main"
 
@@ -183,4 +186,33 @@ def unmerge(
         conn=conn, profile_id=profile_id, merged_id=merged_id, actor=actor, position=int(row.position)
     )
     conn.execute(sa.update(CHECKPOINTS).where(CHECKPOINTS.c.name == name).values(action_seq=result["action_id"]))
+    _announce_unmerge(conn, result, actor=actor)
     return result
+
+
+def _announce_unmerge(conn: Connection, result: dict[str, Any], *, actor: str) -> None:
+    """A `Profile Unmerged` event on both timelines, in the unmerge's transaction (the outbox).
+
+    Processing it re-derives what was computed for the merged cluster (segment memberships,
+    via the engage handler's touched clusters), and the timeline shows who split the profile."""
+    now = utcnow()
+    rows = [
+        outbox.prepare(
+            conn,
+            message_id=f"oj:unmerge:{result['action_id']}:{side}",
+            event="Profile Unmerged",
+            channel="other",
+            profile_id=result[side],
+            anonymous_id=None,
+            properties={
+                "survivor_id": result["survivor_id"],
+                "restored_id": result["restored_id"],
+                "actor": actor,
+            },
+            now=now,
+            source_name=UNMERGE_SOURCE,
+            origin="identity",
+        )
+        for side in ("survivor_id", "restored_id")
+    ]
+    outbox.append(conn, rows)
