@@ -27,6 +27,7 @@ from omnijourney.engage import service as engage_service
 from omnijourney.ingest.schemas import ValidMessage, validate_message
 from omnijourney.ingest.spec import CHANNELS
 from omnijourney.pipeline import service as pipeline_service
+from omnijourney.service import service as service_service
 from omnijourney.store import db
 from tests.conftest import count, free_port
 
@@ -418,6 +419,34 @@ def test_tokens_are_created_once_and_recreated_when_the_database_was_reset(engin
 
 
 @pytest.mark.server
+def check_service(engine: sa.Engine, output: str) -> None:
+    """The demo leaves conversations behind: chats with their transcripts and CSAT, calls the next day
+    flagged as lost context, all on the customers' profiles."""
+    with db.read(engine) as conn:
+        o = service_service.overview(conn=conn)
+        chats = conn.execute(
+            sa.text("SELECT count(*) FROM service_conversations WHERE channel = 'chat' AND message_count = 5")
+        ).scalar_one()
+        orphans = conn.execute(
+            sa.text("SELECT count(*) FROM service_conversations WHERE profile_id IS NULL")
+        ).scalar_one()
+        lost = conn.execute(
+            sa.text(
+                "SELECT c.channel, p.channel FROM service_conversations c "
+                "JOIN service_conversations p ON p.id = c.previous_conversation_id WHERE c.lost_context"
+            )
+        ).all()
+        rated = conn.execute(sa.text("SELECT count(*) FROM service_conversations WHERE csat IS NOT NULL")).scalar()
+        example = service_service.conversation_view(conn=conn, conversation_id=o["lost_context_example"])
+    assert o["conversations"] > 0 and chats > 0 and rated > 0
+    assert set(o["by_channel"]) <= {"chat", "phone"} and o["by_channel"]["phone"] > 0
+    assert orphans == 0  # every chat and call found its customer
+    # the demo's customer 1 calls the day after a chat that did not settle it
+    assert o["lost_context"] >= 1 and all(a != b for a, b in lost)
+    assert example is not None and example["previous_conversation"] is not None
+    assert f"service: {o['conversations']} conversations" in output
+
+
 def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     settings: Settings, engine: sa.Engine
 ) -> None:
@@ -487,6 +516,7 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
         ).scalar_one()
     assert {"repeat_buyers", "cart_abandoners", "lapsing_buyers"} <= set(segments)
     assert trained == 1 and sum(segments.values()) > 0 and entered >= sum(segments.values())
+    check_service(engine, first_output)
 
     out.seek(0)
     out.truncate()
