@@ -292,7 +292,19 @@ def load_segment_world(
         world.rows["stats"] = bulk_insert(conn, ProfileStats.__table__, stats_rows())
         world.rows["consents"] = bulk_insert(conn, ConsentRecord.__table__, consent_rows())
         world.rows["events"] = bulk_insert(conn, ProfileEvent.__table__, event_rows())
-        world.rows["links"] = bulk_insert(conn, IdentityLink.__table__, links)
+        user_ids = (
+            {
+                "id_type": "user_id",
+                "value": f"cust-{pid}",
+                "profile_id": pid,
+                "linked_at": now,
+                "event_id": 0,
+                "source_id": 1,
+            }
+            for pid in range(1, profiles + 1)
+        )
+        world.rows["links"] = bulk_insert(conn, IdentityLink.__table__, user_ids)
+        world.rows["links"] += bulk_insert(conn, IdentityLink.__table__, links)
         world.rows["carts"] = bulk_insert(conn, Cart.__table__, carts)
         bulk_insert(conn, CartLine.__table__, lines)
         _fix_sequences(conn, [ConsentRecord.__table__, IdentityLink.__table__, Cart.__table__])

@@ -687,27 +687,35 @@ def _record_history(
     if not emit_events:
         return
     # appended last, in one statement: on PostgreSQL the event-log lock is then held as briefly as possible
-    prepared = [
-        outbox.prepare(
-            conn,
-            message_id=f"oj:segment:{r['segment_key']}:{r['profile_id']}:{r['action']}:{r['seq']}",
-            event=ENTERED if r["action"] == "entered" else LEFT,
-            channel="other",
-            profile_id=r["profile_id"],
-            anonymous_id=None,
-            properties={
-                "segment": r["segment_key"],
-                "segment_name": r["_name"],
-                "segment_version": r["version"],
-                "reason": r["reason"],
-            },
-            now=now,
-            source_name=SOURCE_NAME,
-            origin=ORIGIN,
-            fallback_anonymous_id=f"oj-profile-{r['profile_id']}",
+    owners = outbox.owners_of(conn, profile_ids=pids)
+    prepared = []
+    for r in rows:
+        message_id = f"oj:segment:{r['segment_key']}:{r['profile_id']}:{r['action']}:{r['seq']}"
+        owner = owners.get(r["profile_id"])
+        if owner is None:
+            log.info("%s: %s has no owner to put on a timeline", ORIGIN, message_id)
+            continue
+        prepared.append(
+            outbox.prepare(
+                conn,
+                message_id=message_id,
+                event=ENTERED if r["action"] == "entered" else LEFT,
+                channel="other",
+                profile_id=r["profile_id"],
+                anonymous_id=None,
+                properties={
+                    "segment": r["segment_key"],
+                    "segment_name": r["_name"],
+                    "segment_version": r["version"],
+                    "reason": r["reason"],
+                },
+                now=now,
+                source_name=SOURCE_NAME,
+                origin=ORIGIN,
+                fallback_anonymous_id=f"oj-profile-{r['profile_id']}",
+                owner=owner,
+            )
         )
-        for r in rows
-    ]
     outbox.append(conn, prepared)
 
 
