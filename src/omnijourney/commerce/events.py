@@ -219,6 +219,7 @@ def prepare(
     origin: str = ORIGIN,
     fallback_anonymous_id: str | None = None,
     owner: dict[str, Any] | None = None,
+    source_id: int | None = None,
 ) -> dict[str, Any] | None:
     """The event row of a change, validated as ingestion validates a shop's message; None if there
     is nobody to attribute it to (logged). Built before the change takes its hottest locks, so
@@ -229,7 +230,7 @@ def prepare(
     needs a userId or anonymousId: when the profile's best identifier is neither (a POS customer
     known only by e-mail or card), `fallback_anonymous_id` (default `oj-profile-<profile id>`) is
     added beside it (it then links to the same profile). `owner`: fields from `owners_of`, looked
-    up for many events at once (a copy is used)."""
+    up for many events at once (a copy is used); `source_id`: the internal source's id, if known."""
     if owner is not None:
         owner = {k: (dict(v) if isinstance(v, dict) else v) for k, v in owner.items()}
     else:
@@ -265,7 +266,8 @@ def prepare(
     )
     if isinstance(valid, list):  # a bug in what we build, never the customer's input
         raise ValueError(f"{origin} event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
-    source_id = internal_source_id(conn, name=source_name)
+    if source_id is None:
+        source_id = internal_source_id(conn, name=source_name)
     assert source_id is not None
     return valid.row(source_id)
 

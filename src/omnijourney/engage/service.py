@@ -688,6 +688,7 @@ def _record_history(
         return
     # appended last, in one statement: on PostgreSQL the event-log lock is then held as briefly as possible
     owners = outbox.owners_of(conn, profile_ids=pids)
+    source_id = outbox.internal_source_id(conn, name=SOURCE_NAME)
     prepared = []
     for r in rows:
         message_id = f"oj:segment:{r['segment_key']}:{r['profile_id']}:{r['action']}:{r['seq']}"
@@ -714,6 +715,7 @@ def _record_history(
                 origin=ORIGIN,
                 fallback_anonymous_id=f"oj-profile-{r['profile_id']}",
                 owner=owner,
+                source_id=source_id,
             )
         )
     outbox.append(conn, prepared)
