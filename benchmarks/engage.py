@@ -33,6 +33,7 @@ It is a script, not a test: `.venv/bin/python benchmarks/engage.py --help`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -81,19 +82,15 @@ def bulk_insert(conn: Any, table: Any, rows: Iterable[dict[str, Any]]) -> int:
         rows = ({**defaults, **row} for row in rows)
         cols: list[str] | None = None
         cur = conn.connection.driver_connection.cursor()
-        copy: Any = None
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(cur.close)
+            copy: Any = None
             for row in rows:
                 if cols is None:
                     cols = list(row)
-                    copy = cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN")
-                    copy.__enter__()
+                    copy = stack.enter_context(cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN"))
                 copy.write_row([_copy_value(row[c]) for c in cols])
                 n += 1
-        finally:
-            if copy is not None:
-                copy.__exit__(None, None, None)
-            cur.close()
         return n
     batch: list[dict[str, Any]] = []
     for row in rows:

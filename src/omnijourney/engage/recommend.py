@@ -18,10 +18,9 @@ strongest reason ("because you bought X").
 from __future__ import annotations
 
 import math
-import sys
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -278,28 +277,71 @@ def train(*, conn: Connection, config: RecoConfig, now: datetime) -> dict[str, A
     return {"model_id": model_id, "trained_at": now, **stats}
 
 
-#: trained models in memory, keyed by (database, model id): a model never changes once stored
+class NeighbourLists(Mapping[str, list[tuple[str, float]]]):
+    """One kind's neighbour lists for every SKU of a model, in NumPy arrays (CSR layout: ~12 bytes
+    a pair instead of a Python tuple each); a SKU's list is built when it is asked for."""
+
+    def __init__(self, rows: list[tuple[str, str, float]]) -> None:
+        rows.sort(key=lambda r: (r[0], -r[2], r[1]))  # per SKU: best first, ties on the neighbour
+        names = sorted({r[1] for r in rows} | {r[0] for r in rows})
+        at = {n: i for i, n in enumerate(names)}
+        self._names = names
+        self._index: dict[str, int] = {}
+        starts: list[int] = []
+        for k, r in enumerate(rows):
+            if r[0] not in self._index:
+                self._index[r[0]] = len(starts)
+                starts.append(k)
+        self._indptr = np.array([*starts, len(rows)], dtype=np.int64)
+        self._cols = np.fromiter((at[r[1]] for r in rows), dtype=np.int32, count=len(rows))
+        self._scores = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
+
+    def __getitem__(self, sku: str) -> list[tuple[str, float]]:
+        i = self._index[sku]
+        a, b = int(self._indptr[i]), int(self._indptr[i + 1])
+        names = self._names
+        return [(names[c], s) for c, s in zip(self._cols[a:b].tolist(), self._scores[a:b].tolist(), strict=True)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+#: trained models in memory, keyed by (database, model id): a stored model never changes
 _MODELS: dict[tuple[str, int], Model] = {}
 _MODELS_LOCK = threading.Lock()
 POPULAR_POOL = 50
 
 
-def cached_model(conn: Connection, seeds: dict[str, set[str]]) -> Model | None:
-    """The latest model with the neighbours of `seeds` (kind -> SKUs) present, from memory.
+def cached_model(conn: Connection) -> Model | None:
+    """The latest trained model, from memory.
 
-    One small query finds the latest model id; neighbour lists are fetched from the tables only
-    for seeds this process has not asked about yet under that model (one query per kind), then
-    kept (SKU strings interned). Training stores a new id, so a new model is never mixed with
-    an old one; older models are dropped from memory."""
+    One small query finds the latest model id; the first request under a new id loads the whole
+    model (every neighbour list, the popular top 50) into compact arrays, which every later
+    request of this process reuses. Training stores a new id, so the next request picks the new
+    model up, never a mix; the previous one is dropped from memory."""
     head = conn.execute(sa.select(MODELS.c.id, MODELS.c.trained_at).order_by(MODELS.c.id.desc()).limit(1)).first()
     if head is None:
         return None
     key = (conn.engine.url.render_as_string(hide_password=True), int(head.id))
     with _MODELS_LOCK:
         model = _MODELS.get(key)
-    if model is None:
-        model = Model(id=head.id, trained_at=head.trained_at, neighbours={"purchase": {}, "view": {}})
-        model.buyers = {
+    if model is not None:
+        return model
+    by_kind: dict[str, list[tuple[str, str, float]]] = {"purchase": [], "view": []}
+    for kind, sku, other, score_ in conn.execute(
+        sa.select(SIMILARITY.c.kind, SIMILARITY.c.sku, SIMILARITY.c.other_sku, SIMILARITY.c.score).where(
+            SIMILARITY.c.model_id == head.id
+        )
+    ):
+        by_kind.setdefault(kind, []).append((sku, other, score_))
+    model = Model(
+        id=head.id,
+        trained_at=head.trained_at,
+        neighbours={kind: NeighbourLists(rows) for kind, rows in by_kind.items()},  # type: ignore[misc]
+        buyers={
             r.sku: r.buyers
             for r in conn.execute(
                 sa.select(POPULARITY.c.sku, POPULARITY.c.buyers)
@@ -307,27 +349,12 @@ def cached_model(conn: Connection, seeds: dict[str, set[str]]) -> Model | None:
                 .order_by(POPULARITY.c.buyers.desc(), POPULARITY.c.sku)
                 .limit(POPULAR_POOL)
             )
-        }
-        with _MODELS_LOCK:
-            for old in [k for k in _MODELS if k[0] == key[0] or len(_MODELS) > 8]:
-                del _MODELS[old]
-            model = _MODELS.setdefault(key, model)
-    for kind, skus in seeds.items():
-        known = model.neighbours.setdefault(kind, {})
-        missing = sorted(s for s in skus if s not in known)
-        if not missing:
-            continue
-        found: dict[str, list[tuple[str, float]]] = {s: [] for s in missing}
-        for r in conn.execute(
-            sa.select(SIMILARITY.c.sku, SIMILARITY.c.other_sku, SIMILARITY.c.score).where(
-                SIMILARITY.c.model_id == head.id, SIMILARITY.c.kind == kind, SIMILARITY.c.sku.in_(missing)
-            )
-        ):
-            found[r.sku].append((sys.intern(r.other_sku), r.score))
-        with _MODELS_LOCK:
-            for sku, ns in found.items():
-                known[sys.intern(sku)] = sorted(ns, key=lambda x: (-x[1], x[0]))
-    return model
+        },
+    )
+    with _MODELS_LOCK:
+        for old in [k for k in _MODELS if k[0] == key[0] or len(_MODELS) > 8]:
+            del _MODELS[old]
+        return _MODELS.setdefault(key, model)
 
 
 # ============================================================================ ranking
@@ -478,7 +505,7 @@ def recommend(
     bought = [p.sku for p in load_purchases(conn, member_ids)]
     viewed = [v.sku for v in load_views(conn, member_ids, limit=config.recent_views * 5)]
     seeds_bought, seeds_viewed = set(bought), set(list(dict.fromkeys(viewed))[: config.recent_views])
-    model = cached_model(conn, {"purchase": seeds_bought, "view": seeds_viewed})
+    model = cached_model(conn)
     relations = load_relations(conn, seeds_bought | seeds_viewed)
     ranked = score(bought=bought, viewed=viewed, model=model, relations=relations, config=config)
     # exclusions are per candidate: walk the ranking best first and load products (and stock) only
