@@ -510,10 +510,11 @@ def recommend(
     ranked = score(bought=bought, viewed=viewed, model=model, relations=relations, config=config)
     # exclusions are per candidate: walk the ranking best first and load products (and stock) only
     # for as many candidates as it takes to fill `limit`, not for the whole pool
-    products = load_products(conn, config, seeds_bought | seeds_viewed)
+    pos, batch = 0, max(3 * limit, 30)
+    # the seeds (owned products, the reasons' names) and the first batch in one query
+    products = load_products(conn, config, seeds_bought | seeds_viewed | {c.sku for c in ranked[:batch]})
     owned_products = {products[b].product_id for b in seeds_bought if b in products}
     items: list[Candidate] = []
-    pos, batch = 0, max(3 * limit, 30)
     while len(items) < limit and pos < len(ranked):
         part = ranked[pos : pos + batch]
         pos, batch = pos + batch, batch * 2
