@@ -113,6 +113,26 @@ def _set_path(message: dict[str, Any], path: str, value: str) -> None:
     node[parts[-1]] = value
 
 
+def _owner_message(rows: Any, rules: IdentityRules) -> dict[str, Any] | None:
+    """The message fields of the highest-priority identifier among `rows` (id_type, value), given
+    oldest first (the first wins a tie)."""
+    best = None
+    for r in rows:
+        spec = rules.identifier_types.get(r.id_type)
+        if spec is None:
+            continue
+        if best is None or spec.priority > best[0].priority:
+            best = (spec, r.value)
+    if best is None:
+        return None
+    message: dict[str, Any] = {}
+    fields = best[0].fields
+    path = next((f for f in fields if f in ("userId", "anonymousId")), None)
+    path = path or next((f for f in fields if f.startswith(("context.", "properties."))), fields[0])
+    _set_path(message, path, best[1])
+    return message
+
+
 def owner_fields(
     conn: Connection, *, profile_id: int | None, anonymous_id: str | None, rules: IdentityRules | None = None
 ) -> dict[str, Any] | None:
@@ -132,23 +152,56 @@ def owner_fields(
                 .where(links.c.profile_id.in_(members))
                 .order_by(links.c.linked_at, links.c.id)
             ).all()
-            best = None
-            for r in rows:
-                spec = rules.identifier_types.get(r.id_type)
-                if spec is None:
-                    continue
-                if best is None or spec.priority > best[0].priority:
-                    best = (spec, r.value)
-            if best is not None:
-                message: dict[str, Any] = {}
-                fields = best[0].fields
-                path = next((f for f in fields if f in ("userId", "anonymousId")), None)
-                path = path or next((f for f in fields if f.startswith(("context.", "properties."))), fields[0])
-                _set_path(message, path, best[1])
+            message = _owner_message(rows, rules)
+            if message is not None:
                 return message
     if anonymous_id:
         return {"anonymousId": anonymous_id}
     return None
+
+
+def owners_of(
+    conn: Connection, *, profile_ids: list[int], rules: IdentityRules | None = None, chunk: int = 500
+) -> dict[int, dict[str, Any] | None]:
+    """`owner_fields` (without an anonymous id) for many profiles in a few queries per `chunk`:
+    the same answer, for callers that append many events at once (segment entries)."""
+    from collections import defaultdict
+
+    rules = rules or _default_rules()
+    profiles, links = identity.PROFILES, identity.LINKS
+    ids = sorted(set(profile_ids))
+    root_of: dict[int, int] = {}
+    for i in range(0, len(ids), chunk):
+        root_of.update(
+            conn.execute(
+                sa.select(profiles.c.id, profiles.c.canonical_id).where(profiles.c.id.in_(ids[i : i + chunk]))
+            ).all()
+        )
+    roots = sorted(set(root_of.values()))
+    member_root: dict[int, int] = {}
+    for i in range(0, len(roots), chunk):
+        member_root.update(
+            conn.execute(
+                sa.select(profiles.c.id, profiles.c.canonical_id).where(
+                    profiles.c.canonical_id.in_(roots[i : i + chunk])
+                )
+            ).all()
+        )
+    for root in roots:
+        member_root.setdefault(root, root)  # identity.members(...) or [root]
+    by_root: dict[int, list[Any]] = defaultdict(list)
+    members = sorted(member_root)
+    for i in range(0, len(members), chunk):
+        for r in conn.execute(
+            sa.select(links.c.profile_id, links.c.id_type, links.c.value, links.c.linked_at, links.c.id).where(
+                links.c.profile_id.in_(members[i : i + chunk])
+            )
+        ):
+            by_root[member_root[r.profile_id]].append(r)
+    messages = {
+        root: _owner_message(sorted(by_root.get(root, []), key=lambda r: (r.linked_at, r.id)), rules) for root in roots
+    }
+    return {pid: (messages[root_of[pid]] if pid in root_of else None) for pid in ids}
 
 
 def prepare(
@@ -165,6 +218,8 @@ def prepare(
     source_name: str = SOURCE_NAME,
     origin: str = ORIGIN,
     fallback_anonymous_id: str | None = None,
+    owner: dict[str, Any] | None = None,
+    source_id: int | None = None,
 ) -> dict[str, Any] | None:
     """The event row of a change, validated as ingestion validates a shop's message; None if there
     is nobody to attribute it to (logged). Built before the change takes its hottest locks, so
@@ -174,8 +229,12 @@ def prepare(
     internal source (engage appends `Segment Entered` / `Segment Exited` this way). A track message
     needs a userId or anonymousId: when the profile's best identifier is neither (a POS customer
     known only by e-mail or card), `fallback_anonymous_id` (default `oj-profile-<profile id>`) is
-    added beside it (it then links to the same profile)."""
-    owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
+    added beside it (it then links to the same profile). `owner`: fields from `owners_of`, looked
+    up for many events at once (a copy is used); `source_id`: the internal source's id, if known."""
+    if owner is not None:
+        owner = {k: (dict(v) if isinstance(v, dict) else v) for k, v in owner.items()}
+    else:
+        owner = owner_fields(conn, profile_id=profile_id, anonymous_id=anonymous_id, rules=rules)
     if owner is None:
         log.info("%s: %s %s has no owner to put on a timeline", origin, event, message_id)
         return None
@@ -207,7 +266,8 @@ def prepare(
     )
     if isinstance(valid, list):  # a bug in what we build, never the customer's input
         raise ValueError(f"{origin} event {event} does not validate: {[FieldError.as_dict(e) for e in valid]}")
-    source_id = internal_source_id(conn, name=source_name)
+    if source_id is None:
+        source_id = internal_source_id(conn, name=source_name)
     assert source_id is not None
     return valid.row(source_id)
 

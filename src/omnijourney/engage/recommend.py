@@ -18,8 +18,9 @@ strongest reason ("because you bought X").
 from __future__ import annotations
 
 import math
+import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -276,32 +277,84 @@ def train(*, conn: Connection, config: RecoConfig, now: datetime) -> dict[str, A
     return {"model_id": model_id, "trained_at": now, **stats}
 
 
-def _stored_model(conn: Connection, seeds: dict[str, set[str]], popular: int) -> Model | None:
-    head = conn.execute(sa.select(MODELS).order_by(MODELS.c.id.desc()).limit(1)).first()
+class NeighbourLists(Mapping[str, list[tuple[str, float]]]):
+    """One kind's neighbour lists for every SKU of a model, in NumPy arrays (CSR layout: ~12 bytes
+    a pair instead of a Python tuple each); a SKU's list is built when it is asked for."""
+
+    def __init__(self, rows: list[tuple[str, str, float]]) -> None:
+        rows.sort(key=lambda r: (r[0], -r[2], r[1]))  # per SKU: best first, ties on the neighbour
+        names = sorted({r[1] for r in rows} | {r[0] for r in rows})
+        at = {n: i for i, n in enumerate(names)}
+        self._names = names
+        self._index: dict[str, int] = {}
+        starts: list[int] = []
+        for k, r in enumerate(rows):
+            if r[0] not in self._index:
+                self._index[r[0]] = len(starts)
+                starts.append(k)
+        self._indptr = np.array([*starts, len(rows)], dtype=np.int64)
+        self._cols = np.fromiter((at[r[1]] for r in rows), dtype=np.int32, count=len(rows))
+        self._scores = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
+
+    def __getitem__(self, sku: str) -> list[tuple[str, float]]:
+        i = self._index[sku]
+        a, b = int(self._indptr[i]), int(self._indptr[i + 1])
+        names = self._names
+        return [(names[c], s) for c, s in zip(self._cols[a:b].tolist(), self._scores[a:b].tolist(), strict=True)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+#: trained models in memory, keyed by (database, model id): a stored model never changes
+_MODELS: dict[tuple[str, int], Model] = {}
+_MODELS_LOCK = threading.Lock()
+POPULAR_POOL = 50
+
+
+def cached_model(conn: Connection) -> Model | None:
+    """The latest trained model, from memory.
+
+    One small query finds the latest model id; the first request under a new id loads the whole
+    model (every neighbour list, the popular top 50) into compact arrays, which every later
+    request of this process reuses. Training stores a new id, so the next request picks the new
+    model up, never a mix; the previous one is dropped from memory."""
+    head = conn.execute(sa.select(MODELS.c.id, MODELS.c.trained_at).order_by(MODELS.c.id.desc()).limit(1)).first()
     if head is None:
         return None
-    model = Model(id=head.id, trained_at=head.trained_at)
-    for kind, skus in seeds.items():
-        if not skus:
-            continue
-        by: dict[str, list[tuple[str, float]]] = defaultdict(list)
-        for r in conn.execute(
-            sa.select(SIMILARITY.c.sku, SIMILARITY.c.other_sku, SIMILARITY.c.score).where(
-                SIMILARITY.c.model_id == head.id, SIMILARITY.c.kind == kind, SIMILARITY.c.sku.in_(sorted(skus))
-            )
-        ):
-            by[r.sku].append((r.other_sku, r.score))
-        model.neighbours[kind] = {s: sorted(v, key=lambda x: (-x[1], x[0])) for s, v in by.items()}
-    model.buyers = {
-        r.sku: r.buyers
-        for r in conn.execute(
-            sa.select(POPULARITY.c.sku, POPULARITY.c.buyers)
-            .where(POPULARITY.c.model_id == head.id, POPULARITY.c.buyers > 0)
-            .order_by(POPULARITY.c.buyers.desc(), POPULARITY.c.sku)
-            .limit(popular)
+    key = (conn.engine.url.render_as_string(hide_password=True), int(head.id))
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+    if model is not None:
+        return model
+    by_kind: dict[str, list[tuple[str, str, float]]] = {"purchase": [], "view": []}
+    for kind, sku, other, score_ in conn.execute(
+        sa.select(SIMILARITY.c.kind, SIMILARITY.c.sku, SIMILARITY.c.other_sku, SIMILARITY.c.score).where(
+            SIMILARITY.c.model_id == head.id
         )
-    }
-    return model
+    ):
+        by_kind.setdefault(kind, []).append((sku, other, score_))
+    model = Model(
+        id=head.id,
+        trained_at=head.trained_at,
+        neighbours={kind: NeighbourLists(rows) for kind, rows in by_kind.items()},  # type: ignore[misc]
+        buyers={
+            r.sku: r.buyers
+            for r in conn.execute(
+                sa.select(POPULARITY.c.sku, POPULARITY.c.buyers)
+                .where(POPULARITY.c.model_id == head.id, POPULARITY.c.buyers > 0)
+                .order_by(POPULARITY.c.buyers.desc(), POPULARITY.c.sku)
+                .limit(POPULAR_POOL)
+            )
+        },
+    )
+    with _MODELS_LOCK:
+        for old in [k for k in _MODELS if k[0] == key[0] or len(_MODELS) > 8]:
+            del _MODELS[old]
+        return _MODELS.setdefault(key, model)
 
 
 # ============================================================================ ranking
@@ -319,19 +372,17 @@ class Candidate:
             self.reason = (score, kind, because)
 
 
-def rank(
+def score(
     *,
     bought: Sequence[str],
     viewed: Sequence[str],
     model: Model | None,
     relations: dict[str, list[str]],
-    products: dict[str, ProductInfo],
     config: RecoConfig,
-    allowed: set[str] | None = None,
-    limit: int = 10,
     popular_pool: int = 50,
 ) -> list[Candidate]:
-    """Score candidates from what was bought (set) and viewed (newest first); pure and deterministic."""
+    """Every candidate with its summed score and strongest reason, best first (ties on the SKU);
+    no exclusions yet. Pure and deterministic."""
     cands: dict[str, Candidate] = {}
 
     def add(sku: str, score: float, kind: str, because: str | None) -> None:
@@ -359,18 +410,38 @@ def rank(
             best = top[0][1]
             for sku, n in top:
                 add(sku, config.popularity * n / best, "popular", None)
+    return sorted(cands.values(), key=lambda c: (-round(c.score, 9), c.sku))
+
+
+def _keep(c: Candidate, p: ProductInfo | None, bought: set[str], owned_products: set[str]) -> bool:
+    if p is None or not p.active:
+        return False
+    return not ((c.sku in bought or p.product_id in owned_products) and not p.consumable)
+
+
+def rank(
+    *,
+    bought: Sequence[str],
+    viewed: Sequence[str],
+    model: Model | None,
+    relations: dict[str, list[str]],
+    products: dict[str, ProductInfo],
+    config: RecoConfig,
+    allowed: set[str] | None = None,
+    limit: int = 10,
+    popular_pool: int = 50,
+) -> list[Candidate]:
+    """Score candidates from what was bought (set) and viewed (newest first); pure and deterministic."""
+    ranked = score(
+        bought=bought, viewed=viewed, model=model, relations=relations, config=config, popular_pool=popular_pool
+    )
+    bought_set = set(bought)
     owned_products = {products[b].product_id for b in bought_set if b in products}
-    out = []
-    for c in cands.values():
-        p = products.get(c.sku)
-        if p is None or not p.active:
-            continue
-        if (c.sku in bought_set or p.product_id in owned_products) and not p.consumable:
-            continue
-        if allowed is not None and c.sku not in allowed:
-            continue
-        out.append(c)
-    out.sort(key=lambda c: (-round(c.score, 9), c.sku))
+    out = [
+        c
+        for c in ranked
+        if _keep(c, products.get(c.sku), bought_set, owned_products) and (allowed is None or c.sku in allowed)
+    ]
     return out[:limit]
 
 
@@ -417,10 +488,10 @@ def recommend(
         raise RecoError(400, "invalid_context", f"context must be one of {', '.join(CONTEXTS)}")
     if not 1 <= limit <= 100:
         raise RecoError(400, "invalid_limit", "limit must be between 1 and 100")
-    root = identity.canonical_id(conn=conn, profile_id=profile_id)
-    if root is None:
+    cluster = identity.cluster(conn=conn, profile_id=profile_id)  # one query: the survivor and its members
+    if cluster is None:
         raise RecoError(404, "not_found", f"no profile {profile_id}")
-    member_ids = identity.members(conn=conn, root=root)
+    root, member_ids = cluster
     if context == "store":
         store = store or _preferred_store(conn, member_ids)
         if store is None:
@@ -434,24 +505,28 @@ def recommend(
     bought = [p.sku for p in load_purchases(conn, member_ids)]
     viewed = [v.sku for v in load_views(conn, member_ids, limit=config.recent_views * 5)]
     seeds_bought, seeds_viewed = set(bought), set(list(dict.fromkeys(viewed))[: config.recent_views])
-    model = _stored_model(conn, {"purchase": seeds_bought, "view": seeds_viewed}, popular=50)
+    model = cached_model(conn)
     relations = load_relations(conn, seeds_bought | seeds_viewed)
-    pool = set(relations_values(relations))
-    if model is not None:
-        pool |= {o for kind in model.neighbours.values() for ns in kind.values() for o, _ in ns} | set(model.buyers)
-    products = load_products(conn, config, pool | seeds_bought | seeds_viewed)
-    allowed = available_at(conn, store, pool) if context == "store" and store else None
-    items = rank(
-        bought=bought,
-        viewed=viewed,
-        model=model,
-        relations=relations,
-        products=products,
-        config=config,
-        allowed=allowed,
-        limit=limit,
-    )
-    names = load_products(conn, config, {c.reason[2] for c in items if c.reason[2]}) if items else {}
+    ranked = score(bought=bought, viewed=viewed, model=model, relations=relations, config=config)
+    # exclusions are per candidate: walk the ranking best first and load products (and stock) only
+    # for as many candidates as it takes to fill `limit`, not for the whole pool
+    pos, batch = 0, max(3 * limit, 30)
+    # the seeds (owned products, the reasons' names) and the first batch in one query
+    products = load_products(conn, config, seeds_bought | seeds_viewed | {c.sku for c in ranked[:batch]})
+    owned_products = {products[b].product_id for b in seeds_bought if b in products}
+    items: list[Candidate] = []
+    while len(items) < limit and pos < len(ranked):
+        part = ranked[pos : pos + batch]
+        pos, batch = pos + batch, batch * 2
+        products.update(load_products(conn, config, [c.sku for c in part if c.sku not in products]))
+        allowed = available_at(conn, store, [c.sku for c in part]) if context == "store" and store else None
+        items += [
+            c
+            for c in part
+            if _keep(c, products.get(c.sku), seeds_bought, owned_products) and (allowed is None or c.sku in allowed)
+        ]
+    items = items[:limit]
+    names = products  # the reasons name seeds (bought or recently viewed), loaded above
     out = []
     for c in items:
         p = products[c.sku]
@@ -478,10 +553,6 @@ def recommend(
         "model": {"id": model.id, "trained_at": model.trained_at} if model is not None else None,
         "items": out,
     }
-
-
-def relations_values(relations: dict[str, list[str]]) -> list[str]:
-    return [o for v in relations.values() for o in v]
 
 
 # ============================================================================ offline evaluation

@@ -224,7 +224,7 @@ class EngageConfig(_Strict):
     segments: list[SegmentIn] = Field(default_factory=list)
     recommendations: RecoConfig = Field(default_factory=RecoConfig)
     #: membership is re-evaluated for every profile by `omnijourney segments refresh` in chunks of this size
-    refresh_chunk: int = Field(default=200, ge=10, le=10000)
+    refresh_chunk: int = Field(default=2000, ge=10, le=10000)
 
     @model_validator(mode="after")
     def _unique(self) -> EngageConfig:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from omnijourney.commerce import events as outbox
 from omnijourney.commerce import service as commerce
+from omnijourney.engage import rules_sql
 from omnijourney.engage.models import Segment, SegmentHistory, SegmentMember, SegmentVersion
 from omnijourney.engage.schemas import EngageConfig, SegmentIn, SegmentUpdate
 from omnijourney.identity import service as identity
@@ -505,23 +506,55 @@ def matches(rule: dict[str, Any], f: Facts) -> bool:
     raise ValueError(f"unknown rule node {kind!r}")
 
 
-def _move_merged_memberships(conn: Connection, facts: dict[int, Facts]) -> None:
+def _move_merged_memberships(conn: Connection, root_filter: rules_sql.RootFilter) -> None:
     """Memberships held by members that are no longer roots move to their survivor (no event)."""
-    owner = {pid: f.root for f in facts.values() for pid in f.members if pid != f.root}
-    if not owner:
-        return
-    rows = []
-    for chunk in _chunks(sorted(owner)):
-        rows.extend(conn.execute(sa.select(MEMBERS).where(MEMBERS.c.profile_id.in_(chunk))).all())
+    rows = conn.execute(
+        sa.select(MEMBERS, PROFILES.c.canonical_id)
+        .join(PROFILES, PROFILES.c.id == MEMBERS.c.profile_id)
+        .where(PROFILES.c.id != PROFILES.c.canonical_id, root_filter(PROFILES.c.canonical_id))
+    ).all()
     for r in sorted(rows, key=lambda r: (r.segment_key, r.entered_at, r.profile_id)):
-        root = owner[r.profile_id]
         conn.execute(
             sa.delete(MEMBERS).where(MEMBERS.c.segment_key == r.segment_key, MEMBERS.c.profile_id == r.profile_id)
         )
         conn.execute(
             dialect.insert_ignoring_conflicts(conn, MEMBERS, ["segment_key", "profile_id"]),
-            [{"segment_key": r.segment_key, "profile_id": root, "entered_at": r.entered_at, "version": r.version}],
+            [
+                {
+                    "segment_key": r.segment_key,
+                    "profile_id": r.canonical_id,
+                    "entered_at": r.entered_at,
+                    "version": r.version,
+                }
+            ],
         )
+
+
+def _in_list(ids: Sequence[int]) -> rules_sql.RootFilter:
+    return lambda col: col.in_(list(ids))
+
+
+def _in_range(after: int, last: int) -> rules_sql.RootFilter:
+    return lambda col: sa.and_(col > after, col <= last)
+
+
+def _sql_changes(
+    conn: Connection, seg: dict[str, Any], now: datetime, root_filter: rules_sql.RootFilter
+) -> tuple[list[int], list[int]] | None:
+    """(entering, leaving) roots of a compilable segment among the filtered clusters, in one
+    SELECT that returns only the changes; None if the rule needs the Python path."""
+    inside = rules_sql.compile_rule(seg["rule"], now=now, root_filter=root_filter)
+    if inside is None:
+        return None
+    p = PROFILES
+    was = sa.exists().where(MEMBERS.c.segment_key == seg["key"], MEMBERS.c.profile_id == p.c.id)
+    now_in = sa.case((inside, 1), else_=0)
+    rows = conn.execute(
+        sa.select(p.c.id, now_in.label("inside"))
+        .where(p.c.id == p.c.canonical_id, root_filter(p.c.id), now_in != sa.case((was, 1), else_=0))
+        .order_by(p.c.id)
+    ).all()
+    return [r.id for r in rows if r.inside], [r.id for r in rows if not r.inside]
 
 
 def evaluate(
@@ -533,16 +566,70 @@ def evaluate(
     profile_config: ProfileConfig,
     reason: str = "event",
     emit_events: bool = True,
+    compile_rules: bool = True,
+    root_range: tuple[int, int] | None = None,
 ) -> dict[str, int]:
-    """Re-evaluate `segments` for the clusters of `roots` (surviving ids); apply entries and exits."""
+    """Re-evaluate `segments` for the clusters of `roots` (surviving ids); apply entries and exits.
+
+    A segment whose rule compiles to SQL (`rules_sql`) is diffed by the database; the others are
+    evaluated in Python over facts loaded for the clusters. `compile_rules=False` forces the
+    Python path for every segment (the reference the SQL path is tested against).
+    `root_range=(after, last)` says `roots` are all surviving ids in that range (a refresh
+    chunk), so the SQL path filters by range instead of by list."""
     if not roots or not segments:
         return {"entered": 0, "left": 0}
-    facts = load_facts(conn=conn, roots=roots, segments=segments, now=now, profile_config=profile_config)
-    _move_merged_memberships(conn, facts)
+    root_ids = sorted(set(roots))
+    filters = [_in_range(*root_range)] if root_range is not None else [_in_list(c) for c in _chunks(root_ids)]
+    for rf in filters:
+        _move_merged_memberships(conn, rf)
+    entered: list[tuple[dict[str, Any], int]] = []
+    left: list[tuple[dict[str, Any], int]] = []
+    python_segments = []
+    for seg in segments:
+        changes = [_sql_changes(conn, seg, now, rf) for rf in filters] if compile_rules else [None]
+        if any(c is None for c in changes):
+            python_segments.append(seg)
+            continue
+        for ins, outs in changes:  # type: ignore[misc]
+            entered.extend((seg, p) for p in ins)
+            left.extend((seg, p) for p in outs)
+    if python_segments:
+        e, lft = _python_changes(conn, root_ids, python_segments, now, profile_config)
+        entered += e
+        left += lft
+    if entered:
+        conn.execute(
+            sa.insert(MEMBERS),
+            [
+                {"segment_key": s["key"], "profile_id": p, "entered_at": now, "version": s["version"]}
+                for s, p in entered
+            ],
+        )
+    by_segment: dict[str, list[int]] = defaultdict(list)
+    for s, p in left:
+        by_segment[s["key"]].append(p)
+    for key, pids in by_segment.items():
+        for chunk in _chunks(pids):
+            conn.execute(sa.delete(MEMBERS).where(MEMBERS.c.segment_key == key, MEMBERS.c.profile_id.in_(chunk)))
+    changes = [(s, p, "entered") for s, p in entered] + [(s, p, "left") for s, p in left]
+    if changes:
+        _record_history(conn, changes, now, reason, emit_events)
+    return {"entered": len(entered), "left": len(left)}
+
+
+def _python_changes(
+    conn: Connection,
+    root_ids: Sequence[int],
+    segments: Sequence[dict[str, Any]],
+    now: datetime,
+    profile_config: ProfileConfig,
+) -> tuple[list[tuple[dict[str, Any], int]], list[tuple[dict[str, Any], int]]]:
+    """Facts loaded set-based, rules evaluated per cluster in Python."""
+    facts = load_facts(conn=conn, roots=root_ids, segments=segments, now=now, profile_config=profile_config)
     keys = [s["key"] for s in segments]
     current: set[tuple[str, int]] = set()
-    root_ids = sorted(facts)
-    for chunk in _chunks(root_ids):
+    roots = sorted(facts)
+    for chunk in _chunks(roots):
         current.update(
             (k, p)
             for k, p in conn.execute(
@@ -554,7 +641,7 @@ def evaluate(
     entered: list[tuple[dict[str, Any], int]] = []
     left: list[tuple[dict[str, Any], int]] = []
     for seg in segments:
-        for root in root_ids:
+        for root in roots:
             try:
                 inside = matches(seg["rule"], facts[root])
             except (TypeError, ValueError, KeyError) as exc:  # never stop the stage: keep the current state
@@ -565,20 +652,7 @@ def evaluate(
                 entered.append((seg, root))
             elif was and not inside:
                 left.append((seg, root))
-    if entered:
-        conn.execute(
-            sa.insert(MEMBERS),
-            [
-                {"segment_key": s["key"], "profile_id": p, "entered_at": now, "version": s["version"]}
-                for s, p in entered
-            ],
-        )
-    for s, p in left:
-        conn.execute(sa.delete(MEMBERS).where(MEMBERS.c.segment_key == s["key"], MEMBERS.c.profile_id == p))
-    changes = [(s, p, "entered") for s, p in entered] + [(s, p, "left") for s, p in left]
-    if changes:
-        _record_history(conn, changes, now, reason, emit_events)
-    return {"entered": len(entered), "left": len(left)}
+    return entered, left
 
 
 def _record_history(
@@ -613,27 +687,37 @@ def _record_history(
     if not emit_events:
         return
     # appended last, in one statement: on PostgreSQL the event-log lock is then held as briefly as possible
-    prepared = [
-        outbox.prepare(
-            conn,
-            message_id=f"oj:segment:{r['segment_key']}:{r['profile_id']}:{r['action']}:{r['seq']}",
-            event=ENTERED if r["action"] == "entered" else LEFT,
-            channel="other",
-            profile_id=r["profile_id"],
-            anonymous_id=None,
-            properties={
-                "segment": r["segment_key"],
-                "segment_name": r["_name"],
-                "segment_version": r["version"],
-                "reason": r["reason"],
-            },
-            now=now,
-            source_name=SOURCE_NAME,
-            origin=ORIGIN,
-            fallback_anonymous_id=f"oj-profile-{r['profile_id']}",
+    owners = outbox.owners_of(conn, profile_ids=pids)
+    source_id = outbox.internal_source_id(conn, name=SOURCE_NAME)
+    prepared = []
+    for r in rows:
+        message_id = f"oj:segment:{r['segment_key']}:{r['profile_id']}:{r['action']}:{r['seq']}"
+        owner = owners.get(r["profile_id"])
+        if owner is None:
+            log.info("%s: %s has no owner to put on a timeline", ORIGIN, message_id)
+            continue
+        prepared.append(
+            outbox.prepare(
+                conn,
+                message_id=message_id,
+                event=ENTERED if r["action"] == "entered" else LEFT,
+                channel="other",
+                profile_id=r["profile_id"],
+                anonymous_id=None,
+                properties={
+                    "segment": r["segment_key"],
+                    "segment_name": r["_name"],
+                    "segment_version": r["version"],
+                    "reason": r["reason"],
+                },
+                now=now,
+                source_name=SOURCE_NAME,
+                origin=ORIGIN,
+                fallback_anonymous_id=f"oj-profile-{r['profile_id']}",
+                owner=owner,
+                source_id=source_id,
+            )
         )
-        for r in rows
-    ]
     outbox.append(conn, prepared)
 
 
@@ -657,6 +741,7 @@ def refresh_chunk(
     now: datetime,
     profile_config: ProfileConfig,
     keys: Sequence[str] | None = None,
+    compile_rules: bool = True,
 ) -> tuple[int | None, dict[str, int]]:
     """Re-evaluate the next `limit` surviving profiles after id `after` (the time-based sweep:
     'within a period' conditions change with the clock). Returns (next cursor or None, counts)."""
@@ -670,8 +755,16 @@ def refresh_chunk(
         )
     ]
     segs = active_segments(conn=conn, keys=keys)
-    counts = evaluate(conn=conn, roots=roots, segments=segs, now=now, profile_config=profile_config, reason="refresh")
-    # memberships of profiles that stopped being roots (merged) and were never touched since
+    counts = evaluate(
+        conn=conn,
+        roots=roots,
+        segments=segs,
+        now=now,
+        profile_config=profile_config,
+        reason="refresh",
+        compile_rules=compile_rules,
+        root_range=(after, roots[-1]) if roots else None,
+    )
     return (roots[-1] if len(roots) == limit else None), counts
 
 
@@ -763,6 +856,7 @@ def refresh_all(
     profile_config: ProfileConfig | None = None,
     keys: Sequence[str] | None = None,
     attempts: int = 5,
+    compile_rules: bool = True,
 ) -> dict[str, int]:
     """The time-based sweep over every surviving profile (or only the segments `keys`), one short
     transaction per chunk of `config.refresh_chunk` profiles.
@@ -793,7 +887,13 @@ def refresh_all(
                         dialect.for_update(sa.select(checkpoints.c.name).where(checkpoints.c.name == "main"), conn)
                     )
                     nxt, counts = refresh_chunk(
-                        conn=conn, after=after, limit=config.refresh_chunk, now=utcnow(), profile_config=pcfg, keys=keys
+                        conn=conn,
+                        after=after,
+                        limit=config.refresh_chunk,
+                        now=utcnow(),
+                        profile_config=pcfg,
+                        keys=keys,
+                        compile_rules=compile_rules,
                     )
                 break
             except OperationalError:  # SQLite: the write lock was busy past its timeout
