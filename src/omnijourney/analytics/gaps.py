@@ -1,0 +1,1 @@
+"""Journey gap report and stage KPIs (placeholder until written)."""
