@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
@@ -143,9 +144,10 @@ def test_spark_gives_identical_results(small_lake: Path, duck: dict[str, Any], s
     on_spark = run(small_lake, "spark", spark)
     assert {k: v for k, v in on_spark.items() if k != "engine"} == {k: v for k, v in duck.items() if k != "engine"}
     seg = flt.Filters(segments=("vip",))
-    assert run(small_lake, "spark", spark, filters=seg, markov_order=2)["results"] == run(
-        small_lake, filters=seg, markov_order=2
-    )["results"]
+    assert (
+        run(small_lake, "spark", spark, filters=seg, markov_order=2)["results"]
+        == run(small_lake, filters=seg, markov_order=2)["results"]
+    )
 
 
 # --------------------------------------------------------------------------- the public PathData sample
@@ -169,7 +171,7 @@ def path_data() -> list[PathRow]:
 
 def path_lake(data_dir: Path, rows: list[PathRow]) -> None:
     """One customer per journey: a touch an hour in the path's order, then an order (with the path's mean value)."""
-    lengths, units, value = [], [], []
+    lengths, units, _value = [], [], []
     for path, conv, null, val in rows:
         for j in range(conv + null):
             lengths.append(len(path) + (1 if j < conv else 0))
@@ -239,9 +241,7 @@ def test_pathdata_heuristics_match_the_published_definitions(pathdata: tuple[lis
     import pandas as pd
     from mta import MTA
 
-    frame = pd.DataFrame(
-        [{"path": " > ".join(p), "total_conversions": c, "total_null": n} for p, c, n, _ in rows if p]
-    )
+    frame = pd.DataFrame([{"path": " > ".join(p), "total_conversions": c, "total_null": n} for p, c, n, _ in rows if p])
     ref = MTA(data=frame, allow_loops=True, add_timepoints=False)
     ref.first_touch(normalize=False).last_touch(normalize=False).linear(share="proportional", normalize=False)
     assert nonzero(ref.attribution["first_touch"]) == nonzero(credits(r, "first_touch"))
@@ -257,7 +257,7 @@ def test_pathdata_markov_equals_an_independent_exact_computation(
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for path, conv, null, _ in rows:
         walk = ("(start)", *path)
-        for a, b in zip(walk, walk[1:], strict=False):
+        for a, b in itertools.pairwise(walk):
             counts[(a, b)] += conv + null
         counts[(path[-1], "(conversion)")] += conv
         counts[(path[-1], "(null)")] += null

@@ -51,7 +51,7 @@ class AttributionSpec:
             raise ValueError("conversion needs an event name")
         if not (self.half_life_days > 0 and math.isfinite(self.half_life_days)):
             raise ValueError("half_life must be a positive number of days")
-        if not (0 <= self.first_weight and 0 <= self.last_weight and self.first_weight + self.last_weight <= 1):
+        if not (self.first_weight >= 0 and self.last_weight >= 0 and self.first_weight + self.last_weight <= 1):
             raise ValueError("position weights must be >= 0 and add up to at most 1")
         if not 1 <= self.markov_order <= 4:
             raise ValueError("markov_order is 1 to 4")
@@ -90,9 +90,7 @@ def touches_expr(lt: LakeTables, f: flt.Filters, spec: AttributionSpec) -> ibis.
     conv = conversions_expr(lt, f, spec)
     j = t.left_join(conv, t.unit == conv.c_unit)
     j = j.filter(j.c_ts.isnull() | (j.ts_ms < j.c_ts) | ((j.ts_ms == j.c_ts) & (j.event_id < j.c_id)))
-    j = j.select(
-        "unit", "ts_ms", "event_id", "tp", "c_ts", converted=j.c_ts.notnull(), value=j.c_value.coalesce(0.0)
-    )
+    j = j.select("unit", "ts_ms", "event_id", "tp", "c_ts", converted=j.c_ts.notnull(), value=j.c_value.coalesce(0.0))
     if spec.collapse:
         nxt = j.tp.lead().over(group_by=j.unit, order_by=[j.ts_ms, j.event_id])
         j = j.mutate(nxt=nxt)
@@ -186,7 +184,7 @@ def absorption_probability(counts: dict[tuple[str, str], int], removed: set[str]
     q = np.zeros((m, m))
     r = np.zeros(m)
     out = np.zeros(m)
-    for (s, t), k in counts.items():
+    for (s, _to), k in counts.items():
         out[idx[s]] += k
     for (s, t), k in counts.items():
         if s in removed or t in removed:
@@ -199,7 +197,9 @@ def absorption_probability(counts: dict[tuple[str, str], int], removed: set[str]
     return float(x[idx[START]])
 
 
-def markov_removal_effects(counts: dict[tuple[str, str], int], touchpoints: list[str]) -> tuple[float, dict[str, float]]:
+def markov_removal_effects(
+    counts: dict[tuple[str, str], int], touchpoints: list[str]
+) -> tuple[float, dict[str, float]]:
     """The conversion probability and each touchpoint's removal effect 1 - P(conv without it) / P(conv)."""
     base = absorption_probability(counts)
     states = {s for s, _ in counts} | {t for _, t in counts}

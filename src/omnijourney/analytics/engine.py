@@ -133,7 +133,12 @@ def _dimension_schema(name: str) -> pa.Schema:
             ]
         ),
         "segment_members": pa.schema(
-            [("segment_key", pa.string()), ("segment_name", pa.string()), ("profile_id", pa.int64()), ("entered_at", TS)]
+            [
+                ("segment_key", pa.string()),
+                ("segment_name", pa.string()),
+                ("profile_id", pa.int64()),
+                ("entered_at", TS),
+            ]
         ),
         "conversations": pa.schema(
             [

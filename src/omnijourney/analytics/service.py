@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omnijourney.analytics import filters as flt
 from omnijourney.analytics import attribution as attr
-from omnijourney.analytics import funnels, gaps, kpis
+from omnijourney.analytics import filters as flt
+from omnijourney.analytics import funnels, gaps, kpis, stage_kpis
 from omnijourney.analytics.config import StageConfig, load_stage_config
 from omnijourney.analytics.engine import ENGINES, LakeTables, open_lake
 from omnijourney.analytics.funnels import FunnelSpec
@@ -38,8 +38,8 @@ KPI: dict[str, Callable[[LakeTables, flt.Filters], dict[str, Any]]] = {
 }
 # ---- attribution, gap report, stage KPIs (analytics/attribution.py, analytics/gaps.py)
 #: analyses that take the stage configuration and "now" (as_of_ms)
-STAGE_ANALYSES = ("gaps", "stage-kpis")
-ANALYSES = ("stages", "funnel", *KPI, "attribution", *STAGE_ANALYSES)
+STAGE_ANALYSES = ("gaps",)
+ANALYSES = ("stages", "funnel", *KPI, "attribution", "gaps", "stage-kpis")
 
 
 def run(
@@ -80,7 +80,7 @@ def run(
         elif analysis == "gaps":
             result = gaps.gap_report(lt, stage_config or load_stage_config(), filters, as_of_ms)  # type: ignore[arg-type]
         elif analysis == "stage-kpis":
-            result = gaps.stage_kpis(lt, filters)
+            result = stage_kpis.stage_kpis(lt, stage_config or load_stage_config(), filters)
         else:
             result = KPI[analysis](lt, filters)
     finally:
