@@ -71,7 +71,7 @@ def _stage_findings(overall: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _gap_findings(kind: str, label: str, name: str, part: dict[str, Any], overall: dict[str, Any]) -> list[dict]:
     out = []
-    for (i, stage, nxt, n, m), (_, _, _, n_all, m_all) in zip(
+    for (_, stage, nxt, n, m), (_, _, _, n_all, m_all) in zip(
         _transitions(part["steps"]), _transitions(overall["steps"]), strict=True
     ):
         if n < MIN_BASE or n_all == 0:
@@ -133,9 +133,10 @@ def _lost_context(lt: LakeTables, f: flt.Filters) -> list[dict[str, Any]]:
     return out
 
 
-def friction_expr(lt: LakeTables, f: flt.Filters) -> tuple[ibis.Table, ibis.Table]:
-    """Customers who added to cart, by outcome (abandoned / bought), and per event the customers of each
-    outcome who had it in the 24 hours before they left (their last event) or bought (their first purchase)."""
+def friction_expr(lt: LakeTables, f: flt.Filters) -> ibis.Table:
+    """Customers who added to cart, by outcome (abandoned / bought; rows with a null event), and per event
+    the customers of each outcome who had it in the 24 hours before they left (their last event) or bought
+    (their first purchase)."""
     ev = flt.apply(lt, lt.events, f)
     ev = ev.filter(ev.unit.notnull())
     adds = ev.filter(ev.event.isin(list(CART_EVENTS)))
@@ -152,6 +153,7 @@ def friction_expr(lt: LakeTables, f: flt.Filters) -> tuple[ibis.Table, ibis.Tabl
         anchor=ibis.ifelse(abandoned, j.last_seen, j.first_buy),
     )
     sizes = anchors.group_by("outcome").aggregate(customers=anchors.count())
+    sizes = sizes.select(event=ibis.null("string"), outcome=sizes.outcome, customers=sizes.customers)
     cand = ev.filter(ev.event.notnull() & ~ev.event.isin(list(NOT_FRICTION)))
     k = cand.join(
         anchors,
@@ -159,17 +161,17 @@ def friction_expr(lt: LakeTables, f: flt.Filters) -> tuple[ibis.Table, ibis.Tabl
     )
     k = k.select("outcome", "event", "unit").distinct()
     per_event = k.group_by(["event", "outcome"]).aggregate(customers=k.count())
-    return sizes, per_event
+    return sizes.union(per_event.select("event", "outcome", "customers"))
 
 
 def _friction(lt: LakeTables, f: flt.Filters) -> list[dict[str, Any]]:
-    sizes_expr, per_expr = friction_expr(lt, f)
-    sizes = {r["outcome"]: int(r["customers"]) for r in lt.execute(sizes_expr).to_pylist()}
+    rows = lt.execute(friction_expr(lt, f)).to_pylist()
+    sizes = {r["outcome"]: int(r["customers"]) for r in rows if r["event"] is None}
     n_ab, n_buy = sizes.get("abandoned", 0), sizes.get("bought", 0)
     if n_ab < MIN_BASE:
         return []
     per: dict[str, dict[str, int]] = {}
-    for r in lt.execute(per_expr).to_pylist():
+    for r in (r for r in rows if r["event"] is not None):
         per.setdefault(str(r["event"]), {})[str(r["outcome"])] = int(r["customers"])
     out = []
     for event, c in sorted(per.items()):
