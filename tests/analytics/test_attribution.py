@@ -143,11 +143,6 @@ def test_bad_settings_are_refused() -> None:
 def test_spark_gives_identical_results(small_lake: Path, duck: dict[str, Any], spark: Any) -> None:
     on_spark = run(small_lake, "spark", spark)
     assert {k: v for k, v in on_spark.items() if k != "engine"} == {k: v for k, v in duck.items() if k != "engine"}
-    seg = flt.Filters(segments=("vip",))
-    assert (
-        run(small_lake, "spark", spark, filters=seg, markov_order=2)["results"]
-        == run(small_lake, filters=seg, markov_order=2)["results"]
-    )
 
 
 # --------------------------------------------------------------------------- the public PathData sample

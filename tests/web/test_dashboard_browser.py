@@ -48,6 +48,11 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
     assert before == [s["count"] for s in api["steps"]] and before[0] > 0
     assert page.locator("[data-kpi=entered]").inner_text() == f"{before[0]:,}"
     assert page.locator("#table-service tbody tr").count() >= 1
+    # the gap report lists findings, attribution draws the models side by side
+    assert page.locator("#list-gaps li:not(.empty)").count() >= 1
+    assert page.locator("#chart-attribution svg.main-svg").count() >= 1
+    models = page.evaluate("document.getElementById('chart-attribution').data.map(t => t.name)")
+    assert "Markov" in models and "Shapley" in models and "last touch" in models
     shot(page, "07-dashboard")
 
     # a filter change re-renders every chart with the filtered numbers, and the URL keeps the filter
@@ -61,6 +66,16 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
     csv_link = page.locator("a[data-csv=revenue]").get_attribute("href")
     assert "channel=store" in csv_link and "format=csv" in csv_link
     shot(page, "08-dashboard-store-channel")
+
+    # a segment narrows every chart too, and lands in the URL
+    segment = page.locator("#f-segment option:not([value=''])").first.get_attribute("value")
+    page.locator("#f-segment").select_option(segment)
+    gen = ready(page, gen)
+    in_segment = page.request.get(f"/console/dashboard/data/stages?channel=store&segment={segment}").json()
+    assert stage_counts(page) == [s["count"] for s in in_segment["steps"]]
+    assert parse_qs(urlsplit(page.url).query)["segment"] == [segment]
+    page.locator("#f-segment").select_option("")
+    gen = ready(page, gen)
 
     # the shared URL opens the same view
     page.goto(page.url)
