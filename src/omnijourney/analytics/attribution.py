@@ -276,7 +276,11 @@ def _attribution(lt: LakeTables, f: flt.Filters, spec: AttributionSpec, touches:
         "settings": {
             "collapse": spec.collapse,
             "half_life_days": spec.half_life_days,
-            "position_weights": [spec.first_weight, 1 - spec.first_weight - spec.last_weight, spec.last_weight],
+            "position_weights": [
+                spec.first_weight,
+                round(1 - spec.first_weight - spec.last_weight, 6),
+                spec.last_weight,
+            ],
             "markov_order": spec.markov_order,
         },
     }
