@@ -212,6 +212,12 @@ def markov_benchmark(data_dir: Path) -> None:
         f"Markov attribution (transitions + exact solve): Ibis {t_ibis:.2f} s, hand-written DuckDB SQL {t_sql:.2f} s, "
         f"ratio {t_ibis / t_sql:.2f} ({sum(c_ibis.values()):,} transitions; removal effects {effects})"
     )
+    lt = open_lake(data_dir)
+    t_compile, _ = timed(lambda: lt.backend.compile(attr.transitions_expr(attr.touches_expr(lt, flt.Filters(), spec))))
+    lt.close()
+    print(
+        f"  of which Ibis compiling the expression to SQL (pure Python, independent of the data size): {t_compile:.2f} s"
+    )
     t_all, res = timed(
         lambda: service.run(data_dir=data_dir, analysis="attribution", filters=flt.Filters(), attribution=None)
     )
