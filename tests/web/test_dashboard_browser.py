@@ -19,11 +19,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
 
 def ready(page: Any, after: int) -> int:
-    """Wait until every chart of a refresh newer than `after` is drawn; its generation."""
+    """Wait until every chart of a refresh newer than `after` is drawn; its generation. Ten analyses run at
+    once on the server (the gap report is several funnels): allow a loaded machine a minute."""
     page.wait_for_function(
         "n => (document.body.dataset.dashboard || '').startsWith('ready-') "
         "&& Number(document.body.dataset.dashboard.slice(6)) > n",
         arg=after,
+        timeout=60_000,
     )
     return int(page.evaluate("document.body.dataset.dashboard.slice(6)"))
 
@@ -93,7 +95,7 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
 
     # refresh the lake: the button posts with the CSRF token and the charts reload
     page.get_by_role("button", name="Refresh the lake").click()
-    page.locator("#dash-message", has_text="exported to the lake").wait_for()
+    page.locator("#dash-message", has_text="exported to the lake").wait_for(timeout=60_000)  # after every chart reloads
     ready(page, gen)
     # plotly.js also writes a few `style` attributes, which the console's CSP (style-src 'self') blocks, harmlessly:
     # the charts above are drawn; anything else (a script error, a refused script, a failed request) fails the test
