@@ -11,6 +11,10 @@
    with a breakdown by channel, the journey stage funnel and the cross-channel matrix (each run
    twice; the second run is the warm figure), and a hand-written DuckDB SQL baseline of the
    cross-channel matrix.
+4. Markov attribution (first order, channels as touchpoints, journeys up to the first purchase,
+   consecutive repeats collapsed): the Ibis transition counts plus the exact NumPy solution, next to
+   a hand-written DuckDB SQL query for the same transition counts plus the same solution (the ratio
+   is printed), and the whole attribution analysis (all seven models) as the API runs it.
 
 It is a script, not a test: `.venv/bin/python benchmarks/analytics.py --help`.
 """
@@ -147,6 +151,79 @@ def timed(fn):  # type: ignore[no-untyped-def]
     return time.perf_counter() - t, out
 
 
+MARKOV_SQL = """
+WITH ev AS (
+  SELECT e.*, coalesce(m.canonical_id, e.profile_id) AS unit
+  FROM read_parquet('{lake}/events/*/*.parquet') e
+  LEFT JOIN read_parquet('{lake}/dimensions/identity_map.parquet') m USING (profile_id)),
+conv AS (
+  SELECT unit, ts_ms AS c_ts, event_id AS c_id FROM (
+    SELECT unit, ts_ms, event_id, row_number() OVER (PARTITION BY unit ORDER BY ts_ms, event_id) AS rn
+    FROM ev WHERE unit IS NOT NULL AND event = 'Order Completed') WHERE rn = 1),
+t AS (
+  SELECT ev.unit, ev.ts_ms, ev.event_id, ev.channel AS tp, conv.c_ts IS NOT NULL AS converted
+  FROM ev LEFT JOIN conv USING (unit)
+  WHERE ev.unit IS NOT NULL AND ev.channel IS NOT NULL AND ev.type NOT IN ('identify', 'alias', 'group')
+    AND (ev.event IS NULL OR ev.event <> 'Order Completed')
+    AND (conv.c_ts IS NULL OR ev.ts_ms < conv.c_ts OR (ev.ts_ms = conv.c_ts AND ev.event_id < conv.c_id))),
+runs AS (
+  SELECT * FROM (SELECT *, lead(tp) OVER (PARTITION BY unit ORDER BY ts_ms, event_id) AS nxt FROM t)
+  WHERE nxt IS NULL OR nxt <> tp),
+k AS (
+  SELECT tp, converted, lag(tp) OVER w AS prv, lead(tp) OVER w AS after
+  FROM runs WINDOW w AS (PARTITION BY unit ORDER BY ts_ms, event_id))
+SELECT coalesce(prv, '(start)') AS frm, tp AS "to", count(*) AS n FROM k GROUP BY ALL
+UNION ALL
+SELECT tp, CASE WHEN converted THEN '(conversion)' ELSE '(null)' END, count(*) FROM k WHERE after IS NULL GROUP BY ALL
+"""
+
+
+def markov_benchmark(data_dir: Path) -> None:
+    """Markov attribution on DuckDB: Ibis vs hand-written SQL for the transition counts, the same exact solve."""
+    import duckdb
+
+    from omnijourney.analytics import attribution as attr
+
+    spec = attr.AttributionSpec(models=("markov",))
+
+    def ibis_markov() -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+        lt = open_lake(data_dir)
+        try:
+            rows = lt.execute(attr.transitions_expr(attr.touches_expr(lt, flt.Filters(), spec))).to_pylist()
+        finally:
+            lt.close()
+        counts = {(r["frm"], r["to"]): int(r["count"]) for r in rows}
+        channels = sorted({t for _, t in counts} - {attr.CONV, attr.NULL})
+        return counts, attr.markov_removal_effects(counts, channels)[1]
+
+    def sql_markov() -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+        rows = duckdb.sql(MARKOV_SQL.format(lake=data_dir / "lake")).fetchall()
+        counts = {(a, b): int(n) for a, b, n in rows}
+        channels = sorted({t for _, t in counts} - {attr.CONV, attr.NULL})
+        return counts, attr.markov_removal_effects(counts, channels)[1]
+
+    timed(ibis_markov)  # warm both
+    timed(sql_markov)
+    t_ibis, (c_ibis, e_ibis) = timed(ibis_markov)
+    t_sql, (c_sql, e_sql) = timed(sql_markov)
+    assert c_ibis == c_sql and e_ibis == e_sql, "the Ibis and the SQL answers differ"
+    effects = ", ".join(f"{k} {v:.3f}" for k, v in sorted(e_ibis.items()))
+    print(
+        f"Markov attribution (transitions + exact solve): Ibis {t_ibis:.2f} s, hand-written DuckDB SQL {t_sql:.2f} s, "
+        f"ratio {t_ibis / t_sql:.2f} ({sum(c_ibis.values()):,} transitions; removal effects {effects})"
+    )
+    lt = open_lake(data_dir)
+    t_compile, _ = timed(lambda: lt.backend.compile(attr.transitions_expr(attr.touches_expr(lt, flt.Filters(), spec))))
+    lt.close()
+    print(
+        f"  of which Ibis compiling the expression to SQL (pure Python, independent of the data size): {t_compile:.2f} s"
+    )
+    t_all, res = timed(
+        lambda: service.run(data_dir=data_dir, analysis="attribution", filters=flt.Filters(), attribution=None)
+    )
+    print(f"attribution, all seven models as the API runs them: {t_all:.2f} s ({res['journeys']:,} journeys)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -201,6 +278,7 @@ def main() -> None:
         WHERE f.rn = 1 AND p.rn = 1 GROUP BY ALL"""
         t_sql, _ = timed(lambda: duckdb.sql(sql).fetchall())
         print(f"cross-channel matrix, hand-written DuckDB SQL baseline: {t_sql:.2f} s")
+        markov_benchmark(tmp)
     finally:
         if args.keep:
             print(f"kept {tmp}")

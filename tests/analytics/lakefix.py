@@ -43,6 +43,8 @@ def write_lake(
     identity: dict[int, int] | None = None,
     orders: list[dict[str, Any]] | None = None,
     locations: list[dict[str, Any]] | None = None,
+    segment_members: list[dict[str, Any]] | None = None,
+    conversations: list[dict[str, Any]] | None = None,
 ) -> None:
     """Events split into two batches (two files per day at most), the identity map, orders, locations."""
     root = lake.lake_dir(data_dir)
@@ -79,4 +81,8 @@ def write_lake(
         pa.Table.from_pylist(locations or [], schema=_dimension_schema("locations")),
         root / "dimensions" / "locations.parquet",
     )
+    for name, rows in (("segment_members", segment_members), ("conversations", conversations)):
+        lake.write_atomic(
+            pa.Table.from_pylist(rows or [], schema=_dimension_schema(name)), root / "dimensions" / f"{name}.parquet"
+        )
     lake._write_marker(root, events[-1]["event_id"] if events else 0)

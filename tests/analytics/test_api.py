@@ -57,6 +57,18 @@ def test_roles_json_csv_and_bad_input(live_server: LiveServer, client: httpx.Cli
         assert got.status_code == 200, (name, got.text)
         assert got.json()["analysis"] == name
         assert client.get(f"/api/analytics/{name}", params={"format": "csv"}, headers=marketer).status_code == 200
+    # attribution, the gap report and stage KPIs (tests/analytics/test_attribution.py, test_gaps.py)
+    attr = client.get("/api/analytics/attribution", params={"model": "first_touch,linear"}, headers=marketer)
+    assert attr.status_code == 200, attr.text
+    assert attr.json()["conversions"] == 3 and list(attr.json()["results"]) == ["first_touch", "linear"]
+    attr_csv = client.get(
+        "/api/analytics/attribution", params={"model": "last_touch", "format": "csv"}, headers=marketer
+    )
+    assert attr_csv.text.splitlines()[0] == "model,touchpoint,conversions,value,share"
+    gaps = client.get("/api/analytics/gaps", params={"format": "csv", "segment": "nobody"}, headers=marketer)
+    assert gaps.status_code == 200 and gaps.text == ""
+    kpis = client.get("/api/analytics/stage-kpis", headers=marketer).json()
+    assert kpis["stages"]["purchase"]["buyers"] == 3
     status = client.get("/api/analytics/lake", headers=marketer).json()
     assert status["exported_rows"] == 9 and status["pending"] == 0
 
@@ -70,6 +82,10 @@ def test_roles_json_csv_and_bad_input(live_server: LiveServer, client: httpx.Cli
         ("/api/analytics/revenue", {"start": "2026-12-01", "end": "2026-11-01"}),
         ("/api/analytics/revenue", {"engine": "oracle"}),
         ("/api/analytics/revenue", {"store": "PRG-1", "city": "Praha"}),
+        ("/api/analytics/attribution", {"model": "magic"}),
+        ("/api/analytics/attribution", {"markov_order": "9"}),
+        ("/api/analytics/attribution", {"half_life": "0"}),
+        ("/api/analytics/attribution", {"touch": "payload"}),
     ]
     for path, p in bad:
         r = client.get(path, params=p, headers=marketer)

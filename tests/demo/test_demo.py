@@ -491,7 +491,17 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     logged = count(engine, "events")  # the shops' events and those of the commerce, engage and service APIs
     assert f"event lake: {logged} events exported" in first_output
     assert "journey stages" in first_output and "awareness" in first_output
+    assert "attribution of purchases" in first_output and "gap report" in first_output and "  1. " in first_output
     assert read_events(settings.data_dir).num_rows == logged
+    # the lake's segment and conversation snapshots, and returns carrying their order
+    import pyarrow.parquet as pq
+
+    dims = settings.data_dir / "lake" / "dimensions"
+    assert pq.read_table(dims / "segment_members.parquet").num_rows > 0
+    assert pq.read_table(dims / "conversations.parquet").num_rows > 0
+    lake_rows = read_events(settings.data_dir).select(["event", "order_id"]).to_pylist()
+    returns = [r for r in lake_rows if r["event"] in ("Return Requested", "Return Received")]
+    assert returns and all(r["order_id"] for r in returns)
     assert all(saved["tokens"][role] not in first_output for role in ("marketer", "agent", "store_staff"))
     tokens = count(engine, "api_tokens")
     # orders placed through the commerce API, each step on the customer's timeline

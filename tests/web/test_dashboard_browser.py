@@ -19,11 +19,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
 
 def ready(page: Any, after: int) -> int:
-    """Wait until every chart of a refresh newer than `after` is drawn; its generation."""
+    """Wait until every chart of a refresh newer than `after` is drawn; its generation. Ten analyses run at
+    once on the server (the gap report is several funnels): allow a loaded machine a minute."""
     page.wait_for_function(
         "n => (document.body.dataset.dashboard || '').startsWith('ready-') "
         "&& Number(document.body.dataset.dashboard.slice(6)) > n",
         arg=after,
+        timeout=60_000,
     )
     return int(page.evaluate("document.body.dataset.dashboard.slice(6)"))
 
@@ -48,6 +50,11 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
     assert before == [s["count"] for s in api["steps"]] and before[0] > 0
     assert page.locator("[data-kpi=entered]").inner_text() == f"{before[0]:,}"
     assert page.locator("#table-service tbody tr").count() >= 1
+    # the gap report lists findings, attribution draws the models side by side
+    assert page.locator("#list-gaps li:not(.empty)").count() >= 1
+    assert page.locator("#chart-attribution svg.main-svg").count() >= 1
+    models = page.evaluate("document.getElementById('chart-attribution').data.map(t => t.name)")
+    assert "Markov" in models and "Shapley" in models and "last touch" in models
     shot(page, "07-dashboard")
 
     # a filter change re-renders every chart with the filtered numbers, and the URL keeps the filter
@@ -61,6 +68,16 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
     csv_link = page.locator("a[data-csv=revenue]").get_attribute("href")
     assert "channel=store" in csv_link and "format=csv" in csv_link
     shot(page, "08-dashboard-store-channel")
+
+    # a segment narrows every chart too, and lands in the URL
+    segment = page.locator("#f-segment option:not([value=''])").first.get_attribute("value")
+    page.locator("#f-segment").select_option(segment)
+    gen = ready(page, gen)
+    in_segment = page.request.get(f"/console/dashboard/data/stages?channel=store&segment={segment}").json()
+    assert stage_counts(page) == [s["count"] for s in in_segment["steps"]]
+    assert parse_qs(urlsplit(page.url).query)["segment"] == [segment]
+    page.locator("#f-segment").select_option("")
+    gen = ready(page, gen)
 
     # the shared URL opens the same view
     page.goto(page.url)
@@ -78,7 +95,7 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
 
     # refresh the lake: the button posts with the CSRF token and the charts reload
     page.get_by_role("button", name="Refresh the lake").click()
-    page.locator("#dash-message", has_text="exported to the lake").wait_for()
+    page.locator("#dash-message", has_text="exported to the lake").wait_for(timeout=60_000)  # after every chart reloads
     ready(page, gen)
     # plotly.js also writes a few `style` attributes, which the console's CSP (style-src 'self') blocks, harmlessly:
     # the charts above are drawn; anything else (a script error, a refused script, a failed request) fails the test

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from omnijourney.access import service as access
 from omnijourney.analytics import filters as flt
 from omnijourney.analytics import lake, service
+from omnijourney.analytics.attribution import AttributionSpec
 from omnijourney.analytics.funnels import FunnelSpec, Step
 from omnijourney.store import db
 from omnijourney.web import dashboard
@@ -141,6 +142,8 @@ def exported(engine: sa.Engine) -> int:
 
 DATA = ["stages", "cross-channel", "click-and-collect", "multi-channel", "revenue", "service"]
 FUNNEL = {"step": ["Product Viewed", "Order Completed"], "window": "3d"}
+#: attribution, gap report, stage KPIs
+MORE = ["attribution", "gaps", "stage-kpis"]
 
 
 def test_roles_on_the_page_data_routes_and_refresh(shop: dict, session_for, engine: sa.Engine) -> None:
@@ -154,7 +157,7 @@ def test_roles_on_the_page_data_routes_and_refresh(shop: dict, session_for, engi
         assert "/console/dashboard" not in c.get("/console/search").text  # the nav link is hidden
         token = csrf_of(c.get("/console/search").text)
         assert c.get("/console/dashboard").status_code == 403, role
-        for name in [*DATA, "lake"]:
+        for name in [*DATA, *MORE, "lake"]:
             assert c.get(f"/console/dashboard/data/{name}").status_code == 403, (role, name)
         assert c.get("/console/dashboard/data/funnel", params=FUNNEL).status_code == 403
         assert c.get("/console/dashboard/data/revenue", params={"format": "csv"}).status_code == 403
@@ -194,8 +197,9 @@ def test_the_page_has_filters_csv_links_and_no_inline_script(shop: dict, session
     assert '<option value="web" selected>' in html and '<option value="store" selected>' in html
     assert '<option value="email" >' in html or '<option value="email">' in html
     assert 'value="instagram"' in html and ">A\nB</textarea>" in html and '<option value="strict" selected>' in html
-    for name in [*DATA, "funnel"]:
+    for name in [*DATA, *MORE, "funnel"]:
         assert f'href="/console/dashboard/data/{name}?format=csv"' in html, name
+    assert 'id="f-segment" name="segment"' in html and "Gap report" in html and "Attribution" in html
     for label in ("Journey stages", "Cross-channel conversion", "Click &amp; collect", "Service per channel"):
         assert label in html
 
@@ -330,6 +334,21 @@ def test_data_routes_give_the_analytics_service_numbers_for_every_filter(
         assert got.json() == want
         if not params:
             assert client.get("/api/analytics/funnel", params=p, headers=api).json() == want
+
+    # attribution and the gap report: the console's data routes give the service's numbers too
+    p = {"model": "first_touch,markov", "end": NOW.isoformat()}
+    got = c.get("/console/dashboard/data/attribution", params=p).json()
+    want = service.run(
+        data_dir=data_dir,
+        analysis="attribution",
+        filters=flt.Filters(end_ms=flt.to_ms(NOW)),
+        attribution=AttributionSpec(models=("first_touch", "markov")),
+    )
+    assert got == want and got["conversions"] > 0
+    gaps = c.get("/console/dashboard/data/gaps", params={"end": NOW.isoformat()}).json()
+    assert gaps == service.run(
+        data_dir=data_dir, analysis="gaps", filters=flt.Filters(end_ms=flt.to_ms(NOW)), as_of_ms=flt.to_ms(NOW)
+    )
 
     # and the numbers are the ones this small world should give (so the comparison is not of empty results)
     stages = c.get("/console/dashboard/data/stages", params={"end": NOW.isoformat()}).json()

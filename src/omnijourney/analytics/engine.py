@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 from omnijourney.analytics import lake as lake_mod
 
 ENGINES = ("duckdb", "spark")
+#: the dimension snapshots an analysis may use (an absent file reads as an empty table)
+DIMENSION_NAMES = ("identity_map", "orders", "locations", "products", "segment_members", "conversations")
 
 _spark_lock = threading.Lock()
 _spark_session: list[Any] = []
@@ -60,6 +62,10 @@ class LakeTables:
     orders: ibis.Table
     locations: ibis.Table
     products: ibis.Table
+    #: segment memberships (`segment_key`, `segment_name`, `profile_id`, `entered_at`) and service
+    #: conversations; optional so that older callers building LakeTables by hand keep working
+    segment_members: ibis.Table | None = None
+    conversations: ibis.Table | None = None
 
     views: list[str] = field(default_factory=list)
 
@@ -126,6 +132,32 @@ def _dimension_schema(name: str) -> pa.Schema:
                 ("active", pa.bool_()),
             ]
         ),
+        "segment_members": pa.schema(
+            [
+                ("segment_key", pa.string()),
+                ("segment_name", pa.string()),
+                ("profile_id", pa.int64()),
+                ("entered_at", TS),
+            ]
+        ),
+        "conversations": pa.schema(
+            [
+                ("id", pa.int64()),
+                ("channel", pa.string()),
+                ("profile_id", pa.int64()),
+                ("status", pa.string()),
+                ("topic", pa.string()),
+                ("started_at", TS),
+                ("started_ms", pa.int64()),
+                ("first_response_ms", pa.int64()),
+                ("resolved_ms", pa.int64()),
+                ("contact_number", pa.int64()),
+                ("previous_conversation_id", pa.int64()),
+                ("lost_context", pa.bool_()),
+                ("csat", pa.int64()),
+                ("nps", pa.int64()),
+            ]
+        ),
     }
     return schemas[name]
 
@@ -137,7 +169,7 @@ def open_lake(data_dir: Path, engine: str = "duckdb", *, spark: Any = None) -> L
     lake = lake_mod.lake_dir(data_dir)
     files = [str(f) for f in lake_mod.event_files(lake)]
     dims = {}
-    for name in ("identity_map", "orders", "locations", "products"):
+    for name in DIMENSION_NAMES:
         path = lake / "dimensions" / f"{name}.parquet"
         dims[name] = str(path) if path.exists() else None
 
@@ -181,6 +213,8 @@ def open_lake(data_dir: Path, engine: str = "duckdb", *, spark: Any = None) -> L
         orders=tables["orders"],
         locations=tables["locations"],
         products=tables["products"],
+        segment_members=tables["segment_members"],
+        conversations=tables["conversations"],
         views=views,
     )
 

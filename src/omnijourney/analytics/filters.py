@@ -1,9 +1,9 @@
-"""Filters every analysis accepts: period, channel, device type, source / UTM campaign, location.
+"""Filters every analysis accepts: period, channel, device type, source / UTM campaign, location, segment.
 
 They restrict the events an analysis sees (an Ibis predicate, identical on every engine).
 Location matches the store id of an event, or every store of a city (through the locations
-snapshot). Segments arrive with the engage package: `segment` is accepted by the API
-schema only once that package provides membership snapshots in the lake.
+snapshot). Segment keeps the customers who are members of any of the given segments now (the
+lake's `segment_members` snapshot, each member mapped to its cluster at query time).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Filters:
     utm_campaigns: tuple[str, ...] = ()
     stores: tuple[str, ...] = ()
     cities: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, object]:
@@ -41,7 +42,7 @@ class Filters:
             out["start"] = datetime.fromtimestamp(self.start_ms / 1000, UTC).isoformat()
         if self.end_ms is not None:
             out["end"] = datetime.fromtimestamp(self.end_ms / 1000, UTC).isoformat()
-        for name in ("channels", "device_types", "utm_sources", "utm_campaigns", "stores", "cities"):
+        for name in ("channels", "device_types", "utm_sources", "utm_campaigns", "stores", "cities", "segments"):
             if getattr(self, name):
                 out[name] = list(getattr(self, name))
         return out
@@ -69,4 +70,16 @@ def apply(lt: LakeTables, events: ibis.Table, f: Filters, *, period: bool = True
     if f.cities:
         codes = lt.locations.filter(lt.locations.city.isin(list(f.cities))).code
         preds.append(events.store_id.isin(codes))
+    if f.segments:
+        preds.append(events.unit.isin(segment_units(lt, f.segments)))
     return events.filter(*preds) if preds else events
+
+
+def segment_units(lt: LakeTables, segments: tuple[str, ...]) -> ibis.Column:
+    """The clusters (canonical profiles) that are members of any of `segments` (a column to `isin`)."""
+    if lt.segment_members is None:
+        raise ValueError("this lake has no segment memberships; run the export again")
+    m = lt.segment_members.filter(lt.segment_members.segment_key.isin(list(segments)))
+    idm = lt.identity_map.select(s_profile="profile_id", s_canonical="canonical_id")
+    j = m.left_join(idm, m.profile_id == idm.s_profile)
+    return j.select(s_unit=j.s_canonical.coalesce(j.profile_id)).s_unit

@@ -88,6 +88,11 @@ def _orders(lt: LakeTables, f: flt.Filters) -> ibis.Table:
         preds.append(place.isin(list(f.stores)))
     if f.cities:
         preds.append(place.isin(lt.locations.filter(lt.locations.city.isin(list(f.cities))).code))
+    if f.segments:
+        # an order's customer is its profile's cluster now, as for events
+        idm = lt.identity_map
+        members = idm.filter(idm.canonical_id.isin(flt.segment_units(lt, f.segments))).profile_id
+        preds.append(o.profile_id.isin(members))
     return o.filter(*preds) if preds else o
 
 

@@ -41,9 +41,11 @@ from sqlalchemy.engine import Connection
 
 from omnijourney.analytics.models import ExportCheckpoint
 from omnijourney.commerce.models import Location, Order, Product
+from omnijourney.engage.models import Segment, SegmentMember
 from omnijourney.identity.models import Profile, ProfileEvent
 from omnijourney.ingest.models import Event
 from omnijourney.pipeline.models import Checkpoint
+from omnijourney.service.models import Conversation
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
 
@@ -148,7 +150,8 @@ def event_columns(rows: list[Any]) -> pa.Table:
         cols["profile_id"].append(row.profile_id)
         cols["user_id"].append(row.user_id)
         cols["anonymous_id"].append(row.anonymous_id)
-        cols["order_id"].append(row.order_id)
+        # returns and service events name their order in properties only (not an E-commerce order event)
+        cols["order_id"].append(row.order_id or _str(props.get("order_id")))
         cols["cart_id"].append(row.cart_id)
         cols["revenue"].append(row.revenue)
         cols["currency"].append(row.currency)
@@ -400,14 +403,77 @@ def _products(conn: Connection) -> pa.Table:
     )
 
 
-#: dimension snapshots written after every export. The service package registers
-#: "conversations" here (register_dimension) when it lands; until then the service KPIs
-#: are computed from Conversation* / Call Completed / Survey Responded events.
+def _ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def _segment_members(conn: Connection) -> pa.Table:
+    """Current memberships of active segments (keyed by the profile the segment was evaluated on)."""
+    m, s = SegmentMember.__table__, Segment.__table__
+    rows = conn.execute(
+        sa.select(m.c.segment_key, s.c.name, m.c.profile_id, m.c.entered_at)
+        .select_from(m.join(s, s.c.key == m.c.segment_key))
+        .where(s.c.active.is_(True))
+        .order_by(m.c.segment_key, m.c.profile_id)
+    ).all()
+    return pa.table(
+        {
+            "segment_key": pa.array([r.segment_key for r in rows], pa.string()),
+            "segment_name": pa.array([r.name for r in rows], pa.string()),
+            "profile_id": pa.array([r.profile_id for r in rows], pa.int64()),
+            "entered_at": pa.array([r.entered_at for r in rows], TS),
+        }
+    )
+
+
+def _conversations(conn: Connection) -> pa.Table:
+    """Service conversations with their measures and the lost-context signal (service package)."""
+    t = Conversation.__table__
+    rows = conn.execute(
+        sa.select(
+            t.c.id,
+            t.c.channel,
+            t.c.profile_id,
+            t.c.status,
+            t.c.topic,
+            t.c.started_at,
+            t.c.first_response_at,
+            t.c.resolved_at,
+            t.c.contact_number,
+            t.c.previous_conversation_id,
+            t.c.lost_context,
+            t.c.csat,
+            t.c.nps,
+        ).order_by(t.c.id)
+    ).all()
+    return pa.table(
+        {
+            "id": pa.array([r.id for r in rows], pa.int64()),
+            "channel": pa.array([r.channel for r in rows], pa.string()),
+            "profile_id": pa.array([r.profile_id for r in rows], pa.int64()),
+            "status": pa.array([r.status for r in rows], pa.string()),
+            "topic": pa.array([r.topic for r in rows], pa.string()),
+            "started_at": pa.array([r.started_at for r in rows], TS),
+            "started_ms": pa.array([_ms(r.started_at) for r in rows], pa.int64()),
+            "first_response_ms": pa.array([_ms(r.first_response_at) for r in rows], pa.int64()),
+            "resolved_ms": pa.array([_ms(r.resolved_at) for r in rows], pa.int64()),
+            "contact_number": pa.array([r.contact_number for r in rows], pa.int64()),
+            "previous_conversation_id": pa.array([r.previous_conversation_id for r in rows], pa.int64()),
+            "lost_context": pa.array([bool(r.lost_context) for r in rows], pa.bool_()),
+            "csat": pa.array([r.csat for r in rows], pa.int64()),
+            "nps": pa.array([r.nps for r in rows], pa.int64()),
+        }
+    )
+
+
+#: dimension snapshots written after every export (register_dimension adds more)
 DIMENSIONS: dict[str, DimensionQuery] = {
     "identity_map": _identity_map,
     "orders": _orders,
     "locations": _locations,
     "products": _products,
+    "segment_members": _segment_members,
+    "conversations": _conversations,
 }
 
 

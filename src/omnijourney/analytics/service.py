@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from omnijourney.analytics import attribution as attr
 from omnijourney.analytics import filters as flt
-from omnijourney.analytics import funnels, kpis
+from omnijourney.analytics import funnels, gaps, kpis, stage_kpis
 from omnijourney.analytics.config import StageConfig, load_stage_config
 from omnijourney.analytics.engine import ENGINES, LakeTables, open_lake
 from omnijourney.analytics.funnels import FunnelSpec
@@ -35,7 +36,10 @@ KPI: dict[str, Callable[[LakeTables, flt.Filters], dict[str, Any]]] = {
     "revenue": kpis.revenue_per_channel,
     "service": kpis.service_kpis,
 }
-ANALYSES = ("stages", "funnel", *KPI)
+# ---- attribution, gap report, stage KPIs (analytics/attribution.py, analytics/gaps.py)
+#: analyses that take the stage configuration and "now" (as_of_ms)
+STAGE_ANALYSES = ("gaps",)
+ANALYSES = ("stages", "funnel", *KPI, "attribution", "gaps", "stage-kpis")
 
 
 def run(
@@ -48,6 +52,7 @@ def run(
     as_of_ms: int | None = None,
     stage_config: StageConfig | None = None,
     spark: Any = None,
+    attribution: attr.AttributionSpec | None = None,
 ) -> dict[str, Any]:
     if analysis not in ANALYSES:
         raise AnalyticsError(404, "not_found", f"unknown analysis {analysis!r}")
@@ -60,7 +65,7 @@ def run(
             raise AnalyticsError(
                 422, "engine_unavailable", "install omnijourney[spark] to use the Spark engine"
             ) from exc
-    if analysis in ("stages", "funnel") and as_of_ms is None:
+    if analysis in ("stages", "funnel", *STAGE_ANALYSES) and as_of_ms is None:
         raise AnalyticsError(422, "invalid_request", "as_of is required for funnels")
     if analysis == "funnel" and funnel is None:
         raise AnalyticsError(422, "invalid_request", "a funnel needs steps")
@@ -70,6 +75,12 @@ def run(
             result = stage_funnel(lt, stage_config or load_stage_config(), filters, as_of_ms)  # type: ignore[arg-type]
         elif analysis == "funnel":
             result = funnels.run_funnel(lt, funnel, filters, as_of_ms)  # type: ignore[arg-type]
+        elif analysis == "attribution":
+            result = attr.attribution(lt, filters, attribution)
+        elif analysis == "gaps":
+            result = gaps.gap_report(lt, stage_config or load_stage_config(), filters, as_of_ms)  # type: ignore[arg-type]
+        elif analysis == "stage-kpis":
+            result = stage_kpis.stage_kpis(lt, stage_config or load_stage_config(), filters)
         else:
             result = KPI[analysis](lt, filters)
     finally:

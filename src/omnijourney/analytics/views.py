@@ -1,7 +1,7 @@
 """Analytics routes under /api/analytics: every analysis as JSON, or CSV with `?format=csv` (admin, marketer).
 
 Filters are query parameters, so a URL is a shareable view: start, end (ISO 8601), channel, device_type,
-utm_source, utm_campaign, store, city (each repeatable or comma-separated), engine (duckdb | spark).
+utm_source, utm_campaign, store, city, segment (each repeatable or comma-separated), engine (duckdb | spark).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from omnijourney.access.deps import require_role
 from omnijourney.analytics import filters as flt
 from omnijourney.analytics import lake, service
+from omnijourney.analytics.attribution import MODELS, TOUCH_COLUMNS, AttributionSpec
 from omnijourney.analytics.funnels import Exclusion, FunnelSpec, Step
 from omnijourney.analytics.service import AnalyticsError
 from omnijourney.errors import ApiError
@@ -55,6 +56,7 @@ def common_filters(
     utm_campaign: list[str] | None = Query(None),
     store: list[str] | None = Query(None),
     city: list[str] | None = Query(None),
+    segment: list[str] | None = Query(None, description="segment keys: customers who are members now"),
 ) -> flt.Filters:
     start_ms, end_ms = _time(start, "start"), _time(end, "end")
     if start_ms is not None and end_ms is not None and end_ms <= start_ms:
@@ -71,6 +73,7 @@ def common_filters(
         utm_campaigns=_list(utm_campaign),
         stores=stores,
         cities=cities,
+        segments=_list(segment),
     )
 
 
@@ -115,14 +118,26 @@ def funnel_spec(
 
 
 async def _respond(
-    request: Request, analysis: str, f: flt.Filters, engine: str, fmt: str, spec: FunnelSpec | None = None
+    request: Request,
+    analysis: str,
+    f: flt.Filters,
+    engine: str,
+    fmt: str,
+    spec: FunnelSpec | None = None,
+    attribution: AttributionSpec | None = None,
 ) -> Response:
     settings = request.app.state.settings
     as_of = f.end_ms if f.end_ms is not None else flt.to_ms(utcnow())
 
     def work() -> dict[str, Any]:
         return service.run(
-            data_dir=settings.data_dir, analysis=analysis, filters=f, engine=engine, funnel=spec, as_of_ms=as_of
+            data_dir=settings.data_dir,
+            analysis=analysis,
+            filters=f,
+            engine=engine,
+            funnel=spec,
+            as_of_ms=as_of,
+            attribution=attribution,
         )
 
     try:
@@ -186,3 +201,48 @@ _route("click-and-collect", "Share of online orders fulfilled by click & collect
 _route("multi-channel", "Multi- vs single-channel customers: repeat rate, orders per customer, AOV.")
 _route("revenue", "Orders, revenue and refunds per channel; return rate per purchase channel.")
 _route("service", "Service efficiency per channel: first response, resolution, FCR, CSAT, NPS, lost context.")
+
+
+# ------------------------------------------------------------------ attribution, gap report, stage KPIs
+
+
+def attribution_spec(
+    model: list[str] | None = Query(None, description=f"one or more of {', '.join(MODELS)} (default: all)"),
+    touch: str = Query("channel", description=f"the touchpoint column: {', '.join(TOUCH_COLUMNS)}"),
+    conversion: str = Query("Order Completed", max_length=200, description="the conversion event"),
+    half_life: float = Query(7.0, description="time decay half-life in days"),
+    markov_order: int = Query(1, description="Markov chain order, 1 to 4"),
+    collapse: bool = Query(True, description="consecutive touches of one touchpoint are one touch"),
+    first_weight: float = Query(0.4, description="position-based credit of the first touch"),
+    last_weight: float = Query(0.4, description="position-based credit of the last touch"),
+) -> AttributionSpec:
+    try:
+        return AttributionSpec(
+            touch=touch,
+            conversion=conversion,
+            half_life_days=half_life,
+            markov_order=markov_order,
+            collapse=collapse,
+            first_weight=first_weight,
+            last_weight=last_weight,
+            models=_list(model) or MODELS,
+        )
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from exc
+
+
+@router.get("/attribution")
+async def attribution(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: AttributionSpec = Depends(attribution_spec),
+    engine: str = EngineQ,
+    fmt: str = FormatQ,
+    _: object = Depends(marketers),
+) -> Response:
+    """Multi-touch attribution: first / last touch, linear, position-based, time decay, Markov, Shapley."""
+    return await _respond(request, "attribution", f, engine, fmt, attribution=spec)
+
+
+_route("gaps", "The journey gap report: biggest drop-offs, lost context and friction, ranked.")
+_route("stage-kpis", "Stage KPIs: reach, CTR, cost per visit, time on site, carts, conversion, AOV, repeat, advocacy.")

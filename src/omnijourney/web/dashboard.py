@@ -23,11 +23,13 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from omnijourney.analytics import filters as flt
 from omnijourney.analytics import lake, service
+from omnijourney.analytics.attribution import AttributionSpec
 from omnijourney.analytics.config import load_stage_config
 from omnijourney.analytics.funnels import FunnelSpec
 from omnijourney.analytics.service import AnalyticsError
-from omnijourney.analytics.views import common_filters, funnel_spec
+from omnijourney.analytics.views import attribution_spec, common_filters, funnel_spec
 from omnijourney.commerce import service as commerce
+from omnijourney.engage import service as engage
 from omnijourney.errors import ApiError
 from omnijourney.ingest.spec import CHANNELS
 from omnijourney.store import db
@@ -46,7 +48,7 @@ BREAKDOWNS = ("channel", "device_type", "utm_source", "utm_campaign", "store_id"
 DEVICE_TYPES = ("mobile", "desktop", "tablet")
 DEFAULT_STEPS = ("Product Viewed", "Checkout Started", "Order Completed")
 #: the list-valued filters (repeatable or comma-separated, as in the API)
-LIST_FILTERS = ("channel", "device_type", "utm_source", "utm_campaign", "store", "city")
+LIST_FILTERS = ("channel", "device_type", "utm_source", "utm_campaign", "store", "city", "segment")
 
 
 @cache
@@ -153,6 +155,7 @@ def _values(request: Request, key: str) -> list[str]:
 def dashboard(request: Request, session: Session = Depends(page(*ANALYSTS))) -> Response:
     with db.read(request.app.state.engine) as conn:
         locations = commerce.list_locations(conn=conn)
+        segments = [{"key": s["key"], "name": s["name"]} for s in engage.list_segments(conn=conn)]
     stores = [{"code": loc["code"], "name": loc["name"] or loc["code"]} for loc in locations]
     cities = sorted(
         {str(a["city"]) for a in (loc["address"] for loc in locations) if isinstance(a, dict) and a.get("city")}
@@ -178,6 +181,7 @@ def dashboard(request: Request, session: Session = Depends(page(*ANALYSTS))) -> 
         "device_types": DEVICE_TYPES,
         "stores": stores,
         "cities": cities,
+        "segments": segments,
         "breakdowns": BREAKDOWNS,
         "stage_names": stage_names,
         "plotly_version": plotly_version(),
@@ -190,13 +194,27 @@ def dashboard(request: Request, session: Session = Depends(page(*ANALYSTS))) -> 
 # ------------------------------------------------------------------ data (JSON or CSV)
 
 
-async def _run(request: Request, analysis: str, f: flt.Filters, fmt: str, spec: FunnelSpec | None = None) -> Response:
+async def _run(
+    request: Request,
+    analysis: str,
+    f: flt.Filters,
+    fmt: str,
+    spec: FunnelSpec | None = None,
+    attribution: AttributionSpec | None = None,
+) -> Response:
     settings = request.app.state.settings
     # as the API does: the period end is "now" for in-progress funnels
     as_of = f.end_ms if f.end_ms is not None else flt.to_ms(utcnow())
 
     def work() -> dict[str, Any]:
-        return service.run(data_dir=settings.data_dir, analysis=analysis, filters=f, funnel=spec, as_of_ms=as_of)
+        return service.run(
+            data_dir=settings.data_dir,
+            analysis=analysis,
+            filters=f,
+            funnel=spec,
+            as_of_ms=as_of,
+            attribution=attribution,
+        )
 
     try:
         result = await run_in_threadpool(work)
@@ -254,6 +272,25 @@ def _data_route(name: str) -> None:
 
 
 for _name in ("stages", *KPIS):
+    _data_route(_name)
+
+
+# ---- attribution, gap report, stage KPIs (analytics/attribution.py, gaps.py, stage_kpis.py)
+
+
+@router.get("/data/attribution")
+async def data_attribution(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: AttributionSpec = Depends(attribution_spec),
+    fmt: str = FormatQ,
+    _: Session = Depends(page(*ANALYSTS)),
+) -> Response:
+    """Multi-touch attribution (the parameters of /api/analytics/attribution)."""
+    return await _run(request, "attribution", f, fmt, attribution=spec)
+
+
+for _name in ("gaps", "stage-kpis"):
     _data_route(_name)
 
 

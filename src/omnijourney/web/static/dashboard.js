@@ -4,7 +4,7 @@
 "use strict";
 (() => {
   const DATA = "/console/dashboard/data/";
-  const FILTER_KEYS = ["start", "end", "channel", "device_type", "utm_source", "utm_campaign", "store", "city"];
+  const FILTER_KEYS = ["start", "end", "channel", "device_type", "utm_source", "utm_campaign", "store", "city", "segment"];
   const CONFIG = { displaylogo: false, responsive: true };
   const BASE_LAYOUT = { margin: { l: 110, r: 20, t: 10, b: 40 }, font: { size: 12 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff" };
   let generation = 0;
@@ -239,6 +239,74 @@
     { name: "multi-channel", el: "#chart-multi", draw: drawMulti },
     { name: "service", el: "#chart-service", draw: drawService },
   ];
+
+  // ------------------------------------------------------------------ attribution, gap report, stage KPIs
+
+  const MODEL_LABELS = { first_touch: "first touch", last_touch: "last touch", linear: "linear", position_based: "position 40/20/40",
+    time_decay: "time decay", markov: "Markov", shapley: "Shapley" };
+
+  function drawAttribution(result, gen) {
+    const el = $("#chart-attribution");
+    const models = result.models || [];
+    const tps = result.touchpoints || [];
+    $("#attribution-summary").textContent = `${num(result.journeys)} journeys, ${num(result.converting_journeys)} converting `
+      + `(${num(result.direct_conversions)} more conversions had no touch before them).`;
+    if (!result.converting_journeys) {
+      empty(el, "No converting journey for these filters.");
+      $("#table-attribution").replaceChildren();
+      mark(el, gen);
+      return;
+    }
+    plot(el, models.map((m) => ({
+      type: "bar", name: MODEL_LABELS[m] || m, x: tps,
+      y: tps.map((tp) => (result.results[m].find((r) => r.touchpoint === tp) || {}).conversions || 0),
+    })), { barmode: "group", margin: { l: 50, r: 10, t: 10, b: 40 }, yaxis: { title: { text: "conversions credited" } }, legend: { orientation: "h", y: -0.2 } });
+    table($("#table-attribution"), ["channel", ...models.map((m) => MODEL_LABELS[m] || m)],
+      tps.map((tp) => [tp, ...models.map((m) => {
+        const r = result.results[m].find((x) => x.touchpoint === tp);
+        return r ? `${r.conversions.toFixed(1)} (${pct(r.share)})` : "–";
+      })]));
+    mark(el, gen);
+  }
+
+  function drawGaps(result, gen) {
+    const el = $("#list-gaps");
+    el.replaceChildren();
+    for (const f of result.findings || []) {
+      const li = document.createElement("li");
+      li.textContent = f.text;
+      li.dataset.kind = f.kind;
+      el.appendChild(li);
+    }
+    if (!(result.findings || []).length) {
+      const li = document.createElement("li");
+      li.className = "empty";
+      li.textContent = "No gap found for these filters.";
+      el.appendChild(li);
+    }
+    mark(el, gen);
+  }
+
+  function drawStageKpis(result, gen) {
+    const el = $("#table-stagekpis");
+    const s = result.stages || {};
+    const aw = s.awareness || {}, co = s.consideration || {}, pu = s.purchase || {}, re = s.retention || {}, ad = s.advocacy || {};
+    const cost = (aw.campaigns || []).map((c) => `${c.campaign}: ${c.cost_per_visit === null ? "–" : c.cost_per_visit} ${c.currency}`).join(", ");
+    table(el, ["stage", "figures"], [
+      ["awareness", `reach ${num(aw.reach)}, CTR ${pct(aw.ctr)} (${num(aw.clicks)} / ${num(aw.impressions)})` + (aw.costs_imported ? `, cost per visit ${cost}` : ", no ad costs imported")],
+      ["consideration", `average time on site ${secs(co.average_time_on_site_seconds)}, abandoned carts ${num(co.abandoned_carts)} (${pct(co.cart_abandonment_rate)})`],
+      ["purchase", `conversion ${pct(pu.conversion_rate)} (${num(pu.buyers)} of ${num(pu.customers)}), AOV ${Object.entries(pu.average_order_value || {}).map(([c, v]) => `${v} ${c}`).join(", ") || "–"}`],
+      ["retention", `repeat rate ${pct(re.repeat_rate)}, ${re.purchase_frequency ?? "–"} orders per buyer`],
+      ["advocacy", `${num(ad.reviews)} reviews, ${num(ad.referrals)} referrals, ${num(ad.shares)} shares, ${num(ad.nps_promoters)} NPS promoters`],
+    ]);
+    mark(el, gen);
+  }
+
+  CHARTS.push(
+    { name: "gaps", el: "#list-gaps", draw: drawGaps },
+    { name: "attribution", el: "#chart-attribution", draw: drawAttribution },
+    { name: "stage-kpis", el: "#table-stagekpis", draw: drawStageKpis },
+  );
 
   // ------------------------------------------------------------------ loading
 
