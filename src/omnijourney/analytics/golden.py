@@ -80,7 +80,9 @@ def golden_expressions(
     best = best_attempts(lt, spec, f, as_of_ms)
     if lt.engine == "duckdb":
         best = best.cache()
-    ev = sequenced(lt, f, sorted({"unit", "event_id", "ts_ms", "event", "type", "channel"} | _step_columns(cfg.conversion)))
+    ev = sequenced(
+        lt, f, sorted({"unit", "event_id", "ts_ms", "event", "type", "channel"} | _step_columns(cfg.conversion))
+    )
     customers = ev.select(c_unit=ev.unit).distinct()
     conv = ev.filter(match(ev, cfg.conversion))
     conv = conv.select(v_unit=conv.unit).distinct()

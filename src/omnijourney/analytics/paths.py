@@ -32,6 +32,7 @@ Level = Literal["channel", "channel_action"]
 SEP = " · "
 ARROW = " → "
 MORE = "…"
+PURCHASE = Step("Order Completed", ("Order Completed",))
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class PathSpec:
     start: str | None = None
     end: str | None = None
     steps: int = 5
-    purchase: Step = Step("Order Completed", ("Order Completed",))
+    purchase: Step = PURCHASE
     top: int = 10
 
     def __post_init__(self) -> None:
@@ -57,10 +58,7 @@ def nodes_expr(lt: LakeTables, spec: PathSpec, f: flt.Filters) -> ibis.Table:
     ev = flt.apply(lt, lt.events, f)
     ev = ev.filter(ev.unit.notnull())
     channel = ev.channel.coalesce("(none)")
-    if spec.level == "channel":
-        label = channel
-    else:
-        label = channel.concat(SEP, ev.event.coalesce(ev.type))
+    label = channel if spec.level == "channel" else channel.concat(SEP, ev.event.coalesce(ev.type))
     ev = ev.select("unit", "ts_ms", "event_id", label=label, purchase=match(ev, spec.purchase).cast("int64"))
     w = ibis.window(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id])
     prev = ev.label.lag().over(w)

@@ -40,12 +40,14 @@ DAY_MS = 86_400_000
 #: lifecycle shows at most this many periods (the latest ones)
 MAX_LIFECYCLE_PERIODS = 400
 LIFECYCLE_STATES = ("new", "returning", "resurrecting", "dormant")
+PURCHASE = Step("Order Completed", ("Order Completed",))
+ANY_EVENT = Step("any event")
 
 
 @dataclass(frozen=True)
 class RetentionSpec:
-    cohort: Step = Step("Order Completed", ("Order Completed",))
-    returning: Step = Step("Order Completed", ("Order Completed",))
+    cohort: Step = PURCHASE
+    returning: Step = PURCHASE
     cohort_type: CohortType = "first_time"
     mode: Mode = "on"
     granularity: Granularity = "week"
@@ -64,7 +66,7 @@ class RetentionSpec:
 
 @dataclass(frozen=True)
 class LifecycleSpec:
-    activity: Step = Step("any event")
+    activity: Step = ANY_EVENT
     granularity: Granularity = "week"
 
     def __post_init__(self) -> None:
@@ -222,7 +224,10 @@ def lifecycle_expression(lt: LakeTables, spec: LifecycleSpec, f: flt.Filters) ->
 
 def run_lifecycle(lt: LakeTables, spec: LifecycleSpec, f: flt.Filters, as_of_ms: int) -> dict[str, Any]:
     g = spec.granularity
-    got = {(int(r["period"]), r["status"]): int(r["customers"]) for r in lt.execute(lifecycle_expression(lt, spec, f)).to_pylist()}
+    got = {
+        (int(r["period"]), r["status"]): int(r["customers"])
+        for r in lt.execute(lifecycle_expression(lt, spec, f)).to_pylist()
+    }
     last = _last_started(as_of_ms, f, g)
     if f.start_ms is not None:
         first = period_of(f.start_ms, g)
