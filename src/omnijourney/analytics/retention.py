@@ -3,9 +3,7 @@
 Rules (docs/ANALYTICS.md, "Retention and lifecycle"):
 
 - **Periods** are UTC calendar days, ISO weeks (Monday to Sunday) or calendar months. A period is an
-  integer index computed with integer arithmetic from `ts_ms` (days since the epoch, Monday-based weeks,
-  `year * 12 + month - 1` via the civil-from-days algorithm), so both engines agree without depending on
-  their time-zone settings or `date_trunc` flavours.
+  integer index: days since the epoch, Monday-based weeks since the epoch, `year * 12 + month - 1`.
 - **Cohort**: first-time (a customer's first cohort event ever, with the non-period filters; the customer
   is in a cohort only when that first event falls in the period) or recurring (the customer is in the
   cohort of every period in which they did the cohort event in the period).
@@ -77,23 +75,21 @@ class LifecycleSpec:
 # --------------------------------------------------------------------------- periods
 
 
-def period_expr(ts_ms: ibis.expr.types.IntegerValue, granularity: str) -> ibis.expr.types.IntegerValue:
-    """The period index of an epoch-millisecond column (integer arithmetic only: identical on every engine)."""
-    days = (ts_ms // DAY_MS).cast("int64")
+def period_expr(t: ibis.Table, granularity: str) -> ibis.expr.types.IntegerValue:
+    """The period index of each row of `t` (days and weeks by integer arithmetic on `ts_ms`; months from
+    the UTC timestamp `ts`, both engines running in UTC: see `_utc`)."""
+    days = (t.ts_ms // DAY_MS).cast("int64")
     if granularity == "day":
         return days
     if granularity == "week":
         return ((days + 3) // 7).cast("int64")  # 1970-01-01 was a Thursday: weeks start on Monday
-    # civil-from-days (H. Hinnant), valid for dates after year 0
-    z = days + 719468
-    era = (z // 146097).cast("int64")
-    doe = z - era * 146097
-    yoe = ((doe - doe // 1460 + doe // 36524 - doe // 146096) // 365).cast("int64")
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = ((5 * doy + 2) // 153).cast("int64")
-    month = ibis.ifelse(mp < 10, mp + 3, mp - 9)
-    year = yoe + era * 400 + ibis.ifelse(month <= 2, 1, 0)
-    return (year * 12 + month - 1).cast("int64")
+    return (t.ts.year() * 12 + t.ts.month() - 1).cast("int64")
+
+
+def _utc(lt: LakeTables) -> None:
+    """Calendar parts in UTC on DuckDB too (Spark's session is UTC; DuckDB's default is the local zone)."""
+    if lt.engine == "duckdb":
+        lt.backend.raw_sql("SET TimeZone = 'UTC'")
 
 
 def period_of(ms: int, granularity: str) -> int:
@@ -118,6 +114,7 @@ def period_start(index: int, granularity: str) -> date:
 
 def _events(lt: LakeTables, f: flt.Filters) -> ibis.Table:
     """Events of known customers with every filter except the period start (history counts)."""
+    _utc(lt)
     ev = flt.apply(lt, lt.events, f, period=False)
     ev = ev.filter(ev.unit.notnull())
     if f.end_ms is not None:
@@ -137,13 +134,14 @@ def retention_expressions(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) -
     """(cohort sizes, retained counts by cohort and period offset or reach): what the engine computes."""
     g = spec.granularity
     ev = _events(lt, f)
-    ev = ev.mutate(period=period_expr(ev.ts_ms, g))
+    ev = ev.mutate(period=period_expr(ev, g))
     c = ev.filter(match(ev, spec.cohort))
     if spec.cohort_type == "first_time":
-        first = c.group_by("unit").aggregate(first_ms=c.ts_ms.min())
+        first = c.group_by(f_unit=c.unit).aggregate(first_ms=c.ts_ms.min())
         if f.start_ms is not None:
             first = first.filter(first.first_ms >= f.start_ms)
-        cohorts = first.select("unit", cohort=period_expr(first.first_ms, g))
+        cohorts = c.join(first, [c.unit == first.f_unit, c.ts_ms == first.first_ms])
+        cohorts = cohorts.select("unit", cohort=cohorts.period).distinct()
     else:
         if f.start_ms is not None:
             c = c.filter(c.ts_ms >= f.start_ms)
@@ -206,7 +204,7 @@ def lifecycle_expression(lt: LakeTables, spec: LifecycleSpec, f: flt.Filters) ->
     """Customers per (period, status): new, returning, resurrecting (active rows) and dormant."""
     ev = _events(lt, f)
     ev = ev.filter(match(ev, spec.activity))
-    active = ev.select("unit", period=period_expr(ev.ts_ms, spec.granularity)).distinct()
+    active = ev.select("unit", period=period_expr(ev, spec.granularity)).distinct()
     first = active.group_by(f_unit=active.unit).aggregate(first=active.period.min())
     prev = active.select(p_unit=active.unit, p_period=active.period)
     a = active.join(first, active.unit == first.f_unit)
