@@ -80,12 +80,8 @@ def test_channels_collapse_and_the_sankey_starts_at_the_first_event(lake: Path) 
         for s, t, v in zip(*(r["sankey"]["link"][k] for k in ("source", "target", "value")), strict=True)
     }
     assert ("1. ads", "2. web", 1) in got and len(got) == 5
-    assert [(t["source"], t["target"], t["transitions"], t["customers"]) for t in r["transitions"]][0] == (
-        "web",
-        "store",
-        2,
-        1,
-    )
+    top = r["transitions"][0]
+    assert (top["source"], top["target"], top["transitions"], top["customers"]) == ("web", "store", 2, 1)
     assert r["rows"][0] == {"step": 1, "source": "ads", "target": "web", "customers": 1}
 
 

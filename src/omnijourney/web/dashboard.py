@@ -26,7 +26,7 @@ from omnijourney.analytics import lake, service
 from omnijourney.analytics.config import load_stage_config
 from omnijourney.analytics.funnels import FunnelSpec
 from omnijourney.analytics.service import AnalyticsError
-from omnijourney.analytics.views import common_filters, funnel_spec
+from omnijourney.analytics.views import common_filters, funnel_spec, lifecycle_spec, path_spec, retention_spec
 from omnijourney.commerce import service as commerce
 from omnijourney.errors import ApiError
 from omnijourney.ingest.spec import CHANNELS
@@ -181,6 +181,7 @@ def dashboard(request: Request, session: Session = Depends(page(*ANALYSTS))) -> 
         "breakdowns": BREAKDOWNS,
         "stage_names": stage_names,
         "plotly_version": plotly_version(),
+        "journey": {k: q.get(k, v) for k, v in JOURNEY_DEFAULTS.items()},
         "notice": q.get("notice"),
         "error": q.get("error"),
     }
@@ -190,13 +191,17 @@ def dashboard(request: Request, session: Session = Depends(page(*ANALYSTS))) -> 
 # ------------------------------------------------------------------ data (JSON or CSV)
 
 
-async def _run(request: Request, analysis: str, f: flt.Filters, fmt: str, spec: FunnelSpec | None = None) -> Response:
+async def _run(
+    request: Request, analysis: str, f: flt.Filters, fmt: str, spec: FunnelSpec | None = None, options: Any = None
+) -> Response:
     settings = request.app.state.settings
     # as the API does: the period end is "now" for in-progress funnels
     as_of = f.end_ms if f.end_ms is not None else flt.to_ms(utcnow())
 
     def work() -> dict[str, Any]:
-        return service.run(data_dir=settings.data_dir, analysis=analysis, filters=f, funnel=spec, as_of_ms=as_of)
+        return service.run(
+            data_dir=settings.data_dir, analysis=analysis, filters=f, funnel=spec, as_of_ms=as_of, options=options
+        )
 
     try:
         result = await run_in_threadpool(work)
@@ -255,6 +260,51 @@ def _data_route(name: str) -> None:
 
 for _name in ("stages", *KPIS):
     _data_route(_name)
+
+
+# ------------------------------------------------------------------ journeys: retention, lifecycle, paths, golden paths
+
+#: the journey panels' options (query parameters of /api/analytics/retention, /lifecycle and /paths)
+JOURNEY_DEFAULTS = {"granularity": "week", "mode": "on", "cohort_type": "first_time", "level": "channel"}
+
+
+@router.get("/data/retention")
+async def data_retention(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(retention_spec),
+    fmt: str = FormatQ,
+    _: Session = Depends(page(*ANALYSTS)),
+) -> Response:
+    """/api/analytics/retention for a console session."""
+    return await _run(request, "retention", f, fmt, options=spec)
+
+
+@router.get("/data/lifecycle")
+async def data_lifecycle(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(lifecycle_spec),
+    fmt: str = FormatQ,
+    _: Session = Depends(page(*ANALYSTS)),
+) -> Response:
+    """/api/analytics/lifecycle for a console session."""
+    return await _run(request, "lifecycle", f, fmt, options=spec)
+
+
+@router.get("/data/paths")
+async def data_paths(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(path_spec),
+    fmt: str = FormatQ,
+    _: Session = Depends(page(*ANALYSTS)),
+) -> Response:
+    """/api/analytics/paths for a console session."""
+    return await _run(request, "paths", f, fmt, options=spec)
+
+
+_data_route("golden-paths")
 
 
 # ------------------------------------------------------------------ refresh the lake
