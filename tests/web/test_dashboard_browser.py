@@ -48,6 +48,11 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
     assert before == [s["count"] for s in api["steps"]] and before[0] > 0
     assert page.locator("[data-kpi=entered]").inner_text() == f"{before[0]:,}"
     assert page.locator("#table-service tbody tr").count() >= 1
+    # the journey panels: Sankey of channel paths, retention heatmap, golden-path conformance
+    for chart in ("#chart-paths", "#chart-retention", "#chart-lifecycle", "#chart-golden"):
+        assert page.locator(f"{chart} svg.main-svg").count() >= 1, chart
+    assert page.locator("#chart-paths g.sankey").count() == 1
+    assert page.locator("#table-golden tbody tr").count() >= 2
     shot(page, "07-dashboard")
 
     # a filter change re-renders every chart with the filtered numbers, and the URL keeps the filter

@@ -137,11 +137,11 @@ def retention_expressions(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) -
     ev = ev.mutate(period=period_expr(ev, g))
     c = ev.filter(match(ev, spec.cohort))
     if spec.cohort_type == "first_time":
-        first = c.group_by(f_unit=c.unit).aggregate(first_ms=c.ts_ms.min())
+        # the period is monotonic in time: the first event's period is the smallest one
+        first = c.group_by("unit").aggregate(first_ms=c.ts_ms.min(), cohort=c.period.min())
         if f.start_ms is not None:
             first = first.filter(first.first_ms >= f.start_ms)
-        cohorts = c.join(first, [c.unit == first.f_unit, c.ts_ms == first.first_ms])
-        cohorts = cohorts.select("unit", cohort=cohorts.period).distinct()
+        cohorts = first.select("unit", "cohort")
     else:
         if f.start_ms is not None:
             c = c.filter(c.ts_ms >= f.start_ms)
