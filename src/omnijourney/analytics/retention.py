@@ -130,12 +130,17 @@ def _last_started(as_of_ms: int, f: flt.Filters, granularity: str) -> int:
 # --------------------------------------------------------------------------- retention
 
 
-def retention_expressions(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) -> tuple[ibis.Table, ibis.Table]:
-    """(cohort sizes, retained counts by cohort and period offset or reach): what the engine computes."""
+def retention_expression(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) -> ibis.Table:
+    """Customers by (cohort, offset): offset 0 is the cohort size; for "on" the customers back in period
+    `cohort + offset`, for "on or after" those whose last return is `offset` periods after (capped)."""
     g = spec.granularity
     ev = _events(lt, f)
-    ev = ev.mutate(period=period_expr(ev, g))
-    c = ev.filter(match(ev, spec.cohort))
+    is_cohort, is_return = match(ev, spec.cohort), match(ev, spec.returning)
+    ev = ev.filter(is_cohort | is_return)
+    ev = ev.select("unit", "ts_ms", period=period_expr(ev, g), is_cohort=is_cohort, is_return=is_return)
+    if lt.engine == "duckdb":  # read by both sides: scan the lake once
+        ev = ev.cache()
+    c = ev.filter(ev.is_cohort)
     if spec.cohort_type == "first_time":
         # the period is monotonic in time: the first event's period is the smallest one
         first = c.group_by("unit").aggregate(first_ms=c.ts_ms.min(), cohort=c.period.min())
@@ -146,26 +151,27 @@ def retention_expressions(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) -
         if f.start_ms is not None:
             c = c.filter(c.ts_ms >= f.start_ms)
         cohorts = c.select("unit", cohort=c.period).distinct()
-    r = ev.filter(match(ev, spec.returning))
+    r = ev.filter(ev.is_return)
     returns = r.select(r_unit=r.unit, r_period=r.period).distinct()
-    sizes = cohorts.group_by("cohort").aggregate(size=cohorts.count())
+    sizes = cohorts.group_by("cohort").aggregate(customers=cohorts.count())
+    sizes = sizes.select("cohort", offset=ibis.literal(0, "int64"), customers=sizes.customers)
     j = cohorts.join(returns, [cohorts.unit == returns.r_unit, returns.r_period > cohorts.cohort])
-    j = j.mutate(offset=j.r_period - j.cohort)
+    j = j.mutate(offset=(j.r_period - j.cohort).cast("int64"))
     if spec.mode == "on":
         j = j.filter(j.offset <= spec.periods)
         retained = j.group_by(["cohort", "offset"]).aggregate(customers=j.count())
     else:
         # each customer of a cohort is retained in every period up to their last return
         last = j.group_by(["unit", "cohort"]).aggregate(reach=j.offset.max())
-        last = last.mutate(offset=ibis.least(last.reach, spec.periods))
+        last = last.mutate(offset=ibis.least(last.reach, spec.periods).cast("int64"))
         retained = last.group_by(["cohort", "offset"]).aggregate(customers=last.count())
-    return sizes, retained
+    return sizes.union(retained.select("cohort", "offset", "customers"), distinct=False)
 
 
 def run_retention(lt: LakeTables, spec: RetentionSpec, f: flt.Filters, as_of_ms: int) -> dict[str, Any]:
-    sizes_expr, retained_expr = retention_expressions(lt, spec, f)
-    sizes = {int(r["cohort"]): int(r["size"]) for r in lt.execute(sizes_expr).to_pylist()}
-    counts = {(int(r["cohort"]), int(r["offset"])): int(r["customers"]) for r in lt.execute(retained_expr).to_pylist()}
+    got = lt.execute(retention_expression(lt, spec, f)).to_pylist()
+    sizes = {int(r["cohort"]): int(r["customers"]) for r in got if r["offset"] == 0}
+    counts = {(int(r["cohort"]), int(r["offset"])): int(r["customers"]) for r in got if r["offset"] != 0}
     last = _last_started(as_of_ms, f, spec.granularity)
     cohorts = []
     rows = []
