@@ -24,6 +24,7 @@ def ready(page: Any, after: int) -> int:
         "n => (document.body.dataset.dashboard || '').startsWith('ready-') "
         "&& Number(document.body.dataset.dashboard.slice(6)) > n",
         arg=after,
+        timeout=90_000,  # eleven analyses on a shared, busy machine
     )
     return int(page.evaluate("document.body.dataset.dashboard.slice(6)"))
 
