@@ -10,6 +10,7 @@ import stat
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -502,6 +503,13 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     lake_rows = read_events(settings.data_dir).select(["event", "order_id"]).to_pylist()
     returns = [r for r in lake_rows if r["event"] in ("Return Requested", "Return Received")]
     assert returns and all(r["order_id"] for r in returns)
+    # the journey analyses have something to show on the demo world (demo summary and dashboard panels)
+    assert "golden paths" in first_output and "top path to purchase" in first_output
+    journeys = journey_results(settings.data_dir)
+    assert journeys["retention"]["cohorts"] and journeys["lifecycle"]["periods"]
+    assert journeys["paths"]["sankey"]["links"] and journeys["paths"]["top_paths_to_purchase"]
+    golden = journeys["golden-paths"]["paths"]
+    assert all(p["entered"] > 0 for p in golden) and any(p["followers"] > 0 for p in golden)
     assert all(saved["tokens"][role] not in first_output for role in ("marketer", "agent", "store_staff"))
     tokens = count(engine, "api_tokens")
     # orders placed through the commerce API, each step on the customer's timeline
@@ -548,3 +556,15 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert saved["tokens"]["admin"] not in out.getvalue()
     assert "event lake: 0 events exported" in out.getvalue()
     assert read_events(settings.data_dir).num_rows == logged == count(engine, "events")
+
+
+def journey_results(data_dir: Path) -> dict[str, Any]:
+    """Retention, lifecycle, channel paths and golden paths over a lake, with their default options."""
+    from omnijourney.analytics import filters as flt
+    from omnijourney.analytics import service as analytics
+
+    now = flt.to_ms(datetime.now(UTC))
+    return {
+        name: analytics.run(data_dir=data_dir, analysis=name, filters=flt.Filters(), as_of_ms=now)
+        for name in ("retention", "lifecycle", "paths", "golden-paths")
+    }

@@ -25,7 +25,7 @@ def ready(page: Any, after: int) -> int:
         "n => (document.body.dataset.dashboard || '').startsWith('ready-') "
         "&& Number(document.body.dataset.dashboard.slice(6)) > n",
         arg=after,
-        timeout=60_000,
+        timeout=90_000,  # fourteen analyses on a shared, busy machine
     )
     return int(page.evaluate("document.body.dataset.dashboard.slice(6)"))
 
@@ -55,6 +55,11 @@ def test_a_marketer_sees_the_funnel_and_a_filter_change_redraws_it(page: Any, de
     assert page.locator("#chart-attribution svg.main-svg").count() >= 1
     models = page.evaluate("document.getElementById('chart-attribution').data.map(t => t.name)")
     assert "Markov" in models and "Shapley" in models and "last touch" in models
+    # the journey panels: Sankey of channel paths, retention heatmap, golden-path conformance
+    for chart in ("#chart-paths", "#chart-retention", "#chart-lifecycle", "#chart-golden"):
+        assert page.locator(f"{chart} svg.main-svg").count() >= 1, chart
+    assert page.locator("#chart-paths g.sankey").count() == 1
+    assert page.locator("#table-golden tbody tr").count() >= 2
     shot(page, "07-dashboard")
 
     # a filter change re-renders every chart with the filtered numbers, and the URL keeps the filter

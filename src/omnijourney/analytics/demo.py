@@ -36,6 +36,7 @@ def export_and_summarise(engine: sa.Engine, data_dir: Path, console: Console) ->
     )
     out = {"export": result, "stages": stages, "cross_channel": cross, "click_and_collect": cc}
     out.update(_attribution_and_gaps(data_dir, console, now))
+    out.update(summarise_journeys(data_dir, console, now))
     return out
 
 
@@ -57,3 +58,37 @@ def _attribution_and_gaps(data_dir: Path, console: Console, now: int) -> dict[st
     for item in gaps["findings"][:3]:
         console.print(f"  {item['rank']}. {item['text']}")
     return {"attribution": attr, "gaps": gaps}
+
+
+def summarise_journeys(data_dir: Path, console: Console, now: int) -> dict[str, Any]:
+    """Retention, channel paths and golden paths of the demo world (the dashboard's journey panels)."""
+    with console.status("computing retention, channel paths and golden paths"):
+        out = {
+            name.replace("-", "_"): service.run(data_dir=data_dir, analysis=name, filters=flt.Filters(), as_of_ms=now)
+            for name in ("retention", "lifecycle", "paths", "golden-paths")
+        }
+    cohorts = out["retention"]["cohorts"]
+    repeat = sum(c["retained"][1] or 0 for c in cohorts)
+    first = sum(c["size"] for c in cohorts if c["retained"][1] is not None)
+    top = out["paths"]["top_paths_to_purchase"]
+    console.print(
+        f"retention: [bold]{len(cohorts)}[/bold] weekly cohorts of first orders, "
+        f"{100 * repeat / first if first else 0:.1f} % ordered again the next week (GET /api/analytics/retention); "
+        f"top path to purchase: [bold]{top[0]['path'] if top else '-'}[/bold] (GET /api/analytics/paths)"
+    )
+    table = Table("golden path", "customers", "followers", "followers convert", "others convert", title="golden paths")
+    for p in out["golden_paths"]["paths"]:
+        conv = p["conversion"]
+
+        def rate(x: float | None) -> str:
+            return "-" if x is None else f"{100 * x:.1f} %"
+
+        table.add_row(
+            p["name"],
+            str(p["customers"]),
+            f"{p['followers']} ({rate(p['share_of_customers'])})",
+            rate(conv["followers"]["conversion_rate"]),
+            rate(conv["others"]["conversion_rate"]),
+        )
+    console.print(table)
+    return out

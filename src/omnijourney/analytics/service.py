@@ -39,7 +39,24 @@ KPI: dict[str, Callable[[LakeTables, flt.Filters], dict[str, Any]]] = {
 # ---- attribution, gap report, stage KPIs (analytics/attribution.py, analytics/gaps.py)
 #: analyses that take the stage configuration and "now" (as_of_ms)
 STAGE_ANALYSES = ("gaps",)
-ANALYSES = ("stages", "funnel", *KPI, "attribution", "gaps", "stage-kpis")
+
+# --- journeys: retention, lifecycle, channel paths, golden paths (options = the analysis' spec)
+JOURNEYS = ("retention", "lifecycle", "paths", "golden-paths")
+
+
+def _journey(lt: LakeTables, analysis: str, options: Any, f: flt.Filters, as_of_ms: int) -> dict[str, Any]:
+    from omnijourney.analytics import golden, paths, retention
+
+    if analysis == "retention":
+        return retention.run_retention(lt, options or retention.RetentionSpec(), f, as_of_ms)
+    if analysis == "lifecycle":
+        return retention.run_lifecycle(lt, options or retention.LifecycleSpec(), f, as_of_ms)
+    if analysis == "paths":
+        return paths.run_paths(lt, options or paths.PathSpec(), f)
+    return golden.run_golden(lt, options or golden.load_golden_config(), f, as_of_ms)
+
+
+ANALYSES = ("stages", "funnel", *KPI, "attribution", "gaps", "stage-kpis", *JOURNEYS)
 
 
 def run(
@@ -53,6 +70,7 @@ def run(
     stage_config: StageConfig | None = None,
     spark: Any = None,
     attribution: attr.AttributionSpec | None = None,
+    options: Any = None,
 ) -> dict[str, Any]:
     if analysis not in ANALYSES:
         raise AnalyticsError(404, "not_found", f"unknown analysis {analysis!r}")
@@ -65,7 +83,7 @@ def run(
             raise AnalyticsError(
                 422, "engine_unavailable", "install omnijourney[spark] to use the Spark engine"
             ) from exc
-    if analysis in ("stages", "funnel", *STAGE_ANALYSES) and as_of_ms is None:
+    if analysis in ("stages", "funnel", *STAGE_ANALYSES, *JOURNEYS) and as_of_ms is None:
         raise AnalyticsError(422, "invalid_request", "as_of is required for funnels")
     if analysis == "funnel" and funnel is None:
         raise AnalyticsError(422, "invalid_request", "a funnel needs steps")
@@ -81,6 +99,8 @@ def run(
             result = gaps.gap_report(lt, stage_config or load_stage_config(), filters, as_of_ms)  # type: ignore[arg-type]
         elif analysis == "stage-kpis":
             result = stage_kpis.stage_kpis(lt, stage_config or load_stage_config(), filters)
+        elif analysis in JOURNEYS:
+            result = _journey(lt, analysis, options, filters, as_of_ms)  # type: ignore[arg-type]
         else:
             result = KPI[analysis](lt, filters)
     finally:

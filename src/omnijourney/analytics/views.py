@@ -125,6 +125,7 @@ async def _respond(
     fmt: str,
     spec: FunnelSpec | None = None,
     attribution: AttributionSpec | None = None,
+    options: Any = None,
 ) -> Response:
     settings = request.app.state.settings
     as_of = f.end_ms if f.end_ms is not None else flt.to_ms(utcnow())
@@ -138,6 +139,7 @@ async def _respond(
             funnel=spec,
             as_of_ms=as_of,
             attribution=attribution,
+            options=options,
         )
 
     try:
@@ -246,3 +248,116 @@ async def attribution(
 
 _route("gaps", "The journey gap report: biggest drop-offs, lost context and friction, ranked.")
 _route("stage-kpis", "Stage KPIs: reach, CTR, cost per visit, time on site, carts, conversion, AOV, repeat, advocacy.")
+
+
+# ------------------------------------------------------------------ journeys: retention, lifecycle, paths, golden paths
+
+ANY_EVENT = "*"
+
+
+def event_step(names: list[str] | None, default: str) -> Step:
+    """A step matching any of the named events; `*` matches every event."""
+    chosen = [n.strip() for n in names or [] if n.strip()] or [default]
+    if ANY_EVENT in chosen:
+        return Step("any event")
+    return Step(", ".join(chosen), tuple(chosen))
+
+
+def retention_spec(
+    cohort_event: list[str] | None = Query(None, description="cohort event(s); * = any event"),
+    return_event: list[str] | None = Query(None, description="return event(s); * = any event"),
+    cohort_type: str = Query("first_time", pattern="^(first_time|recurring)$"),
+    mode: str = Query("on", pattern="^(on|on_or_after)$"),
+    granularity: str = Query("week", pattern="^(day|week|month)$"),
+    periods: int = Query(8, ge=1, le=120),
+) -> Any:
+    from omnijourney.analytics.retention import RetentionSpec
+
+    return RetentionSpec(
+        cohort=event_step(cohort_event, "Order Completed"),
+        returning=event_step(return_event, "Order Completed"),
+        cohort_type=cohort_type,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        granularity=granularity,  # type: ignore[arg-type]
+        periods=periods,
+    )
+
+
+def lifecycle_spec(
+    event: list[str] | None = Query(None, description="activity event(s); * (default) = any event"),
+    granularity: str = Query("week", pattern="^(day|week|month)$"),
+) -> Any:
+    from omnijourney.analytics.retention import LifecycleSpec
+
+    return LifecycleSpec(activity=event_step(event, ANY_EVENT), granularity=granularity)  # type: ignore[arg-type]
+
+
+def path_spec(
+    level: str = Query("channel", pattern="^(channel|channel_action)$"),
+    start_node: str | None = Query(None, description="start anchor: a node label, e.g. ads or 'web · page'"),
+    end_node: str | None = Query(None, description="end anchor: a node label"),
+    steps: int = Query(5, ge=2, le=10),
+    purchase_event: list[str] | None = Query(None, description="what a purchase is (default Order Completed)"),
+    top: int = Query(10, ge=1, le=100),
+) -> Any:
+    from omnijourney.analytics.paths import PathSpec
+
+    return PathSpec(
+        level=level,  # type: ignore[arg-type]
+        start=start_node or None,
+        end=end_node or None,
+        steps=steps,
+        purchase=event_step(purchase_event, "Order Completed"),
+        top=top,
+    )
+
+
+@router.get("/retention")
+async def retention(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(retention_spec),
+    engine: str = EngineQ,
+    fmt: str = FormatQ,
+    _: object = Depends(marketers),
+) -> Response:
+    """Retention cohorts: cohort x period matrix (first-time or recurring, on or on-or-after, day/week/month)."""
+    return await _respond(request, "retention", f, engine, fmt, options=spec)
+
+
+@router.get("/lifecycle")
+async def lifecycle(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(lifecycle_spec),
+    engine: str = EngineQ,
+    fmt: str = FormatQ,
+    _: object = Depends(marketers),
+) -> Response:
+    """Lifecycle per period: new, returning, resurrecting and dormant customers."""
+    return await _respond(request, "lifecycle", f, engine, fmt, options=spec)
+
+
+@router.get("/paths")
+async def channel_paths(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(path_spec),
+    engine: str = EngineQ,
+    fmt: str = FormatQ,
+    _: object = Depends(marketers),
+) -> Response:
+    """Channel paths: transitions, Sankey nodes and links, top paths to purchase."""
+    return await _respond(request, "paths", f, engine, fmt, options=spec)
+
+
+@router.get("/golden-paths")
+async def golden_paths(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    engine: str = EngineQ,
+    fmt: str = FormatQ,
+    _: object = Depends(marketers),
+) -> Response:
+    """Golden paths (golden_paths.yaml): followers, deviations, conversion of followers vs others."""
+    return await _respond(request, "golden-paths", f, engine, fmt)

@@ -27,7 +27,14 @@ from omnijourney.analytics.attribution import AttributionSpec
 from omnijourney.analytics.config import load_stage_config
 from omnijourney.analytics.funnels import FunnelSpec
 from omnijourney.analytics.service import AnalyticsError
-from omnijourney.analytics.views import attribution_spec, common_filters, funnel_spec
+from omnijourney.analytics.views import (
+    attribution_spec,
+    common_filters,
+    funnel_spec,
+    lifecycle_spec,
+    path_spec,
+    retention_spec,
+)
 from omnijourney.commerce import service as commerce
 from omnijourney.engage import service as engage
 from omnijourney.errors import ApiError
@@ -185,6 +192,7 @@ def dashboard(request: Request, session: Session = Depends(page(*ANALYSTS))) -> 
         "breakdowns": BREAKDOWNS,
         "stage_names": stage_names,
         "plotly_version": plotly_version(),
+        "journey": {k: q.get(k, v) for k, v in JOURNEY_DEFAULTS.items()},
         "notice": q.get("notice"),
         "error": q.get("error"),
     }
@@ -201,6 +209,7 @@ async def _run(
     fmt: str,
     spec: FunnelSpec | None = None,
     attribution: AttributionSpec | None = None,
+    options: Any = None,
 ) -> Response:
     settings = request.app.state.settings
     # as the API does: the period end is "now" for in-progress funnels
@@ -214,6 +223,7 @@ async def _run(
             funnel=spec,
             as_of_ms=as_of,
             attribution=attribution,
+            options=options,
         )
 
     try:
@@ -292,6 +302,49 @@ async def data_attribution(
 
 for _name in ("gaps", "stage-kpis"):
     _data_route(_name)
+# ------------------------------------------------------------------ journeys: retention, lifecycle, paths, golden paths
+
+#: the journey panels' options (query parameters of /api/analytics/retention, /lifecycle and /paths)
+JOURNEY_DEFAULTS = {"granularity": "week", "mode": "on", "cohort_type": "first_time", "level": "channel"}
+
+
+@router.get("/data/retention")
+async def data_retention(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(retention_spec),
+    fmt: str = FormatQ,
+    _: Session = Depends(page(*ANALYSTS)),
+) -> Response:
+    """/api/analytics/retention for a console session."""
+    return await _run(request, "retention", f, fmt, options=spec)
+
+
+@router.get("/data/lifecycle")
+async def data_lifecycle(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(lifecycle_spec),
+    fmt: str = FormatQ,
+    _: Session = Depends(page(*ANALYSTS)),
+) -> Response:
+    """/api/analytics/lifecycle for a console session."""
+    return await _run(request, "lifecycle", f, fmt, options=spec)
+
+
+@router.get("/data/paths")
+async def data_paths(
+    request: Request,
+    f: flt.Filters = Depends(common_filters),
+    spec: Any = Depends(path_spec),
+    fmt: str = FormatQ,
+    _: Session = Depends(page(*ANALYSTS)),
+) -> Response:
+    """/api/analytics/paths for a console session."""
+    return await _run(request, "paths", f, fmt, options=spec)
+
+
+_data_route("golden-paths")
 
 
 # ------------------------------------------------------------------ refresh the lake

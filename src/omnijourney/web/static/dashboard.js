@@ -42,6 +42,20 @@
     return params;
   }
 
+  // the journey panels' options (retention, lifecycle, paths), kept in the URL like the filters
+  const JOURNEY_KEYS = { retention: ["granularity", "mode", "cohort_type"], lifecycle: ["granularity"], paths: ["level"] };
+
+  function journeyParams(name) {
+    const params = new URLSearchParams();
+    const form = $("#journey-form");
+    if (!form) return params;
+    const all = new FormData(form);
+    for (const k of name ? (JOURNEY_KEYS[name] || []) : ["granularity", "mode", "cohort_type", "level"]) {
+      if (all.get(k)) params.set(k, all.get(k));
+    }
+    return params;
+  }
+
   function join(a, b) {
     const out = new URLSearchParams(a);
     for (const [k, v] of b.entries()) out.append(k, v);
@@ -230,6 +244,79 @@
     mark(el, gen);
   }
 
+  // ------------------------------------------------------------------ journeys
+
+  function drawPaths(result, gen) {
+    const el = $("#chart-paths");
+    const sk = result.sankey || { nodes: [], links: [] };
+    el.dataset.links = String(sk.links.length);
+    if (!sk.links.length) empty(el, "No customer moved between channels for these filters.");
+    else plot(el, [{
+      type: "sankey",
+      arrangement: "snap",
+      node: { label: sk.node.label, pad: 12, thickness: 14 },
+      link: { source: sk.link.source, target: sk.link.target, value: sk.link.value },
+    }], { margin: { l: 10, r: 10, t: 10, b: 10 } });
+    table($("#table-paths"), ["top paths to purchase", "customers", "share"],
+      (result.top_paths_to_purchase || []).map((p) => [p.path, num(p.customers), pct(p.share)]));
+    mark(el, gen);
+  }
+
+  function drawRetention(result, gen) {
+    const el = $("#chart-retention");
+    const cohorts = result.cohorts || [];
+    el.dataset.cohorts = String(cohorts.length);
+    if (!cohorts.length) { empty(el, "No cohort for these filters."); mark(el, gen); return; }
+    const unit = result.granularity;
+    plot(el, [{
+      type: "heatmap",
+      x: result.periods.map((k) => `${unit} ${k}`),
+      y: cohorts.map((c) => `${c.cohort} (${c.size})`),
+      z: cohorts.map((c) => c.rates.map((r) => (r === null ? null : 100 * r))),
+      customdata: cohorts.map((c) => c.retained),
+      colorscale: "Blues",
+      reversescale: true,
+      zmin: 0,
+      zmax: 100,
+      texttemplate: "%{z:.0f}",
+      hovertemplate: "cohort %{y}, %{x}: %{customdata} customers (%{z:.1f} %)<extra></extra>",
+    }], { margin: { l: 130, r: 20, t: 10, b: 40 }, yaxis: { autorange: "reversed" } });
+    mark(el, gen);
+  }
+
+  function drawLifecycle(result, gen) {
+    const el = $("#chart-lifecycle");
+    const periods = result.periods || [];
+    if (!periods.length) { empty(el, "No activity for these filters."); mark(el, gen); return; }
+    const x = periods.map((p) => p.period);
+    plot(el, ["new", "returning", "resurrecting", "dormant"].map((s) => ({
+      type: "bar", name: s, x, y: periods.map((p) => (s === "dormant" ? -p[s] : p[s])),
+    })), { barmode: "relative", margin: { l: 50, r: 10, t: 10, b: 60 }, legend: { orientation: "h", y: -0.3 } });
+    mark(el, gen);
+  }
+
+  function drawGolden(result, gen) {
+    const el = $("#chart-golden");
+    const paths = result.paths || [];
+    const x = paths.map((p) => p.name);
+    const conv = (p, g) => (p.conversion[g].conversion_rate === null ? null : 100 * p.conversion[g].conversion_rate);
+    if (!paths.some((p) => p.customers)) empty(el, "No customer for these filters.");
+    else plot(el, [
+      { type: "bar", name: "follow the path %", x, y: paths.map((p) => 100 * (p.share_of_customers || 0)) },
+      { type: "bar", name: "conversion of followers %", x, y: paths.map((p) => conv(p, "followers")) },
+      { type: "bar", name: "conversion of the others %", x, y: paths.map((p) => conv(p, "others")) },
+    ], { barmode: "group", margin: { l: 50, r: 10, t: 10, b: 40 }, yaxis: { range: [0, 100] }, legend: { orientation: "h", y: -0.2 } });
+    table($("#table-golden"), ["path", "customers reaching each step", "followers", "most leave at", "what they did instead"],
+      paths.map((p) => {
+        const dev = p.biggest_deviation;
+        const step = dev ? p.steps.find((s) => s.step === dev.step) : null;
+        return [p.name, p.steps.map((s) => `${s.name}: ${num(s.reached)}`).join(" → "),
+          `${num(p.followers)} (${pct(p.share_of_customers)})`, dev ? `${dev.name} (${num(dev.customers)})` : "–",
+          step && step.instead.length ? step.instead.map((i) => `${i.event} (${i.customers})`).join(", ") : "–"];
+      }));
+    mark(el, gen);
+  }
+
   const CHARTS = [
     { name: "stages", el: "#chart-stages", draw: drawStages },
     { name: "funnel", el: "#chart-funnel", draw: drawFunnel, funnel: true },
@@ -238,6 +325,10 @@
     { name: "click-and-collect", el: "#chart-cc", draw: drawClickCollect },
     { name: "multi-channel", el: "#chart-multi", draw: drawMulti },
     { name: "service", el: "#chart-service", draw: drawService },
+    { name: "paths", el: "#chart-paths", draw: drawPaths, journey: true },
+    { name: "retention", el: "#chart-retention", draw: drawRetention, journey: true },
+    { name: "lifecycle", el: "#chart-lifecycle", draw: drawLifecycle, journey: true },
+    { name: "golden-paths", el: "#chart-golden", draw: drawGolden },
   ];
 
   // ------------------------------------------------------------------ attribution, gap report, stage KPIs
@@ -308,6 +399,12 @@
     { name: "stage-kpis", el: "#table-stagekpis", draw: drawStageKpis },
   );
 
+  function paramsFor(name, filters, withFunnel) {
+    if (name === "funnel") return withFunnel;
+    if (JOURNEY_KEYS[name]) return join(filters, journeyParams(name));
+    return filters;
+  }
+
   // ------------------------------------------------------------------ loading
 
   async function lakeStatus() {
@@ -324,17 +421,17 @@
     const gen = ++generation;
     const filters = filterParams();
     const withFunnel = join(filters, funnelParams());
-    const shared = withFunnel.toString();
+    const shared = join(withFunnel, journeyParams()).toString();
     window.history.replaceState(null, "", `${window.location.pathname}${shared ? `?${shared}` : ""}`);
     document.querySelectorAll("a[data-csv]").forEach((a) => {
-      const q = join(a.dataset.csv === "funnel" ? withFunnel : filters, new URLSearchParams({ format: "csv" }));
+      const q = join(paramsFor(a.dataset.csv, filters, withFunnel), new URLSearchParams({ format: "csv" }));
       a.href = `${DATA}${a.dataset.csv}?${q}`;
     });
     await Promise.all(CHARTS.map(async (c) => {
       const el = $(c.el);
       el.classList.add("loading");
       try {
-        const result = await fetchJson(`${DATA}${c.name}?${c.funnel ? withFunnel : filters}`);
+        const result = await fetchJson(`${DATA}${c.name}?${paramsFor(c.name, filters, withFunnel)}`);
         if (gen !== generation) return;  // a newer filter change is on its way
         await c.draw(result, gen);
       } catch (err) {
@@ -371,6 +468,7 @@
     filters.addEventListener("submit", (ev) => { ev.preventDefault(); message(""); refresh(); });
     filters.addEventListener("change", () => refresh());
     $("#funnel-form").addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
+    $("#journey-form")?.addEventListener("change", () => refresh());
     $("#refresh-lake").addEventListener("submit", refreshLake);
     lakeStatus();
     refresh();
