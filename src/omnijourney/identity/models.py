@@ -40,7 +40,13 @@ class IdentityLink(Base):
     event_id: Mapped[int] = mapped_column(sa.BigInteger)
     source_id: Mapped[int] = mapped_column(sa.Integer)
 
-    __table_args__ = (sa.UniqueConstraint("id_type", "value"),)
+    __table_args__ = (
+        sa.UniqueConstraint("id_type", "value"),
+        # migration 0012: prefix search (store.dialect.prefix_match) compares byte-wise on PostgreSQL
+        sa.Index(
+            "ix_identity_links_value_prefix", "id_type", "value", postgresql_ops={"value": "varchar_pattern_ops"}
+        ).ddl_if(dialect="postgresql"),
+    )
 
 
 class IdentityMerge(Base):
