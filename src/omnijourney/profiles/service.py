@@ -420,7 +420,7 @@ def search(*, conn: Connection, query: str, limit: int = 20, phone_country_code:
         lo, hi = dialect.prefix_bounds(prefix)
         add(conn.execute(_LINK_PREFIX, {"t": id_type, "lo": lo, "hi": hi, "n": limit}))
     tokens = sorted({t for t in re.split(r"[\s,.;]+", fold(q)) if t}, key=lambda t: (-len(t), t))
-    if tokens and "@" not in q and len(out) < limit:
+    if tokens and "@" not in q and any(ch.isalpha() for ch in q) and len(out) < limit:  # names have letters
         tokens = tokens[:MAX_NAME_TOKENS]
         params: dict[str, Any] = {"n": limit * 5}
         for i, t in enumerate(tokens):
