@@ -53,6 +53,7 @@ from benchmarks._common import (
     PgServer,
     Server,
     drive_readers,
+    graph_stats,
     known_emails,
     make_console,
     percentile,
@@ -264,6 +265,16 @@ def measure_cpu(server: Server, emails: list[str], count: int) -> dict[str, floa
     return out
 
 
+def graph_stats_of(url: str) -> Any:
+    from omnijourney.store import db
+
+    engine = db.create_engine(url)
+    try:
+        return graph_stats(engine)
+    finally:
+        engine.dispose()
+
+
 def _console_user(url: str) -> None:
     from omnijourney.store import db, migrate
     from omnijourney.store.base import utcnow
@@ -287,7 +298,11 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
     pg: PgServer | None = None
     server: Server | None = None
     try:
-        if backend == "sqlite" and args.keep_dir:
+        if args.database_url:
+            url = args.database_url
+            say("measuring the processed database at --database-url (kept; migrated to the current head)")
+            stats = graph_stats_of(url)
+        elif backend == "sqlite" and args.keep_dir:
             url, stats = prepared_sqlite(
                 Path(args.keep_dir),
                 profiles=args.profiles,
@@ -370,6 +385,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the prepared SQLite world in this directory and reuse it in later runs\n"
         "of the same --profiles, --events and --seed (preparing 1 M people takes hours)",
     )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="measure this already prepared and processed database instead (SQLite or PostgreSQL;\n"
+        "nothing is dropped; --profiles/--events are then only labels; use with --backend)",
+    )
     p.add_argument("--timeline-limit", type=int, default=30, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")
     p.add_argument("--sample", type=int, default=20_000, help="distinct e-mail addresses looked up (default 20000)")
@@ -391,6 +412,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.profiles, args.events, args.readers, args.requests, args.client_procs, args.sample) < 1:
         p.error("sizes, --readers, --requests, --client-procs and --sample must be positive")
+    if args.database_url and args.backend == "both":
+        p.error("--database-url measures one database: choose its --backend")
     if args.warmup < 0 or args.cpu_requests < 0 or not 1 <= args.timeline_limit <= 500:
         p.error("--warmup must be >= 0 and --timeline-limit 1..500")
     return args

@@ -361,8 +361,10 @@ _LINK_PREFIX = (
 
 @lru_cache(maxsize=MAX_NAME_TOKENS)
 def _name_stmt(tokens: int) -> sa.Select[Any]:
-    """Profiles with a name token starting with each of `tokens` prefixes: the first (longest) one
-    drives an index range, the others are probed per candidate (index on profile_id, term)."""
+    """Surviving profiles with a name token starting with each of `tokens` prefixes, on any member
+    (the first name can come from one device, the last name from another). The first (longest)
+    token drives an index range; the others are probed per candidate cluster (indexes on
+    profiles.canonical_id and profile_search_terms (profile_id, term))."""
     first = SEARCH.alias("t0")
     stmt = (
         sa.select(PROFILES.c.canonical_id)
@@ -371,10 +373,12 @@ def _name_stmt(tokens: int) -> sa.Select[Any]:
         .where(dialect.prefix_match(first.c.term, sa.bindparam("lo0"), sa.bindparam("hi0")))
     )
     for i in range(1, tokens):
-        other = SEARCH.alias(f"t{i}")
+        other, member = SEARCH.alias(f"t{i}"), PROFILES.alias(f"m{i}")
         stmt = stmt.where(
-            sa.exists().where(
-                other.c.profile_id == first.c.profile_id,
+            sa.exists()
+            .select_from(member.join(other, other.c.profile_id == member.c.id))
+            .where(
+                member.c.canonical_id == PROFILES.c.canonical_id,
                 dialect.prefix_match(other.c.term, sa.bindparam(f"lo{i}"), sa.bindparam(f"hi{i}")),
             )
         )
