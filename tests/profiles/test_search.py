@@ -73,28 +73,26 @@ def search(engine: sa.Engine, query: str, limit: int = 20) -> list[int]:
         return profiles.search(conn=conn, query=query, limit=limit, phone_country_code=420)
 
 
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("jana.novakova@", [1]),  # e-mail prefix, lower-cased
-        ("JAN", [1, 3]),  # e-mail prefix "jan" (both), then names
-        ("user-ja", [1]),  # user id prefix
-        ("lc 0012", [1]),  # loyalty card prefix, normalised like the card
-        ("601 123", [1]),  # a national number (+420 601 123...); as an international one (+601 123...): nobody
-        ("+421 601", [3]),  # with the country code: only that country
-        ("421601", [3]),  # international without '+'
-        ("Nováková", [1, 4]),  # a name token, accents folded: the survivor of member 2, and Zofie
-        ("jana novakova", [1]),  # every token must match a name token of the cluster (here: of two members)
-        ("novak ondrej", []),
-        ("zz", []),
-    ],
-)
-def test_prefix_search_on_normalised_columns(graph: sa.Engine, query: str, expected: list[int]) -> None:
-    assert sorted(search(graph, query)) == expected
+#: query -> the surviving profiles it finds (one database for all cases: creating one is the slow part)
+CASES = [
+    ("jana.novakova@", [1]),  # e-mail prefix, lower-cased
+    ("JAN", [1, 3]),  # e-mail prefix "jan" (both), then names
+    ("user-ja", [1]),  # user id prefix
+    ("lc 0012", [1]),  # loyalty card prefix, normalised like the card
+    ("601 123", [1]),  # a national number (+420 601 123...); as an international one (+601 123...): nobody
+    ("+421 601", [3]),  # with the country code: only that country
+    ("421601", [3]),  # international without '+'
+    ("Nováková", [1, 4]),  # a name token, accents folded: the survivor of member 2, and Zofie
+    ("jana novakova", [1]),  # every token must match a name token of the cluster (here: of two members)
+    ("novak ondrej", []),
+    ("zz", []),
+]
 
 
-def test_search_answers_survivors_once_and_honours_the_limit(graph: sa.Engine) -> None:
-    assert search(graph, "novakova") == [1, 4] or search(graph, "novakova") == [4, 1]
+def test_prefix_search_on_normalised_columns(graph: sa.Engine) -> None:
+    for query, expected in CASES:
+        assert sorted(search(graph, query)) == expected, query
+    assert sorted(search(graph, "novakova")) == [1, 4]  # survivors once (member 2 answers as 1)
     assert len(search(graph, "novak", limit=1)) == 1
     with pytest.raises(profiles.ProfileError):
         search(graph, "j")
