@@ -11,13 +11,21 @@
 * `prepare_processed`: a fresh database with the benchmark's sources, loaded and processed.
 * Helpers for figures (percentiles) and the server / PostgreSQL handling of `ingest.py`.
 
-Not a benchmark itself; imported by `identity.py`, `profile_read.py` and `freshness.py`.
+* Plumbing of the read benchmarks (`profile_read.py`, `console.py`): e-mail samples, reader
+  processes on a start barrier, server CPU per request (`tree_cpu_seconds`), and prepared
+  SQLite worlds kept for reuse (`prepared_sqlite`).
+
+Not a benchmark itself; imported by `identity.py`, `profile_read.py`, `console.py` and `freshness.py`.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import os
+import queue
 import random
+import shutil
 import sys
 import time
 import uuid
@@ -41,13 +49,17 @@ __all__ = [
     "PgServer",
     "Server",
     "World",
+    "drive_readers",
     "free_port",
     "graph_stats",
+    "known_emails",
     "load_events",
     "make_console",
     "percentile",
     "prepare_database",
     "prepare_processed",
+    "prepared_sqlite",
+    "tree_cpu_seconds",
 ]
 
 MASK = (1 << 64) - 1
@@ -536,3 +548,128 @@ def make_console() -> Any:
     if not console.is_terminal:  # piped or redirected: do not squeeze tables into 80 columns
         console = Console(width=150)
     return console
+
+
+# --------------------------------------------------------------------------- read benchmarks
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live children (the API workers of `serve --workers`)."""
+    total = process_cpu_seconds(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            total += tree_cpu_seconds(int(child))
+    return total
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): a cost that load does not inflate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def known_emails(url: str, sample: int, seed: int) -> list[str]:
+    """A seeded sample of the e-mail addresses the processed graph knows (every lookup finds someone)."""
+    import sqlalchemy as sa
+
+    from omnijourney.store import db
+
+    engine = db.create_engine(url)
+    try:
+        with db.read(engine) as conn:
+            emails = [
+                r[0]
+                for r in conn.execute(
+                    sa.text("SELECT value FROM identity_links WHERE id_type = 'email' ORDER BY id LIMIT 500000")
+                )
+            ]
+    finally:
+        engine.dispose()
+    if not emails:
+        raise RuntimeError("the processed graph holds no e-mail address")
+    return random.Random(seed).sample(emails, min(sample, len(emails)))
+
+
+def drive_readers(target: Callable[..., None], port: int, token: str, emails: list[str], args: Any) -> dict[str, Any]:
+    """Run `target` in `args.client_procs` spawned processes sharing `args.readers` threads and
+    `args.requests` sequences; all start together on a barrier. Returns the merged figures:
+    wall time, latencies per call, failures and the first errors.
+
+    `target(index, port, token, emails, sequences, threads, timeline_limit, warmup, seed, barrier,
+    results)` puts one dict with start, end, lat, failed and errors on `results`."""
+    procs_n = max(1, min(args.client_procs, args.readers))
+    threads = [args.readers // procs_n + (1 if i < args.readers % procs_n else 0) for i in range(procs_n)]
+    shares = [args.requests * t // args.readers for t in threads]
+    shares[0] += args.requests - sum(shares)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs_n + 1)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=target,
+            args=(i, port, token, emails, shares[i], threads[i], args.timeline_limit, args.warmup, args.seed)
+            + (barrier, results),
+            name=f"bench-reader-{i}",
+            daemon=True,
+        )
+        for i in range(procs_n)
+    ]
+    for p in procs:
+        p.start()
+    out: list[dict[str, Any]] = []
+    try:
+        barrier.wait(timeout=900)
+        deadline = time.monotonic() + 3600
+        while len(out) < procs_n:
+            try:
+                out.append(results.get(timeout=1.0))
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("readers did not finish within an hour") from None
+                if all(not p.is_alive() for p in procs) and results.empty():
+                    raise RuntimeError("a reader process died; see its traceback above") from None
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    merged: dict[str, Any] = {"wall": 0.0, "lat": {}, "failed": 0, "errors": []}
+    merged["wall"] = max(r["end"] for r in out) - min(r["start"] for r in out)
+    for r in out:
+        for k, v in r["lat"].items():
+            merged["lat"].setdefault(k, []).extend(v)
+        merged["failed"] += r["failed"]
+        merged["errors"].extend(r["errors"])
+    return merged
+
+
+def prepared_sqlite(
+    keep_dir: Path, *, profiles: int, events: int, seed: int, batch: int, say: Callable[[str], None]
+) -> tuple[str, GraphStats]:
+    """A processed SQLite world kept in `keep_dir` and reused by later runs of the same size and seed.
+
+    Preparing a large world (load + process) takes far longer than measuring it; the file is
+    only reused once it was completely prepared (a marker with its figures is written last).
+    Migrations newer than the file are applied when the server starts."""
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    path = keep_dir / f"world-p{profiles}-e{events}-s{seed}.db"
+    marker = path.with_suffix(".json")
+    url = f"sqlite:///{path}"
+    if path.exists() and marker.exists():
+        stats = GraphStats(**orjson.loads(marker.read_bytes()))
+        say(f"reusing the prepared world {path} ({stats.clusters:,} customers, {stats.events:,} events)")
+        return url, stats
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    say(f"preparing {events:,} events for {profiles:,} people into {path} (kept for later runs; not timed)")
+    building = keep_dir / f".building-{path.name}"
+    building.unlink(missing_ok=True)
+    _, stats, _ = prepare_processed(
+        f"sqlite:///{building}", profiles=profiles, events=events, seed=seed, batch=batch, say=say
+    )
+    shutil.move(building, path)
+    marker.write_bytes(orjson.dumps(stats.__dict__))
+    return url, stats

@@ -14,8 +14,19 @@ For each backend this script
    GET /console/search?q=<e-mail> (the results page), then GET /console/customers/{id} (the
    whole 360 page: profile, identifiers, consents, loyalty, orders, cart, suggestions and the
    first 30 timeline entries, rendered), --requests sequences in total;
-5. prints p50/p99/max latency and requests/s for each page against the issue's targets
-   (search p99 < 100 ms, 360 page p99 < 150 ms), and one plain line per backend.
+5. before that, measures what each page costs the server: one session requests --cpu-requests
+   search pages, then as many 360 pages, one at a time, and the server's CPU time (the process
+   tree's user + system time from /proc, `_common.tree_cpu_seconds`) is divided by the count.
+   This figure does not depend on the machine's load, unlike the latencies: with one server
+   process (one core under the GIL) and 50 sessions, a page's p99 is roughly the queue of 50
+   requests times their CPU cost;
+6. prints p50/p99/max latency and requests/s for each page against the issue's targets
+   (search p99 < 100 ms, 360 page p99 < 150 ms), the server CPU ms per request, and one plain
+   line per backend.
+
+World size: --profiles and --events (default 1 M people and 5 M events, the issue's size).
+Preparing (load + process) dominates a run at that size, so --keep-dir DIR keeps the prepared
+SQLite world and later runs of the same size and seed reuse it (newer migrations are applied).
 
 It is a script, not a test: run `.venv/bin/python benchmarks/console.py --help`.
 """
@@ -23,9 +34,7 @@ It is a script, not a test: run `.venv/bin/python benchmarks/console.py --help`.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import queue
 import random
 import re
 import shutil
@@ -40,7 +49,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import PgServer, Server, make_console, percentile, prepare_processed
+from benchmarks._common import (
+    PgServer,
+    Server,
+    drive_readers,
+    graph_stats,
+    known_emails,
+    make_console,
+    percentile,
+    prepare_processed,
+    prepared_sqlite,
+    tree_cpu_seconds,
+)
 
 TARGETS_MS = {"search": 100.0, "page": 150.0}
 TARGET_P99_MS = 150.0  # the whole sequence is reported against the page's target
@@ -104,15 +124,6 @@ def _reader_process(
                 lat["page"].append(t2 - t1)
                 lat["sequence"].append(t2 - t0)
 
-    def log_in(client: httpx.Client) -> None:
-        form = client.get("/console/login")
-        m = _CSRF.search(form.text)
-        if m is None:
-            raise RuntimeError(f"login form: HTTP {form.status_code}")
-        r = client.post("/console/login", data={"username": USERNAME, "password": PASSWORD, "csrf_token": m.group(1)})
-        if r.status_code != 303:
-            raise RuntimeError(f"login: HTTP {r.status_code} {r.text[:200]}")
-
     def reader(n: int) -> None:
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
@@ -120,7 +131,7 @@ def _reader_process(
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         ) as client:
             try:
-                log_in(client)
+                _log_in(client)
             except Exception as exc:
                 with lock:
                     failed[0] += 1
@@ -172,6 +183,8 @@ class ReadResult:
     customers: int = 0
     events: int = 0
     error: str | None = None
+    #: server CPU ms per request of each page, measured one request at a time (load-independent)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def ms(self, call: str, q: float) -> float:
         return 1000 * percentile(self.lat[call], q)
@@ -199,101 +212,82 @@ class ReadResult:
         for c in (*CALLS, "sequence"):
             parts.append(f"{c} p50={self.ms(c, 0.5):.1f}ms p99={self.ms(c, 0.99):.1f}ms max={self.ms(c, 1.0):.1f}ms")
         parts.append(f"req/s={self.requests_per_s:.0f} sequences={self.sequences} failed={self.failed}")
+        parts += [f"server_cpu_ms_{c}={self.cpu_ms.get(c, float('nan')):.2f}" for c in CALLS]
         parts.append(f"target_calls={'MET' if self.calls_met else 'NOT-MET'}")
         parts.append(f"target_sequence={'MET' if self.sequence_met else 'NOT-MET'}")
         return " ".join(parts)
 
 
-def drive(port: int, token: str, emails: list[str], args: argparse.Namespace) -> ReadResult:
-    procs_n = max(1, min(args.client_procs, args.readers))
-    threads = [args.readers // procs_n + (1 if i < args.readers % procs_n else 0) for i in range(procs_n)]
-    shares = [args.requests * t // args.readers for t in threads]
-    shares[0] += args.requests - sum(shares)
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs_n + 1)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_reader_process,
-            args=(
-                i,
-                port,
-                token,
-                emails,
-                shares[i],
-                threads[i],
-                args.timeline_limit,
-                args.warmup,
-                args.seed,
-                barrier,
-                results,
-            ),
-            name=f"bench-reader-{i}",
-            daemon=True,
-        )
-        for i in range(procs_n)
-    ]
-    for p in procs:
-        p.start()
-    out: list[dict[str, Any]] = []
-    try:
-        barrier.wait(timeout=900)
-        deadline = time.monotonic() + 3600
-        while len(out) < procs_n:
-            try:
-                out.append(results.get(timeout=1.0))
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("readers did not finish within an hour") from None
-                if all(not p.is_alive() for p in procs) and results.empty():
-                    raise RuntimeError("a reader process died; see its traceback above") from None
-        for p in procs:
-            p.join(timeout=30)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    res = ReadResult("")
-    res.wall = max(r["end"] for r in out) - min(r["start"] for r in out)
-    for r in out:
-        for k, v in r["lat"].items():
-            res.lat[k].extend(v)
-        res.failed += r["failed"]
-        res.errors.extend(r["errors"])
+def drive(port: int, emails: list[str], args: argparse.Namespace) -> ReadResult:
+    merged = drive_readers(_reader_process, port, "", emails, args)
+    res = ReadResult("", wall=merged["wall"], failed=merged["failed"], errors=merged["errors"])
+    for k, v in merged["lat"].items():
+        res.lat[k].extend(v)
     return res
 
 
-# --------------------------------------------------------------------------- one backend
+def _log_in(client: Any) -> None:
+    form = client.get("/console/login")
+    m = _CSRF.search(form.text)
+    if m is None:
+        raise RuntimeError(f"login form: HTTP {form.status_code}")
+    r = client.post("/console/login", data={"username": USERNAME, "password": PASSWORD, "csrf_token": m.group(1)})
+    if r.status_code != 303:
+        raise RuntimeError(f"login: HTTP {r.status_code} {r.text[:200]}")
 
 
-def _token_and_emails(url: str, sample: int, seed: int) -> tuple[str, list[str]]:
-    """Create the console user; sample e-mail addresses the graph knows. (The "token" is unused.)"""
-    import sqlalchemy as sa
+def measure_cpu(server: Server, emails: list[str], count: int) -> dict[str, float]:
+    """Server CPU ms per search page and per 360 page: `count` of each, one at a time, one session."""
+    import httpx
 
+    rng = random.Random(4242)
+    picked = [rng.choice(emails) for _ in range(count)]
+    out: dict[str, float] = {}
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as client:
+        _log_in(client)
+        ids = []
+        for email in picked[: min(20, count)]:  # warm-up (imports, caches), not counted
+            found = _HREF.search(client.get("/console/search", params={"q": email}).text)
+            if found:
+                client.get(f"/console/customers/{found.group(1)}")
+        before = tree_cpu_seconds(server.proc.pid)
+        for email in picked:
+            found = _HREF.search(client.get("/console/search", params={"q": email}).text)
+            if found is None:
+                raise RuntimeError(f"search {email}: no customer link")
+            ids.append(found.group(1))
+        out["search"] = 1000 * (tree_cpu_seconds(server.proc.pid) - before) / count
+        before = tree_cpu_seconds(server.proc.pid)
+        for pid in ids:
+            if client.get(f"/console/customers/{pid}").status_code != 200:
+                raise RuntimeError(f"360 page {pid} failed")
+        out["page"] = 1000 * (tree_cpu_seconds(server.proc.pid) - before) / count
+    return out
+
+
+def graph_stats_of(url: str) -> Any:
+    from omnijourney.store import db
+
+    engine = db.create_engine(url)
+    try:
+        return graph_stats(engine)
+    finally:
+        engine.dispose()
+
+
+def _console_user(url: str) -> None:
     from omnijourney.store import db, migrate
     from omnijourney.store.base import utcnow
     from omnijourney.web.service import create_user, user_by_name
 
     engine = db.create_engine(url)
     try:
-        migrate.upgrade(engine)
+        migrate.upgrade(engine)  # a kept world may predate newer migrations
         with db.write(engine) as conn:
             if user_by_name(conn=conn, username=USERNAME) is None:
                 create_user(conn=conn, username=USERNAME, role="agent", password=PASSWORD, now=utcnow())
-        with db.read(engine) as conn:
-            emails = [
-                r[0]
-                for r in conn.execute(
-                    sa.text("SELECT value FROM identity_links WHERE id_type = 'email' ORDER BY id LIMIT 500000")
-                )
-            ]
     finally:
         engine.dispose()
-    if not emails:
-        raise RuntimeError("the processed graph holds no e-mail address")
-    rng = random.Random(seed)
-    return "", rng.sample(emails, min(sample, len(emails)))
 
 
 def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
@@ -304,25 +298,44 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
     pg: PgServer | None = None
     server: Server | None = None
     try:
-        if backend == "sqlite":
-            url = f"sqlite:///{workdir / 'console.db'}"
+        if args.database_url:
+            url = args.database_url
+            say("measuring the processed database at --database-url (kept; migrated to the current head)")
+            stats = graph_stats_of(url)
+        elif backend == "sqlite" and args.keep_dir:
+            url, stats = prepared_sqlite(
+                Path(args.keep_dir),
+                profiles=args.profiles,
+                events=args.events,
+                seed=args.seed,
+                batch=args.batch,
+                say=say,
+            )
         else:
-            say("starting PostgreSQL" if not args.pg_url else "using the PostgreSQL server at --pg-url")
-            pg = PgServer(args.pg_url)
-            url = pg.fresh_database("oj_bench_console")
-        say(f"preparing {args.events:,} events for {args.profiles:,} people (load and process; not timed)")
-        _, stats, _ = prepare_processed(
-            url, profiles=args.profiles, events=args.events, seed=args.seed, batch=args.batch, say=say
-        )
+            if backend == "sqlite":
+                url = f"sqlite:///{workdir / 'console.db'}"
+            else:
+                say("starting PostgreSQL" if not args.pg_url else "using the PostgreSQL server at --pg-url")
+                pg = PgServer(args.pg_url)
+                url = pg.fresh_database("oj_bench_console")
+            say(f"preparing {args.events:,} events for {args.profiles:,} people (load and process; not timed)")
+            _, stats, _ = prepare_processed(
+                url, profiles=args.profiles, events=args.events, seed=args.seed, batch=args.batch, say=say
+            )
         result.customers, result.events = stats.clusters, stats.events
-        token, emails = _token_and_emails(url, args.sample, args.seed)
-        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=False)
+        _console_user(url)
+        emails = known_emails(url, args.sample, args.seed)
+        server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=False, workers=args.workers)
         server.wait_healthy()
+        cpu = measure_cpu(server, emails, args.cpu_requests) if args.cpu_requests else {}
+        if cpu:
+            say(f"server CPU per request: search {cpu['search']:.2f} ms, 360 page {cpu['page']:.2f} ms")
         say(
             f"server up on 127.0.0.1:{server.port} (--no-pipeline); {args.readers} readers in "
             f"{min(args.client_procs, args.readers)} processes, {args.requests:,} sequences over {len(emails):,} e-mails"
         )
-        measured = drive(server.port, token, emails, args)
+        measured = drive(server.port, emails, args)
+        measured.cpu_ms = cpu
         measured.backend, measured.customers, measured.events = backend, result.customers, result.events
         result = measured
         for e in result.errors[:5]:
@@ -359,6 +372,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--client-procs", type=int, default=2, help="processes the reader threads are spread over (default 2)"
     )
+    p.add_argument("--workers", type=int, default=1, help="API server processes (serve --workers; default 1)")
+    p.add_argument(
+        "--cpu-requests",
+        type=int,
+        default=200,
+        help="requests of each page, one at a time, for the server CPU per request (0: skip; default 200)",
+    )
+    p.add_argument(
+        "--keep-dir",
+        default=None,
+        help="keep the prepared SQLite world in this directory and reuse it in later runs\n"
+        "of the same --profiles, --events and --seed (preparing 1 M people takes hours)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="measure this already prepared and processed database instead (SQLite or PostgreSQL;\n"
+        "nothing is dropped; --profiles/--events are then only labels; use with --backend)",
+    )
     p.add_argument("--timeline-limit", type=int, default=30, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")
     p.add_argument("--sample", type=int, default=20_000, help="distinct e-mail addresses looked up (default 20000)")
@@ -380,7 +412,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.profiles, args.events, args.readers, args.requests, args.client_procs, args.sample) < 1:
         p.error("sizes, --readers, --requests, --client-procs and --sample must be positive")
-    if args.warmup < 0 or not 1 <= args.timeline_limit <= 500:
+    if args.database_url and args.backend == "both":
+        p.error("--database-url measures one database: choose its --backend")
+    if args.warmup < 0 or args.cpu_requests < 0 or not 1 <= args.timeline_limit <= 500:
         p.error("--warmup must be >= 0 and --timeline-limit 1..500")
     return args
 
@@ -404,11 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(
         title=f"Staff console: {args.readers} concurrent sessions (targets: search p99 < 100 ms, 360 page < 150 ms)"
     )
-    for col in ("backend", "call", "count", "p50 ms", "p99 ms", "max ms", "req/s"):
+    for col in ("backend", "call", "count", "p50 ms", "p99 ms", "max ms", "req/s", "server CPU ms/req"):
         table.add_column(col, justify="left" if col in ("backend", "call") else "right")
     for r in results:
         if r.error:
-            table.add_row(r.backend, "[red]ERROR[/red]", *["-"] * 5)
+            table.add_row(r.backend, "[red]ERROR[/red]", *["-"] * 6)
             continue
         for c in (*CALLS, "sequence"):
             p99 = r.ms(c, 0.99)
@@ -422,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"[{colour}]{p99:.1f}[/{colour}]",
                 f"{r.ms(c, 1.0):.1f}",
                 f"{rate:,.0f}" if c != "sequence" else f"{rate:,.0f} (all calls)",
+                f"{r.cpu_ms[c]:.2f}" if c in r.cpu_ms else "-",
             )
     console.print(table)
     for r in results:

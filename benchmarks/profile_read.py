@@ -21,9 +21,7 @@ It is a script, not a test: run `.venv/bin/python benchmarks/profile_read.py --h
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import queue
 import random
 import shutil
 import sys
@@ -37,7 +35,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import PgServer, Server, make_console, percentile, prepare_processed
+from benchmarks._common import (
+    PgServer,
+    Server,
+    drive_readers,
+    known_emails,
+    make_console,
+    percentile,
+    prepare_processed,
+    tree_cpu_seconds,
+)
 
 TARGET_P99_MS = 50.0
 CALLS = ("lookup", "profile", "timeline")
@@ -197,87 +204,17 @@ class ReadResult:
 
 
 def drive(port: int, token: str, emails: list[str], args: argparse.Namespace) -> ReadResult:
-    procs_n = max(1, min(args.client_procs, args.readers))
-    threads = [args.readers // procs_n + (1 if i < args.readers % procs_n else 0) for i in range(procs_n)]
-    shares = [args.requests * t // args.readers for t in threads]
-    shares[0] += args.requests - sum(shares)
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs_n + 1)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_reader_process,
-            args=(
-                i,
-                port,
-                token,
-                emails,
-                shares[i],
-                threads[i],
-                args.timeline_limit,
-                args.warmup,
-                args.seed,
-                barrier,
-                results,
-            ),
-            name=f"bench-reader-{i}",
-            daemon=True,
-        )
-        for i in range(procs_n)
-    ]
-    for p in procs:
-        p.start()
-    out: list[dict[str, Any]] = []
-    try:
-        barrier.wait(timeout=900)
-        deadline = time.monotonic() + 3600
-        while len(out) < procs_n:
-            try:
-                out.append(results.get(timeout=1.0))
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("readers did not finish within an hour") from None
-                if all(not p.is_alive() for p in procs) and results.empty():
-                    raise RuntimeError("a reader process died; see its traceback above") from None
-        for p in procs:
-            p.join(timeout=30)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    res = ReadResult("")
-    res.wall = max(r["end"] for r in out) - min(r["start"] for r in out)
-    for r in out:
-        for k, v in r["lat"].items():
-            res.lat[k].extend(v)
-        res.failed += r["failed"]
-        res.errors.extend(r["errors"])
+    merged = drive_readers(_reader_process, port, token, emails, args)
+    res = ReadResult("", wall=merged["wall"], failed=merged["failed"], errors=merged["errors"])
+    for k, v in merged["lat"].items():
+        res.lat[k].extend(v)
     return res
 
 
 # --------------------------------------------------------------------------- one backend
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its live children (the API workers of `serve --workers`)."""
-    total = process_cpu_seconds(pid)
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        for child in children.read_text().split():
-            total += tree_cpu_seconds(int(child))
-    return total
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), including warm-up: a cost that load does not inflate."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _token_and_emails(url: str, sample: int, seed: int) -> tuple[str, list[str]]:
-    import sqlalchemy as sa
-
     from omnijourney.access.service import create_token
     from omnijourney.store import db
 
@@ -285,19 +222,9 @@ def _token_and_emails(url: str, sample: int, seed: int) -> tuple[str, list[str]]
     try:
         with db.write(engine) as conn:
             token = create_token(conn=conn, role="agent", name="bench-profile-read")
-        with db.read(engine) as conn:
-            emails = [
-                r[0]
-                for r in conn.execute(
-                    sa.text("SELECT value FROM identity_links WHERE id_type = 'email' ORDER BY id LIMIT 500000")
-                )
-            ]
     finally:
         engine.dispose()
-    if not emails:
-        raise RuntimeError("the processed graph holds no e-mail address")
-    rng = random.Random(seed)
-    return token, rng.sample(emails, min(sample, len(emails)))
+    return token, known_emails(url, sample, seed)
 
 
 def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:

@@ -103,6 +103,14 @@ def source_by_name(*, conn: Connection, name: str) -> SourceInfo | None:
     return _source_info(row) if row else None
 
 
+_SOURCE_NAMES = sa.select(SOURCES.c.id, SOURCES.c.name)
+
+
+def source_names(*, conn: Connection) -> dict[int, str]:
+    """Source id -> name (the console's 360 page labels every identifier with its source)."""
+    return dict(conn.execute(_SOURCE_NAMES).all())
+
+
 def list_sources(*, conn: Connection) -> list[SourceInfo]:
     return [_source_info(r) for r in conn.execute(sa.select(SOURCES).order_by(SOURCES.c.id))]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -2168,17 +2169,44 @@ def find_order(*, conn: Connection, ref: str) -> int | None:
     return int(row.id) if row else None
 
 
-def order_view(*, conn: Connection, order_id: int) -> dict[str, Any]:
-    o = conn.execute(sa.select(ORDERS).where(ORDERS.c.id == order_id)).first()
-    if o is None:
-        raise _not_found(f"no order {order_id}")
-    lines = conn.execute(
-        sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id).order_by(ORDER_LINES.c.line_no)
-    )
-    history = conn.execute(
-        sa.select(ORDER_HISTORY).where(ORDER_HISTORY.c.order_id == order_id).order_by(ORDER_HISTORY.c.id)
-    )
-    returns = conn.execute(sa.select(RETURNS).where(RETURNS.c.order_id == order_id).order_by(RETURNS.c.id)).all()
+# The console's search and 360 page read orders on every request: statements built once.
+_OWNER_COLUMNS = (ORDERS.c.order_ref, PROFILES.c.canonical_id)
+_ORDER_OWNER_BY_REF = (
+    sa.select(*_OWNER_COLUMNS)
+    .select_from(ORDERS.outerjoin(PROFILES, PROFILES.c.id == ORDERS.c.profile_id))
+    .where(ORDERS.c.order_ref == sa.bindparam("ref"))
+)
+_ORDER_OWNER_BY_ID = (
+    sa.select(*_OWNER_COLUMNS)
+    .select_from(ORDERS.outerjoin(PROFILES, PROFILES.c.id == ORDERS.c.profile_id))
+    .where(ORDERS.c.id == sa.bindparam("id"))
+)
+_IDS = sa.bindparam("ids", expanding=True)
+_ORDERS_BY_ID = sa.select(ORDERS).where(ORDERS.c.id.in_(_IDS))
+_LINES_OF = (
+    sa.select(ORDER_LINES)
+    .where(ORDER_LINES.c.order_id.in_(_IDS))
+    .order_by(ORDER_LINES.c.order_id, ORDER_LINES.c.line_no)
+)
+_HISTORY_OF = sa.select(ORDER_HISTORY).where(ORDER_HISTORY.c.order_id.in_(_IDS)).order_by(ORDER_HISTORY.c.id)
+_RETURNS_OF = sa.select(RETURNS).where(RETURNS.c.order_id.in_(_IDS)).order_by(RETURNS.c.id)
+_ORDERS_OF_MEMBERS = (
+    sa.select(ORDERS.c.id)
+    .where(ORDERS.c.profile_id.in_(sa.bindparam("members", expanding=True)))
+    .order_by(ORDERS.c.placed_at.desc(), ORDERS.c.id.desc())
+    .limit(sa.bindparam("n"))
+)
+
+
+def order_owner(*, conn: Connection, ref: str) -> tuple[str, int | None] | None:
+    """An order's reference and its buyer's surviving profile (None if anonymous), by reference or id."""
+    row = conn.execute(_ORDER_OWNER_BY_REF, {"ref": ref}).first()
+    if row is None and ref.isdigit() and len(ref) < 19:
+        row = conn.execute(_ORDER_OWNER_BY_ID, {"id": int(ref)}).first()
+    return (row.order_ref, row.canonical_id) if row is not None else None
+
+
+def _order_dict(o: Any, lines: list[Any], history: list[Any], returns: list[Any]) -> dict[str, Any]:
     return {
         "id": o.id,
         "order_ref": o.order_ref,
@@ -2218,21 +2246,39 @@ def order_view(*, conn: Connection, order_id: int) -> dict[str, Any]:
     }
 
 
-def orders_of_profile(*, conn: Connection, profile_id: int, limit: int = 100) -> list[dict[str, Any]]:
-    root = identity.canonical_id(conn=conn, profile_id=profile_id)
-    if root is None:
-        raise _not_found(f"no profile {profile_id}")
-    members = identity.members(conn=conn, root=root)
-    ids = [
-        r[0]
-        for r in conn.execute(
-            sa.select(ORDERS.c.id)
-            .where(ORDERS.c.profile_id.in_(members))
-            .order_by(ORDERS.c.placed_at.desc(), ORDERS.c.id.desc())
-            .limit(limit)
-        )
-    ]
-    return [order_view(conn=conn, order_id=i) for i in ids]
+def order_view(*, conn: Connection, order_id: int) -> dict[str, Any]:
+    found = order_views(conn=conn, order_ids=[order_id])
+    if not found:
+        raise _not_found(f"no order {order_id}")
+    return found[0]
+
+
+def order_views(*, conn: Connection, order_ids: list[int]) -> list[dict[str, Any]]:
+    """Several orders as `order_view` shows them, in the given order, in four statements."""
+    if not order_ids:
+        return []
+    params = {"ids": list(dict.fromkeys(order_ids))}
+    orders = {o.id: o for o in conn.execute(_ORDERS_BY_ID, params)}
+    lines: dict[int, list[Any]] = defaultdict(list)
+    history: dict[int, list[Any]] = defaultdict(list)
+    returns: dict[int, list[Any]] = defaultdict(list)
+    for stmt, into in ((_LINES_OF, lines), (_HISTORY_OF, history), (_RETURNS_OF, returns)):
+        for r in conn.execute(stmt, params):
+            into[r.order_id].append(r)
+    return [_order_dict(orders[i], lines[i], history[i], returns[i]) for i in order_ids if i in orders]
+
+
+def orders_of_profile(
+    *, conn: Connection, profile_id: int, limit: int = 100, members: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """The cluster's orders, newest first (pass `members` when the caller has the cluster already)."""
+    if members is None:
+        root = identity.canonical_id(conn=conn, profile_id=profile_id)
+        if root is None:
+            raise _not_found(f"no profile {profile_id}")
+        members = identity.members(conn=conn, root=root)
+    ids = [r[0] for r in conn.execute(_ORDERS_OF_MEMBERS, {"members": members, "n": limit})]
+    return order_views(conn=conn, order_ids=ids)
 
 
 def transition_order(
@@ -2928,7 +2974,7 @@ def pickups_at(*, conn: Connection, location: str, limit: int = 200) -> list[dic
             .limit(limit)
         )
     ]
-    return [order_view(conn=conn, order_id=i) for i in ids]
+    return order_views(conn=conn, order_ids=ids)
 
 
 def related_products(
@@ -2951,19 +2997,18 @@ def related_products(
     return out
 
 
-def current_cart(*, conn: Connection, profile_id: int) -> dict[str, Any] | None:
-    """The profile's active cart as `resolve_cart` would pick it, without merging (a read-only view)."""
-    root = identity.canonical_id(conn=conn, profile_id=profile_id)
-    if root is None:
-        return None
-    members = identity.members(conn=conn, root=root)
-    anon = _anonymous_ids(conn, members)
-    owned = CARTS.c.profile_id.in_(members)
-    if anon:
-        owned = owned | (CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(anon))
-    carts = conn.execute(
-        sa.select(CARTS.c.id, CARTS.c.profile_id).where(CARTS.c.status == "active", owned).order_by(CARTS.c.id)
-    ).all()
+def current_cart(*, conn: Connection, profile_id: int, members: list[int] | None = None) -> dict[str, Any] | None:
+    """The profile's active cart as `resolve_cart` would pick it, without merging (a read-only view).
+
+    Pass the cluster's `members` (in id order, `profile_id` its survivor) when the caller has them."""
+    if members is None:
+        root = identity.canonical_id(conn=conn, profile_id=profile_id)
+        if root is None:
+            return None
+        members = identity.members(conn=conn, root=root)
+    else:
+        root = profile_id
+    carts = conn.execute(_ACTIVE_CARTS_OF, {"members": members}).all()
     if not carts:
         return None
     target = next(
@@ -2999,6 +3044,29 @@ def _item_count() -> Any:
     )
 
 
+def _owned_by_members() -> Any:
+    """Carts bound to a member of the cluster, or still held by an anonymous id linked to one.
+
+    The anonymous ids stay in the database (a subquery): a customer's POS receipts and calls each
+    link one, so a list of them can run into the hundreds."""
+    members = sa.bindparam("members", expanding=True)
+    devices = sa.select(LINKS.c.value).where(LINKS.c.id_type == "anonymous_id", LINKS.c.profile_id.in_(members))
+    return CARTS.c.profile_id.in_(members) | (CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(devices))
+
+
+# built once: the customer 360 reads them on every page view
+_ACTIVE_CARTS_OF = (
+    sa.select(CARTS.c.id, CARTS.c.profile_id)
+    .where(CARTS.c.status == "active", _owned_by_members())
+    .order_by(CARTS.c.id)
+)
+_ACTIVE_CART_SIGNAL = (
+    sa.select(CARTS, _item_count())
+    .where(CARTS.c.status == "active", _owned_by_members())
+    .order_by(CARTS.c.updated_at.desc(), CARTS.c.id.desc())
+)
+
+
 def active_cart_signal(*, conn: Connection, member_ids: list[int], now: datetime) -> dict[str, Any] | None:
     """The abandoned-cart signal of a profile: its active cart's last change time, value and items.
 
@@ -3008,15 +3076,7 @@ def active_cart_signal(*, conn: Connection, member_ids: list[int], now: datetime
     """
     if not member_ids:
         return None
-    anon = _anonymous_ids(conn, member_ids)
-    owned = CARTS.c.profile_id.in_(member_ids)
-    if anon:
-        owned = owned | (CARTS.c.profile_id.is_(None) & CARTS.c.anonymous_id.in_(anon))
-    row = conn.execute(
-        sa.select(CARTS, _item_count())
-        .where(CARTS.c.status == "active", owned)
-        .order_by(CARTS.c.updated_at.desc(), CARTS.c.id.desc())
-    ).all()
+    row = conn.execute(_ACTIVE_CART_SIGNAL, {"members": member_ids}).all()
     with_items = [r for r in row if r.item_count]
     return _cart_signal(with_items[0], now) if with_items else None
 
@@ -3085,19 +3145,20 @@ def _default_config() -> CommerceConfig:
     return load_commerce_config()
 
 
+_LOYALTY_SUMMARY = sa.select(
+    sa.func.count(),
+    sa.func.coalesce(sa.func.sum(ACCOUNTS.c.balance), 0),
+    sa.func.coalesce(sa.func.sum(ACCOUNTS.c.lifetime_earned), 0),
+).where(ACCOUNTS.c.profile_id.in_(sa.bindparam("members", expanding=True)))
+
+
 def loyalty_summary(
     *, conn: Connection, member_ids: list[int], config: CommerceConfig | None = None
 ) -> dict[str, Any] | None:
     """Balance, lifetime points and tier of a cluster (None without a loyalty account)."""
     if not member_ids:
         return None
-    row = conn.execute(
-        sa.select(
-            sa.func.count(),
-            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.balance), 0),
-            sa.func.coalesce(sa.func.sum(ACCOUNTS.c.lifetime_earned), 0),
-        ).where(ACCOUNTS.c.profile_id.in_(member_ids))
-    ).one()
+    row = conn.execute(_LOYALTY_SUMMARY, {"members": member_ids}).one()
     if not row[0]:
         return None
     rules = (config or _default_config()).loyalty

@@ -35,12 +35,20 @@ class IdentityLink(Base):
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     id_type: Mapped[str] = mapped_column(sa.String(32))
     value: Mapped[str] = mapped_column(sa.String(255))
-    profile_id: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+    profile_id: Mapped[int] = mapped_column(sa.BigInteger)
     linked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     event_id: Mapped[int] = mapped_column(sa.BigInteger)
     source_id: Mapped[int] = mapped_column(sa.Integer)
 
-    __table_args__ = (sa.UniqueConstraint("id_type", "value"),)
+    __table_args__ = (
+        sa.UniqueConstraint("id_type", "value"),
+        # migration 0012: a member's identifiers of one type (it replaced an index on profile_id alone)
+        sa.Index("ix_identity_links_profile_type", "profile_id", "id_type"),
+        # migration 0012: prefix search (store.dialect.prefix_match) compares byte-wise on PostgreSQL
+        sa.Index(
+            "ix_identity_links_value_prefix", "id_type", "value", postgresql_ops={"value": "varchar_pattern_ops"}
+        ).ddl_if(dialect="postgresql"),
+    )
 
 
 class IdentityMerge(Base):

@@ -34,6 +34,11 @@ def normalise_phone(raw: str, region: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def country_calling_code(region: str) -> int | None:
+    """The calling code of a region ("CZ" -> 420), None for an unknown region."""
+    return phonenumbers.country_code_for_region(region.upper()) or None
+
+
 def normalise_value(raw: Any, id_type: IdentifierType, rules: IdentityRules) -> str | None:
     """Normalised value, or None when the value is junk, blocked or malformed."""
     if raw is None or isinstance(raw, bool | dict | list):

@@ -82,6 +82,15 @@ class ProfileSearchTerm(Base):
     term: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
     profile_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
 
+    # migration 0012: a profile's terms (multi-word search probes), and on PostgreSQL a byte-wise
+    # index for the prefix ranges of store.dialect.prefix_match
+    __table_args__ = (
+        sa.Index("ix_profile_search_terms_profile_term", "profile_id", "term"),
+        sa.Index("ix_profile_search_terms_term_prefix", "term", postgresql_ops={"term": "varchar_pattern_ops"}).ddl_if(
+            dialect="postgresql"
+        ),
+    )
+
 
 class ProfileChange(Base):
     """A feed of member profiles changed by processing, for `GET /api/profiles/changes`."""

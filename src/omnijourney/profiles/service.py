@@ -8,8 +8,10 @@ consent the most restrictive state per purpose and channel wins.
 from __future__ import annotations
 
 import base64
+import re
 from collections import defaultdict
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -30,6 +32,7 @@ from omnijourney.profiles.models import (
     ProfileTrait,
 )
 from omnijourney.profiles.traits import fold, merge_member_traits
+from omnijourney.store import dialect
 from omnijourney.store.base import utcnow
 
 PROFILES = Profile.__table__
@@ -65,7 +68,11 @@ _CONSENTS = (
 
 
 def _stats(conn: Connection, ids: list[int]) -> dict[str, Any] | None:
-    rows = conn.execute(_STATS, {"ids": ids}).all()
+    return _combine_stats(conn.execute(_STATS, {"ids": ids}).all())
+
+
+def _combine_stats(rows: list[Any]) -> dict[str, Any] | None:
+    """One cluster's computed traits from its members' profile_stats rows."""
     if not rows:
         return None
 
@@ -230,6 +237,49 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ProfileError("invalid cursor") from exc
 
 
+_TIMELINE_COLUMNS = (
+    PROFILE_EVENTS.c.event_id,
+    PROFILE_EVENTS.c.profile_id,
+    PROFILE_EVENTS.c.timestamp,
+    PROFILE_EVENTS.c.channel,
+    EVENTS.c.type,
+    EVENTS.c.event,
+    EVENTS.c.source_id,
+    EVENTS.c.order_id,
+    EVENTS.c.cart_id,
+    EVENTS.c.revenue,
+    EVENTS.c.currency,
+    EVENTS.c.payload,
+)
+
+
+@lru_cache(maxsize=64)
+def _timeline_stmt(cursor: bool, channels: bool, events: bool, since: bool, until: bool, after: bool) -> sa.Select[Any]:
+    """The timeline statement for one combination of filters, built once (values are bind parameters)."""
+    pe = PROFILE_EVENTS
+    stmt = (
+        sa.select(*_TIMELINE_COLUMNS)
+        .join(EVENTS, EVENTS.c.id == pe.c.event_id)
+        .where(pe.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
+        .order_by(pe.c.timestamp.desc(), pe.c.event_id.desc())
+        .limit(sa.bindparam("n"))
+    )
+    if cursor:
+        ts, eid = sa.bindparam("cursor_ts"), sa.bindparam("cursor_id")
+        stmt = stmt.where(sa.or_(pe.c.timestamp < ts, sa.and_(pe.c.timestamp == ts, pe.c.event_id < eid)))
+    if channels:
+        stmt = stmt.where(pe.c.channel.in_(sa.bindparam("channels", expanding=True)))
+    if events:
+        stmt = stmt.where(pe.c.event.in_(sa.bindparam("events", expanding=True)))
+    if since:
+        stmt = stmt.where(pe.c.timestamp >= sa.bindparam("since"))
+    if until:
+        stmt = stmt.where(pe.c.timestamp < sa.bindparam("until"))
+    if after:
+        stmt = stmt.where(pe.c.event_id > sa.bindparam("after"))
+    return stmt
+
+
 def timeline(
     *,
     conn: Connection,
@@ -243,41 +293,23 @@ def timeline(
     after_event_id: int | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Every event of every member, newest first, keyset-paginated on (timestamp, event id)."""
-    pe = PROFILE_EVENTS
-    stmt = (
-        sa.select(
-            pe.c.event_id,
-            pe.c.profile_id,
-            pe.c.timestamp,
-            pe.c.channel,
-            EVENTS.c.type,
-            EVENTS.c.event,
-            EVENTS.c.source_id,
-            EVENTS.c.order_id,
-            EVENTS.c.cart_id,
-            EVENTS.c.revenue,
-            EVENTS.c.currency,
-            EVENTS.c.payload,
-        )
-        .join(EVENTS, EVENTS.c.id == pe.c.event_id)
-        .where(pe.c.profile_id.in_(member_ids))
-        .order_by(pe.c.timestamp.desc(), pe.c.event_id.desc())
-        .limit(limit + 1)
-    )
+    params: dict[str, Any] = {"ids": member_ids, "n": limit + 1}
     if cursor:
-        ts, eid = _decode_cursor(cursor)
-        stmt = stmt.where(sa.or_(pe.c.timestamp < ts, sa.and_(pe.c.timestamp == ts, pe.c.event_id < eid)))
+        params["cursor_ts"], params["cursor_id"] = _decode_cursor(cursor)
     if channels:
-        stmt = stmt.where(pe.c.channel.in_(channels))
+        params["channels"] = channels
     if events:
-        stmt = stmt.where(pe.c.event.in_(events))
+        params["events"] = events
     if since:
-        stmt = stmt.where(pe.c.timestamp >= since)
+        params["since"] = since
     if until:
-        stmt = stmt.where(pe.c.timestamp < until)
+        params["until"] = until
     if after_event_id is not None:
-        stmt = stmt.where(pe.c.event_id > after_event_id)
-    rows = conn.execute(stmt).all()
+        params["after"] = after_event_id
+    stmt = _timeline_stmt(
+        bool(cursor), bool(channels), bool(events), since is not None, until is not None, after_event_id is not None
+    )
+    rows = conn.execute(stmt, params).all()
     more = len(rows) > limit
     rows = rows[:limit]
     items = []
@@ -304,77 +336,155 @@ def timeline(
     return items, next_cursor
 
 
-def search(*, conn: Connection, query: str, limit: int = 20) -> list[int]:
+# ------------------------------------------------------------------ search
+#
+# Every branch is an index range on a normalised column (identity_links (id_type, value), the
+# name tokens of profile_search_terms), never a scan: dialect.prefix_match is the "starts with"
+# that both databases serve from an index. Each statement answers surviving profile ids.
+
+#: identifier types searched by prefix (values as normalised by the identity rules)
+PREFIX_TYPES = ("email", "user_id", "loyalty_card", "phone")
+#: name tokens of a query that take part in a search (the longest ones)
+MAX_NAME_TOKENS = 4
+_PHONE_LIKE = re.compile(r"^\+?[\d\s().\-/]+$")
+
+_LINK_PREFIX = (
+    sa.select(PROFILES.c.canonical_id)
+    .join(LINKS, LINKS.c.profile_id == PROFILES.c.id)
+    .where(
+        LINKS.c.id_type == sa.bindparam("t"),
+        dialect.prefix_match(LINKS.c.value, sa.bindparam("lo"), sa.bindparam("hi")),
+    )
+    .limit(sa.bindparam("n"))
+)
+
+
+@lru_cache(maxsize=MAX_NAME_TOKENS)
+def _name_stmt(tokens: int) -> sa.Select[Any]:
+    """Surviving profiles with a name token starting with each of `tokens` prefixes, on any member
+    (the first name can come from one device, the last name from another). The first (longest)
+    token drives an index range; the others are probed per candidate cluster (indexes on
+    profiles.canonical_id and profile_search_terms (profile_id, term))."""
+    first = SEARCH.alias("t0")
+    stmt = (
+        sa.select(PROFILES.c.canonical_id)
+        .select_from(first)
+        .join(PROFILES, PROFILES.c.id == first.c.profile_id)
+        .where(dialect.prefix_match(first.c.term, sa.bindparam("lo0"), sa.bindparam("hi0")))
+    )
+    for i in range(1, tokens):
+        other, member = SEARCH.alias(f"t{i}"), PROFILES.alias(f"m{i}")
+        stmt = stmt.where(
+            sa.exists()
+            .select_from(member.join(other, other.c.profile_id == member.c.id))
+            .where(
+                member.c.canonical_id == PROFILES.c.canonical_id,
+                dialect.prefix_match(other.c.term, sa.bindparam(f"lo{i}"), sa.bindparam(f"hi{i}")),
+            )
+        )
+    return stmt.limit(sa.bindparam("n"))
+
+
+def phone_prefixes(query: str, country_code: int | None) -> list[str]:
+    """E.164 prefixes a phone-like query can be the start of: as typed with '+', else with the
+    default country's code (a national number) and as an international number without '+'."""
+    if not _PHONE_LIKE.match(query):
+        return []
+    digits = "".join(ch for ch in query if ch.isdigit())
+    if len(digits) < 3:
+        return []
+    if query.lstrip().startswith("+"):
+        return ["+" + digits]
+    out = []
+    if country_code is not None:
+        out.append(f"+{country_code}{digits.lstrip('0') or digits}")
+    out.append("+" + digits)
+    return out
+
+
+def search(*, conn: Connection, query: str, limit: int = 20, phone_country_code: int | None = 420) -> list[int]:
     """Surviving profile ids whose e-mail, phone, loyalty card, user id or name starts with `query`."""
     q = query.strip()
     if len(q) < 2:
         raise ProfileError("search needs at least 2 characters")
-    found: list[int] = []
-    low = q.lower()
-    digits = "".join(ch for ch in q if ch.isdigit() or ch == "+")
-    prefixes: list[tuple[str, str]] = [("email", low), ("user_id", q), ("loyalty_card", q.upper().replace(" ", ""))]
-    if digits and len(digits) >= 3:
-        phone = digits if digits.startswith("+") else None
-        if phone:
-            prefixes.append(("phone", phone))
-        else:
-            prefixes.append(("phone_suffix", digits))
-    for id_type, prefix in prefixes:
-        if id_type == "phone_suffix":
-            stmt = sa.select(LINKS.c.profile_id).where(LINKS.c.id_type == "phone", LINKS.c.value.like(f"%{prefix}%"))
-        else:
-            stmt = sa.select(LINKS.c.profile_id).where(
-                LINKS.c.id_type == id_type, LINKS.c.value >= prefix, LINKS.c.value < prefix + "\uffff"
-            )
-        found.extend(r[0] for r in conn.execute(stmt.limit(limit)))
-    tokens = [t for t in fold(q).split() if t]
-    if tokens:
-        first = tokens[0]
-        stmt = sa.select(SEARCH.c.profile_id).where(SEARCH.c.term >= first, SEARCH.c.term < first + "\uffff")
-        ids = {r[0] for r in conn.execute(stmt.limit(limit * 5))}
-        for t in tokens[1:]:
-            ids &= {
-                r[0]
-                for r in conn.execute(
-                    sa.select(SEARCH.c.profile_id)
-                    .where(SEARCH.c.term >= t, SEARCH.c.term < t + "\uffff")
-                    .limit(limit * 5)
-                )
-            }
-        found.extend(sorted(ids))
-    if not found:
-        return []
-    roots = dict(
-        conn.execute(sa.select(PROFILES.c.id, PROFILES.c.canonical_id).where(PROFILES.c.id.in_(set(found)))).all()
-    )
+    prefixes: list[tuple[str, str]] = [("email", q.lower()), ("user_id", q)]
+    if "@" not in q:
+        prefixes.append(("loyalty_card", q.upper().replace(" ", "").replace("-", "")))
+        prefixes += [("phone", p) for p in phone_prefixes(q, phone_country_code)]
     out: list[int] = []
-    for pid in found:
-        root = roots.get(pid)
-        if root is not None and root not in out:
-            out.append(root)
+
+    def add(rows: Any) -> None:
+        for (root,) in rows:
+            if root not in out:
+                out.append(root)
+
+    for id_type, prefix in prefixes:
+        if len(out) >= limit or not prefix:
+            continue
+        lo, hi = dialect.prefix_bounds(prefix)
+        add(conn.execute(_LINK_PREFIX, {"t": id_type, "lo": lo, "hi": hi, "n": limit}))
+    tokens = sorted({t for t in re.split(r"[\s,.;]+", fold(q)) if t}, key=lambda t: (-len(t), t))
+    if tokens and "@" not in q and any(ch.isalpha() for ch in q) and len(out) < limit:  # names have letters
+        tokens = tokens[:MAX_NAME_TOKENS]
+        params: dict[str, Any] = {"n": limit * 5}
+        for i, t in enumerate(tokens):
+            params[f"lo{i}"], params[f"hi{i}"] = dialect.prefix_bounds(t[:100])
+        add(conn.execute(_name_stmt(len(tokens)), params))
     return out[:limit]
 
 
+#: identifier types a search result card shows
+SUMMARY_TYPES = ("email", "phone", "loyalty_card", "user_id")
+_MEMBERS_OF = sa.select(PROFILES.c.id, PROFILES.c.canonical_id).where(
+    PROFILES.c.canonical_id.in_(sa.bindparam("roots", expanding=True))
+)
+_SUMMARY_LINKS = (
+    sa.select(LINKS.c.profile_id, LINKS.c.id_type, LINKS.c.value)
+    .where(LINKS.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(LINKS.c.linked_at, LINKS.c.id)
+)
+_MEMBER_TRAITS = sa.select(
+    TRAITS.c.profile_id, TRAITS.c.key, TRAITS.c.value, TRAITS.c.observed_at, TRAITS.c.first_observed_at
+).where(TRAITS.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def summaries(*, conn: Connection, root_ids: list[int], config: ProfileConfig) -> list[dict[str, Any]]:
-    """Short cards for search results: name, e-mail, phone, loyalty card, stage."""
+    """Short cards for search results: name, e-mail, phone, loyalty card, stage.
+
+    Four statements whatever the number of results (members, traits, identifiers, stats of
+    every card's cluster at once), not four per card."""
+    if not root_ids:
+        return []
+    root_of = dict(conn.execute(_MEMBERS_OF, {"roots": list(dict.fromkeys(root_ids))}).all())
+    ids = sorted(root_of)
+    by_root: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    links: dict[int, dict[str, str]] = defaultdict(dict)
+    stats: dict[int, list[Any]] = defaultdict(list)
+    if ids:
+        for r in conn.execute(_MEMBER_TRAITS, {"ids": ids}):
+            by_root[root_of[r.profile_id]][r.key].append(
+                {"value": r.value, "observed_at": r.observed_at, "first_observed_at": r.first_observed_at}
+            )
+        for r in conn.execute(_SUMMARY_LINKS, {"ids": ids}):  # by profile_id (its index), types picked here
+            if r.id_type in SUMMARY_TYPES:
+                links[root_of[r.profile_id]].setdefault(r.id_type, r.value)
+        for r in conn.execute(_STATS, {"ids": ids}):
+            stats[root_of[r.profile_id]].append(r)
     out = []
     for root in root_ids:
-        member_ids = identity.members(conn=conn, root=root)
-        t = traits(conn=conn, member_ids=member_ids, config=config)
-        ids: dict[str, list[str]] = defaultdict(list)
-        for link in identity.identifiers(conn=conn, member_ids=member_ids):
-            ids[link["type"]].append(link["value"])
-        stats = _stats(conn, member_ids)
+        t = {key: merge_member_traits(config.strategy(key), states)["value"] for key, states in by_root[root].items()}
+        combined = _combine_stats(stats[root])
+        ids_of = links[root]
         out.append(
             {
                 "id": root,
                 "name": t.get("name") or " ".join(x for x in (t.get("first_name"), t.get("last_name")) if x) or None,
-                "email": ids.get("email", [None])[0],
-                "phone": ids.get("phone", [None])[0],
-                "loyalty_card": ids.get("loyalty_card", [None])[0],
-                "user_id": ids.get("user_id", [None])[0],
-                "lifecycle_stage": lifecycle_stage(stats, config),
-                "last_seen": stats["last_seen"] if stats else None,
+                "email": ids_of.get("email"),
+                "phone": ids_of.get("phone"),
+                "loyalty_card": ids_of.get("loyalty_card"),
+                "user_id": ids_of.get("user_id"),
+                "lifecycle_stage": lifecycle_stage(combined, config),
+                "last_seen": combined["last_seen"] if combined else None,
             }
         )
     return out

@@ -18,6 +18,7 @@ from omnijourney.access.deps import require_role
 from omnijourney.access.service import Principal
 from omnijourney.errors import ApiError
 from omnijourney.identity import service as identity
+from omnijourney.identity.normalise import country_calling_code
 from omnijourney.identity.service import IdentityError
 from omnijourney.profiles import service
 from omnijourney.profiles.service import ProfileError
@@ -69,7 +70,8 @@ def search(
 ) -> dict[str, Any]:
     try:
         with db.read(request.app.state.engine) as conn:
-            ids = service.search(conn=conn, query=q, limit=limit)
+            code = country_calling_code(request.app.state.identity_rules.default_phone_region)
+            ids = service.search(conn=conn, query=q, limit=limit, phone_country_code=code)
             results = service.summaries(conn=conn, root_ids=ids, config=request.app.state.profile_config)
     except ProfileError as exc:
         raise ApiError(400, "invalid_query", str(exc)) from exc

@@ -76,6 +76,7 @@ class Conversation(Base):
         sa.CheckConstraint("nps IS NULL OR nps BETWEEN 0 AND 10", name="nps_range"),
         sa.CheckConstraint("contact_number >= 1 AND followup_count >= 0 AND reopen_count >= 0", name="counts"),
         sa.Index("ix_service_conversations_profile_started", "profile_id", "started_at"),
+        sa.Index("ix_service_conversations_previous", "previous_conversation_id"),  # migration 0012
     )
 
 

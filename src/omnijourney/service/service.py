@@ -1095,11 +1095,27 @@ def measures(row: Any) -> dict[str, Any]:
     }
 
 
+# built once: the customer 360 lists conversations on every page view
+_ROOTS = sa.select(identity.PROFILES.c.id, identity.PROFILES.c.canonical_id).where(
+    identity.PROFILES.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_ORDERS_OF = (
+    sa.select(ORDERS.c.conversation_id, ORDERS.c.order_ref)
+    .where(ORDERS.c.conversation_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(ORDERS.c.linked_at, ORDERS.c.order_ref)
+)
+_CONVERSATIONS_OF_MEMBERS = (
+    sa.select(CONV)
+    .where(CONV.c.profile_id.in_(sa.bindparam("members", expanding=True)))
+    .order_by(CONV.c.id.desc())
+    .limit(sa.bindparam("n"))
+)
+
+
 def _roots(conn: Connection, member_ids: set[int]) -> dict[int, int]:
     if not member_ids:
         return {}
-    p = identity.PROFILES
-    return dict(conn.execute(sa.select(p.c.id, p.c.canonical_id).where(p.c.id.in_(sorted(member_ids)))).all())
+    return dict(conn.execute(_ROOTS, {"ids": sorted(member_ids)}).all())
 
 
 def _summary(row: Any, roots: dict[int, int], orders: dict[int, list[str]]) -> dict[str, Any]:
@@ -1127,11 +1143,7 @@ def _summary(row: Any, roots: dict[int, int], orders: dict[int, list[str]]) -> d
 def _orders_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     if ids:
-        for cid, ref in conn.execute(
-            sa.select(ORDERS.c.conversation_id, ORDERS.c.order_ref)
-            .where(ORDERS.c.conversation_id.in_(ids))
-            .order_by(ORDERS.c.linked_at, ORDERS.c.order_ref)
-        ):
+        for cid, ref in conn.execute(_ORDERS_OF, {"ids": ids}):
             out.setdefault(cid, []).append(ref)
     return out
 
@@ -1149,6 +1161,10 @@ def list_conversations(
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Conversations newest first (by id, i.e. by when they were first seen), keyset-paginated on id."""
+    only_members = member_ids is not None and not (statuses or channels or assignee is not None or unassigned)
+    if only_members and topic is None and before is None:  # the customer 360's list: a statement built once
+        rows = conn.execute(_CONVERSATIONS_OF_MEMBERS, {"members": member_ids, "n": limit + 1}).all()
+        return _page(conn, rows, limit)
     stmt = sa.select(CONV).order_by(CONV.c.id.desc()).limit(limit + 1)
     if statuses:
         stmt = stmt.where(CONV.c.status.in_(statuses))
@@ -1164,7 +1180,11 @@ def list_conversations(
         stmt = stmt.where(CONV.c.topic == topic)
     if before is not None:
         stmt = stmt.where(CONV.c.id < before)
-    rows = conn.execute(stmt).all()
+    return _page(conn, conn.execute(stmt).all(), limit)
+
+
+def _page(conn: Connection, rows: list[Any], limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    """Conversation summaries of one page (`rows` holds one more than `limit` when there is a next page)."""
     more = len(rows) > limit
     rows = rows[:limit]
     roots = _roots(conn, {r.profile_id for r in rows if r.profile_id is not None})
@@ -1210,6 +1230,42 @@ def profile_conversations(*, conn: Connection, profile_id: int, limit: int = 100
     members = identity.members(conn=conn, root=root)
     items, _ = list_conversations(conn=conn, member_ids=members, limit=limit)
     return {"profile_id": root, "conversations": items}
+
+
+_CONV_IDS = sa.bindparam("ids", expanding=True)
+_MESSAGES_OF = (
+    sa.select(MSG).where(MSG.c.conversation_id.in_(_CONV_IDS)).order_by(MSG.c.conversation_id, MSG.c.sent_at, MSG.c.id)
+)
+_NOTES_OF = (
+    sa.select(NOTES)
+    .where(NOTES.c.conversation_id.in_(_CONV_IDS))
+    .order_by(NOTES.c.conversation_id, NOTES.c.created_at, NOTES.c.id)
+)
+
+
+def transcripts(*, conn: Connection, conversation_ids: list[int]) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    """The messages and internal notes of several conversations in two statements (the customer 360
+    shows many), shaped as in `conversation_view`; every requested id has an entry."""
+    out: dict[int, dict[str, list[dict[str, Any]]]] = {i: {"messages": [], "notes": []} for i in conversation_ids}
+    if not conversation_ids:
+        return out
+    params = {"ids": list(out)}
+    for m in conn.execute(_MESSAGES_OF, params):
+        out[m.conversation_id]["messages"].append(
+            {
+                "id": m.id,
+                "external_id": m.external_id,
+                "author": m.author,
+                "author_id": m.author_id,
+                "text": m.text,
+                "sent_at": m.sent_at,
+            }
+        )
+    for n in conn.execute(_NOTES_OF, params):
+        out[n.conversation_id]["notes"].append(
+            {"id": n.id, "author_id": n.author_id, "text": n.text, "created_at": n.created_at}
+        )
+    return out
 
 
 def _order_summary(conn: Connection, ref: str) -> dict[str, Any] | None:

@@ -9,6 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from omnijourney.store.base import json_serializer
 
@@ -289,3 +292,58 @@ def insert_rows_ignoring_conflicts(
 def for_update_skip_locked(stmt: sa.Select[Any], conn: Connection) -> sa.Select[Any]:
     """Lock rows nobody else holds and skip the rest (PostgreSQL); SQLite's write transaction is exclusive."""
     return stmt if is_sqlite(conn) else stmt.with_for_update(skip_locked=True)
+
+
+# ------------------------------------------------------------------ prefix search
+
+
+class _PrefixRange(ColumnElement[bool]):
+    """`column` starts with a prefix, as a half-open range [lo, hi) in byte (code point) order.
+
+    An index-friendly form of ``LIKE 'prefix%'`` that also works in statements built once with
+    bind parameters (a generic plan cannot use an index for ``LIKE $1``). SQLite compares TEXT
+    with memcmp (BINARY collation), which is code point order for UTF-8, so its ordinary index
+    serves ``>=`` / ``<``. PostgreSQL compares with the database collation, whose order is not
+    code point order outside the C locale; the pattern operators ``~>=~`` / ``~<~`` compare
+    byte-wise and are served by an index with the ``varchar_pattern_ops`` operator class
+    (migration 0012), whatever the database's locale.
+    """
+
+    inherit_cache = True
+    type = sa.Boolean()
+    #: a comparison, not a boolean value: SQLite must not get "(...) = 1", which no index serves
+    _is_implicitly_boolean = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("lo", InternalTraversal.dp_clauseelement),
+        ("hi", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: Any, lo: Any, hi: Any) -> None:
+        self.column = column
+        self.lo = lo
+        self.hi = hi
+
+
+@compiles(_PrefixRange)
+def _prefix_range_default(element: _PrefixRange, compiler: Any, **kw: Any) -> str:
+    col = compiler.process(element.column, **kw)
+    return f"({col} >= {compiler.process(element.lo, **kw)} AND {col} < {compiler.process(element.hi, **kw)})"
+
+
+@compiles(_PrefixRange, "postgresql")
+def _prefix_range_pg(element: _PrefixRange, compiler: Any, **kw: Any) -> str:
+    col = compiler.process(element.column, **kw)
+    return f"({col} ~>=~ {compiler.process(element.lo, **kw)} AND {col} ~<~ {compiler.process(element.hi, **kw)})"
+
+
+def prefix_match(column: Any, lo: Any, hi: Any) -> ColumnElement[bool]:
+    """`column` starts with a prefix: pass bind parameters `lo` and `hi` and give them `prefix_bounds(p)`."""
+    return _PrefixRange(column, lo, hi)
+
+
+def prefix_bounds(prefix: str) -> tuple[str, str]:
+    """The [lo, hi) range of strings starting with `prefix` (non-empty): hi is the next string in code point order."""
+    last = ord(prefix[-1])
+    nxt = last + 1 if last + 1 < 0xD800 or last + 1 > 0xDFFF else 0xE000  # skip the surrogate block
+    return prefix, prefix[:-1] + chr(min(nxt, 0x10FFFF))

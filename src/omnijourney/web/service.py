@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from omnijourney.access.service import ROLES
 from omnijourney.commerce import service as commerce
 from omnijourney.commerce.config import CommerceConfig
 from omnijourney.identity import service as identity
+from omnijourney.identity.normalise import country_calling_code
 from omnijourney.identity.rules import IdentityRules
 from omnijourney.profiles import service as profiles
 from omnijourney.profiles.config import ProfileConfig
@@ -283,17 +285,21 @@ def start_session(*, conn: Connection, user: User, now: datetime) -> str:
     return token
 
 
+# built once: every console request looks its session up
+_SESSION_OF_TOKEN = (
+    sa.select(SESSIONS.c.id, SESSIONS.c.csrf_token, SESSIONS.c.expires_at, USERS)
+    .join(USERS, USERS.c.id == SESSIONS.c.user_id)
+    .where(
+        SESSIONS.c.token_hash == sa.bindparam("token_hash"),
+        SESSIONS.c.revoked_at.is_(None),
+        SESSIONS.c.expires_at > sa.bindparam("now"),
+        USERS.c.active,
+    )
+)
+
+
 def session_for_token(*, conn: Connection, token: str, now: datetime) -> Session | None:
-    row = conn.execute(
-        sa.select(SESSIONS.c.id, SESSIONS.c.csrf_token, SESSIONS.c.expires_at, USERS)
-        .join(USERS, USERS.c.id == SESSIONS.c.user_id)
-        .where(
-            SESSIONS.c.token_hash == hash_token(token),
-            SESSIONS.c.revoked_at.is_(None),
-            SESSIONS.c.expires_at > now,
-            USERS.c.active,
-        )
-    ).first()
+    row = conn.execute(_SESSION_OF_TOKEN, {"token_hash": hash_token(token), "now": now}).first()
     if row is None:
         return None
     user = User(id=row.id_1, username=row.username, role=row.role, home_location=row.home_location, active=True)
@@ -325,28 +331,32 @@ LOOKUP_TYPES = ("email", "phone", "loyalty_card")
 def find_customers(
     *, conn: Connection, query: str, rules: IdentityRules, config: ProfileConfig, limit: int = 20
 ) -> list[dict[str, Any]]:
-    """Customers matching an e-mail, phone, loyalty card, name, user id (prefix) or an order number."""
+    """Customers matching an e-mail, phone, loyalty card, name, user id (prefix) or an order number.
+
+    Exact identifiers first (normalised as ingestion does: "+420 777...", a card with spaces),
+    then the order number, then prefix matches; every branch is one indexed statement and the
+    result cards are built set-based (`profiles.summaries`)."""
     q = query.strip()
     ids: list[int] = []
-    for id_type in LOOKUP_TYPES:  # exact identifier first (normalised: +420 777..., card with spaces)
+    for id_type in LOOKUP_TYPES:
         try:
             pid = identity.lookup(conn=conn, rules=rules, id_type=id_type, value=q)
         except ValueError:  # IdentityError: a value that does not normalise as this type (a name as a phone)
             pid = None
         if pid is not None and pid not in ids:
             ids.append(pid)
-    order_id = commerce.find_order(conn=conn, ref=q)
     order_hit: dict[int, str] = {}
-    if order_id is not None:
-        order = commerce.order_view(conn=conn, order_id=order_id)
-        if order["profile_id"] is not None:
-            root = identity.canonical_id(conn=conn, profile_id=order["profile_id"])
+    if "@" not in q:  # an e-mail address is never an order number
+        found = commerce.order_owner(conn=conn, ref=q)
+        if found is not None:
+            order_ref, root = found
             if root is not None:
-                order_hit[root] = order["order_ref"]
+                order_hit[root] = order_ref
                 if root not in ids:
                     ids.append(root)
-    if len(q) >= 2:
-        for pid in profiles.search(conn=conn, query=q, limit=limit):
+    if len(q) >= 2 and len(ids) < limit:
+        code = country_calling_code(rules.default_phone_region)
+        for pid in profiles.search(conn=conn, query=q, limit=limit, phone_country_code=code):
             if pid not in ids:
                 ids.append(pid)
     results = profiles.summaries(conn=conn, root_ids=ids[:limit], config=config)
@@ -356,11 +366,17 @@ def find_customers(
 
 
 def suggestions(*, conn: Connection, bought: set[str], browsed: list[str], limit: int = 6) -> list[dict[str, Any]]:
-    """Next best products: accessories of what they bought, then of what they browsed, never already bought."""
+    """Next best products: accessories of what they bought, then of what they browsed, never already bought.
+
+    One statement for both lists: related products come back ordered by (sku, related sku), and
+    each list is walked in its own order."""
+    related: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in commerce.related_products(conn=conn, skus=[*bought, *browsed]):
+        related[item["for_sku"]].append(item)
     out: list[dict[str, Any]] = []
     seen = set(bought)
     for reason, skus in (("bought", sorted(bought)), ("browsed", browsed)):
-        for item in commerce.related_products(conn=conn, skus=skus):
+        for item in (i for sku in sorted(set(skus)) for i in related.get(sku, [])):
             if item["sku"] in seen:
                 continue
             seen.add(item["sku"])
@@ -389,7 +405,10 @@ def customer_view(
     timeline_limit: int = 30,
     cursor: str | None = None,
 ) -> dict[str, Any] | None:
-    """Everything the 360 page shows, from the profile and commerce services."""
+    """Everything the 360 page shows, from the profile and commerce services.
+
+    The cluster is resolved once and handed to every read (no service looks it up again), orders
+    come set-based, and the loyalty figures are the ones `profile_360` already summed."""
     cluster = identity.cluster(conn=conn, profile_id=profile_id)
     if cluster is None:
         return None
@@ -398,9 +417,15 @@ def customer_view(
         return None
     root, members = cluster.root, cluster.members
     items, next_cursor = profiles.timeline(conn=conn, member_ids=members, limit=timeline_limit, cursor=cursor)
-    orders = commerce.orders_of_profile(conn=conn, profile_id=root, limit=10)
-    loyalty = commerce.loyalty_view(conn=conn, profile_id=root, config=commerce_config, history=0)
-    cart = commerce.current_cart(conn=conn, profile_id=root)
+    orders = commerce.orders_of_profile(conn=conn, profile_id=root, limit=10, members=members)
+    summary = view["computed"].get("loyalty") or {"balance": 0, "lifetime_earned": 0}
+    loyalty = {
+        "profile_id": root,
+        "balance": summary["balance"],
+        "lifetime_earned": summary["lifetime_earned"],
+        "tier": commerce_config.loyalty.tier_for(summary["lifetime_earned"]),
+    }
+    cart = commerce.current_cart(conn=conn, profile_id=root, members=members)
     bought = {line["sku"] for o in orders for line in o["lines"]}
     browsed: list[str] = []
     recent, _ = profiles.timeline(conn=conn, member_ids=members, limit=100, events=["Product Viewed", "Product Added"])
@@ -412,6 +437,7 @@ def customer_view(
     name = traits.get("name") or " ".join(x for x in (traits.get("first_name"), traits.get("last_name")) if x)
     return {
         **view,
+        "members": members,
         "name": name or None,
         "timeline": items,
         "next_cursor": next_cursor,
@@ -420,7 +446,7 @@ def customer_view(
         "cart": cart,
         "suggestions": suggestions(conn=conn, bought=bought, browsed=browsed),
         "preferences": preferences(traits, view["computed"]),
-        "source_names": {s.id: s.name for s in access.list_sources(conn=conn)},
+        "source_names": access.source_names(conn=conn),
     }
 
 

@@ -41,6 +41,9 @@ STREAM_SESSION_CHECK_SECONDS = 5.0
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
+# templates ship with the package and do not change while the server runs: without this, every
+# {% include %} (one per timeline entry) stats its file to see whether it changed
+templates.env.auto_reload = False
 
 ALL = ROLES
 READERS = ("admin", "marketer", "agent", "store_staff")
@@ -347,15 +350,24 @@ def search(
     return _render(request, "search.html", session, {"q": q, "results": results, "error": error})
 
 
-def _customer(request: Request, profile_id: int, cursor: str | None) -> dict[str, Any] | None:
+def _customer_page(request: Request, session: Session, profile_id: int, cursor: str | None) -> Response:
+    """The 360 page: everything read in one transaction, then rendered."""
+    from omnijourney.web import workspace
+
     with db.read(request.app.state.engine) as conn:
-        return service.customer_view(
+        view = service.customer_view(
             conn=conn,
             profile_id=profile_id,
             profile_config=request.app.state.profile_config,
             commerce_config=_cfg(),
             cursor=cursor,
         )
+        if view is None:
+            return _render(request, "not_found.html", session, {"what": f"customer {profile_id}"}, status=404)
+        if view["id"] != profile_id:  # a merged-away member: show the survivor
+            return RedirectResponse(f"/console/customers/{view['id']}", status_code=303)
+        ws = workspace.customer_context(request, session, view["id"], conn=conn, members=view["members"])
+    return _render(request, "customer.html", session, {"c": view, **ws})
 
 
 @router.get("/customers/{profile_id:int}")
@@ -366,18 +378,9 @@ def customer(
     session: Session = Depends(page(*READERS)),
 ) -> Response:
     try:
-        view = _customer(request, profile_id, cursor)
-    except ProfileError:
-        view, cursor = _customer(request, profile_id, None), None
-    if view is None:
-        return _render(request, "not_found.html", session, {"what": f"customer {profile_id}"}, status=404)
-    if view["id"] != profile_id:  # a merged-away member: show the survivor
-        return RedirectResponse(f"/console/customers/{view['id']}", status_code=303)
-    from omnijourney.web import workspace
-
-    return _render(
-        request, "customer.html", session, {"c": view, **workspace.customer_context(request, session, view["id"])}
-    )
+        return _customer_page(request, session, profile_id, cursor)
+    except ProfileError:  # a broken cursor: the first page
+        return _customer_page(request, session, profile_id, None)
 
 
 @router.get("/customers/{profile_id:int}/timeline")

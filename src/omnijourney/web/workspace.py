@@ -427,17 +427,21 @@ def log_call(
 # ------------------------------------------------------------------ conversations on the customer 360
 
 
-def customer_context(request: Request, session: Session, profile_id: int) -> dict[str, Any]:
+def customer_context(
+    request: Request, session: Session, profile_id: int, *, conn: Connection, members: list[int]
+) -> dict[str, Any]:
     """What the 360 page's conversations section needs: the customer's conversations (newest first),
-    the newest with their transcript for roles that may read one, and the log-a-call form."""
+    the newest with their transcript for roles that may read one, and the log-a-call form.
+
+    Read in the caller's transaction with the cluster it resolved (`members`), and the transcripts
+    of the newest conversations in two statements, not one conversation view each."""
     readers = session.user.role in TRANSCRIPT_READERS
-    with db.read(request.app.state.engine) as conn:
-        found = conversations.profile_conversations(conn=conn, profile_id=profile_id, limit=CUSTOMER_CONVERSATIONS)
-        items = found["conversations"] if found else []
-        if readers:
-            for item in items[:CUSTOMER_TRANSCRIPTS]:
-                view = conversations.conversation_view(conn=conn, conversation_id=item["id"])
-                item["entries"] = _transcript(view) if view else []
+    items, _ = conversations.list_conversations(conn=conn, member_ids=members, limit=CUSTOMER_CONVERSATIONS)
+    if readers:
+        shown = [item["id"] for item in items[:CUSTOMER_TRANSCRIPTS]]
+        found = conversations.transcripts(conn=conn, conversation_ids=shown)
+        for item in items[:CUSTOMER_TRANSCRIPTS]:
+            item["entries"] = _transcript(found[item["id"]])
     params = request.query_params
     return {
         "ws": {
