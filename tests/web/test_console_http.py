@@ -287,15 +287,17 @@ def test_a_marketer_cannot_use_the_admin_forms_even_with_a_valid_csrf_token(shop
 # ------------------------------------------------------------------ search and the 360
 
 
-@pytest.mark.parametrize("query", [CARD, "lc 0012 345678", PHONE, "601 123 456", EMAIL, "Jana Nováková", "novakova"])
-def test_search_finds_the_customer_by_any_identifier_fast(query: str, shop: Shop, browser_for) -> None:
+SEARCHES = [CARD, "lc 0012 345678", PHONE, "601 123 456", EMAIL, "Jana Nováková", "novakova"]
+
+
+def test_search_finds_the_customer_by_any_identifier(shop: Shop, browser_for) -> None:
+    """Card, phone and e-mail as typed by a person, full name with or without diacritics (one shop for all:
+    search changes nothing). Speed is measured by benchmarks/console.py, not asserted here."""
     c = browser_for("agent")
-    started = time.perf_counter()
-    r = c.get("/console/search", params={"q": query})
-    elapsed = time.perf_counter() - started
-    assert r.status_code == 200
-    assert f'href="/console/customers/{shop.profile_id}"' in r.text, query
-    assert elapsed < 1.0
+    for query in SEARCHES:
+        r = c.get("/console/search", params={"q": query})
+        assert r.status_code == 200
+        assert f'href="/console/customers/{shop.profile_id}"' in r.text, query
 
 
 def test_search_by_order_number(shop: Shop, browser_for) -> None:
