@@ -40,7 +40,7 @@ from omnijourney.engage import delivery, offers, recommend
 from omnijourney.engage import service as segments
 from omnijourney.engage.config import default_config
 from omnijourney.engage.delivery import DeliveryConfig, Links, Mailer, Outcome, WebhookSender
-from omnijourney.engage.journeys import END, JourneyDef, Step, holdout
+from omnijourney.engage.journeys import END, JourneyDef, Step, default_journeys, holdout
 from omnijourney.engage.models import (
     Journey,
     JourneyEntry,
@@ -386,6 +386,9 @@ class Executor:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{secrets.token_hex(4)}")
     #: test hook: called with the step id after a message is accepted and before its outcome commits
     after_delivery: Callable[[int], None] | None = None
+    #: definitions to store before the first run (the worker and the CLI pass the configured ones;
+    #: otherwise the processing stage's handler stores them)
+    journeys: Sequence[JourneyDef] | None = None
 
     def __post_init__(self) -> None:
         self.mailer = Mailer(self.config)
@@ -463,6 +466,10 @@ class Executor:
     def run_due(self, *, now: datetime, limit: int = 500, scan: bool = True) -> RunStats:
         """Enter time-triggered profiles, then claim and run up to `limit` due steps."""
         stats = RunStats()
+        if self.journeys is not None:
+            with db.write(self.engine) as conn:
+                sync_journeys(conn=conn, journeys=self.journeys, now=now)
+            self.journeys = None
         if scan:
             with db.write(self.engine) as conn:
                 stats.entered = scan_triggers(conn, now=now)
@@ -946,21 +953,26 @@ def unsubscribe(conn: Connection, *, step_id: int, profile_id: int, purpose: str
 # ============================================================================ statistics
 
 
+def empty_stats() -> dict[str, Any]:
+    return {
+        "entered": 0,
+        "control": 0,
+        "active": 0,
+        "sent": 0,
+        "failed": 0,
+        "opened": 0,
+        "clicked": 0,
+        "converted": 0,
+        "control_converted": 0,
+        "conversion_rate": None,
+        "control_conversion_rate": None,
+        "uplift": None,
+    }
+
+
 def stats(conn: Connection, *, journey_key: str | None = None) -> dict[str, dict[str, Any]]:
     """Per journey: entered (treatment / control), sent, failed, converted, conversion rates and uplift."""
-    out: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {
-            "entered": 0,
-            "control": 0,
-            "active": 0,
-            "sent": 0,
-            "failed": 0,
-            "opened": 0,
-            "clicked": 0,
-            "converted": 0,
-            "control_converted": 0,
-        }
-    )
+    out: dict[str, dict[str, Any]] = defaultdict(empty_stats)
     q = sa.select(
         ENTRIES.c.journey_key,
         ENTRIES.c.status,
@@ -1000,3 +1012,82 @@ def stats(conn: Connection, *, journey_key: str | None = None) -> dict[str, dict
         o["control_conversion_rate"] = round(crate, 4) if crate is not None else None
         o["uplift"] = round(rate - crate, 4) if rate is not None and crate is not None else None
     return dict(out)
+
+
+# ============================================================================ the periodic tick
+
+
+class JourneyRunner:
+    """The due-step side of journeys, a thread beside the processing stage in the same process
+    (`PipelineWorker(companions=[...])`): every `interval` seconds it enters time-triggered
+    profiles (at most every `scan_interval`) and runs due steps until none is left."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        config: DeliveryConfig | None = None,
+        *,
+        interval: float = 5.0,
+        scan_interval: float = 60.0,
+        batch: int = 200,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        import threading
+
+        from omnijourney.store.base import utcnow
+
+        self._engine = engine
+        self._config = config
+        self._interval, self._scan_interval, self._batch = interval, scan_interval, batch
+        self._clock = clock or utcnow
+        self._enabled = any(j.enabled for j in default_journeys())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="omnijourney-journeys", daemon=True)
+        self._last_scan = 0.0
+        self.totals = RunStats()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _pending(self) -> bool:
+        with db.read(self._engine) as conn:
+            return (
+                conn.execute(sa.select(STEPS.c.id).where(STEPS.c.status.in_(["scheduled", "claimed"])).limit(1)).first()
+                is not None
+            )
+
+    def tick(self, executor: Executor) -> RunStats:
+        import time
+
+        total = RunStats()
+        scan = self._enabled and time.monotonic() - self._last_scan >= self._scan_interval
+        if scan:
+            self._last_scan = time.monotonic()
+        if not scan and not self._pending():
+            return total
+        first = True
+        while not self._stop.is_set():
+            s = executor.run_due(now=self._clock(), limit=self._batch, scan=scan and first)
+            first = False
+            total.add(s)
+            if s.claimed < self._batch:
+                break
+        return total
+
+    def _run(self) -> None:
+        executor: Executor | None = None
+        while not self._stop.is_set():
+            try:
+                if executor is None:
+                    config = self._config or DeliveryConfig.from_env()
+                    executor = Executor(self._engine, config, journeys=default_journeys())
+                self.totals.add(self.tick(executor))
+            except Exception:  # a failed tick rolled back; the next one tries again, nothing is skipped
+                log.exception("journeys: tick failed; retrying")
+            self._stop.wait(self._interval)
+        if executor is not None:
+            executor.close()
