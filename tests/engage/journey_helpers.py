@@ -31,7 +31,7 @@ class _Sink:
         self.messages: list[email.message.EmailMessage] = []
         self.lock = threading.Lock()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.lock:
             self.messages.append(msg)  # type: ignore[arg-type]
@@ -85,7 +85,7 @@ def start_receiver() -> Receiver:
     holder: list[Receiver] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             rec = holder[0]
             rec.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
@@ -139,7 +139,11 @@ def customer(
     """A customer with an e-mail address and (optionally) a marketing e-mail consent event."""
     web = source(engine, "web", "web", False)
     msgs: list[dict[str, Any]] = [
-        {"type": "identify", "userId": user, "traits": {"email": f"{user}@example.com", "firstName": user.title(), **(traits or {})}}
+        {
+            "type": "identify",
+            "userId": user,
+            "traits": {"email": f"{user}@example.com", "firstName": user.title(), **(traits or {})},
+        }
     ]
     if consent:
         msgs.append(
@@ -174,7 +178,13 @@ def add_to_cart(engine: sa.Engine, user: str, cart: str, at: datetime) -> None:
 
 def track(engine: sa.Engine, user: str, event: str, properties: dict[str, Any] | None = None) -> None:
     web = source(engine, "web", "web", False)
-    msg = {"type": "track", "userId": user, "event": event, "properties": properties or {}, "timestamp": utcnow().isoformat()}
+    msg = {
+        "type": "track",
+        "userId": user,
+        "event": event,
+        "properties": properties or {},
+        "timestamp": utcnow().isoformat(),
+    }
     append(engine, web, "web", [msg])
 
 
@@ -196,7 +206,9 @@ def entries(engine: sa.Engine) -> list[Any]:
 
 def timeline_events(engine: sa.Engine, name: str) -> list[Any]:
     with db.read(engine) as conn:
-        return list(conn.execute(sa.text("SELECT id, event, payload FROM events WHERE event = :n ORDER BY id"), {"n": name}))
+        return list(
+            conn.execute(sa.text("SELECT id, event, payload FROM events WHERE event = :n ORDER BY id"), {"n": name})
+        )
 
 
 def later(minutes: float) -> datetime:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as dtime
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
+from email.utils import formataddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -298,7 +298,7 @@ class Mailer:
         msg["Subject"] = subject
         # derived from (journey, step, profile, entry): a re-send after a crash carries the same id,
         # so a receiving system that deduplicates on Message-ID shows it once
-        msg["Message-ID"] = make_msgid(idstring=message_key, domain=c.mail_from.split("@")[-1])
+        msg["Message-ID"] = f"<oj.{message_key}@{c.mail_from.split('@')[-1]}>"
         msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg.set_content(text)
