@@ -53,43 +53,10 @@ def delivery_config(request: Request) -> DeliveryConfig:
 
 
 def _journeys_with_stats(engine: Any, key: str | None = None) -> list[dict[str, Any]]:
-    with db.write(engine) as conn:  # the files are the truth: store a changed definition first
+    with db.write(engine) as conn:  # the files are the truth: a changed definition is stored first
         schedule.sync_journeys(conn=conn, journeys=default_journeys(), now=utcnow())
     with db.read(engine) as conn:
-        rows = conn.execute(
-            schedule.JOURNEYS.select().order_by(schedule.JOURNEYS.c.key)
-            if key is None
-            else schedule.JOURNEYS.select().where(schedule.JOURNEYS.c.key == key)
-        ).all()
-        stats = schedule.stats(conn, journey_key=key)
-        out = []
-        for r in rows:
-            j = schedule.definition(conn, r.key, r.version)
-            out.append(
-                {
-                    "key": r.key,
-                    "name": r.name,
-                    "description": j.description,
-                    "active": bool(r.active),
-                    "version": r.version,
-                    "content_hash": r.content_hash,
-                    "trigger": j.trigger.model_dump(mode="json", exclude_none=True),
-                    "exit_on": j.exit_on,
-                    "holdout_percent": j.holdout_percent,
-                    "conversion": j.conversion.model_dump(mode="json") if j.conversion else None,
-                    "steps": [
-                        {"key": s.key, "kind": s.kind, **s.model_dump(mode="json", by_alias=True, exclude_none=True)}
-                        for s in j.steps
-                    ],
-                    "stats": stats.get(r.key, schedule.empty_stats()),
-                }
-            )
-    return out
-
-
-def journey_overview(engine: Any) -> list[dict[str, Any]]:
-    """For the console page (same data as the API)."""
-    return _journeys_with_stats(engine)
+        return schedule.overview(conn, key=key)
 
 
 @router.get("/api/engage/journeys")

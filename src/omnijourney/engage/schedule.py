@@ -953,6 +953,39 @@ def unsubscribe(conn: Connection, *, step_id: int, profile_id: int, purpose: str
 # ============================================================================ statistics
 
 
+def overview(conn: Connection, *, key: str | None = None) -> list[dict[str, Any]]:
+    """Every stored journey (or one) with its current definition's steps and its statistics."""
+    q = sa.select(JOURNEYS).order_by(JOURNEYS.c.key)
+    if key is not None:
+        q = q.where(JOURNEYS.c.key == key)
+    all_stats = stats(conn, journey_key=key)
+    out = []
+    for r in conn.execute(q).all():
+        j = definition(conn, r.key, r.version)
+        out.append(
+            {
+                "key": r.key,
+                "name": r.name,
+                "description": j.description,
+                "active": bool(r.active),
+                "version": r.version,
+                "content_hash": r.content_hash,
+                "trigger_kind": j.trigger.kind,
+                "trigger": j.trigger.model_dump(mode="json", exclude_none=True),
+                "exit_on": j.exit_on,
+                "reentry": j.reentry.model_dump(mode="json"),
+                "holdout_percent": j.holdout_percent,
+                "conversion": j.conversion.model_dump(mode="json") if j.conversion else None,
+                "steps": [
+                    {"key": s.key, "kind": s.kind, **s.model_dump(mode="json", by_alias=True, exclude_none=True)}
+                    for s in j.steps
+                ],
+                "stats": all_stats.get(r.key, empty_stats()),
+            }
+        )
+    return out
+
+
 def empty_stats() -> dict[str, Any]:
     return {
         "entered": 0,
