@@ -332,3 +332,50 @@ def test_a_webhook_is_signed_and_a_failing_receiver_is_retried_with_backoff(engi
     assert len(timeline_events(engine, schedule.SENT)) == 1
     ex.close()  # its keep-alive connection first, so the receiver's handler thread ends
     receiver.stop()
+
+
+def test_a_changed_definition_is_a_new_version_and_running_entries_keep_theirs(
+    engine: sa.Engine, mail: SmtpServer
+) -> None:
+    at = utcnow()
+    _direct(engine, WAITING, ["old"], at)
+    changed = {**WAITING, "steps": [WAITING["steps"][0], {**WAITING["steps"][1], "send": {
+        "template": "abandoned_cart", "subject": "Changed", "channels": ["email"]}}]}  # fmt: skip
+    customer(engine, "new")
+    process(engine, handlers([]))
+    j2 = journey(**changed)
+    with db.write(engine) as conn:
+        assert schedule.sync_journeys(conn=conn, journeys=[j2], now=at) == {"cart_wait": 2}
+        assert schedule.sync_journeys(conn=conn, journeys=[j2], now=at) == {"cart_wait": 2}  # same hash: same version
+        schedule.enter(conn, journey=j2, version=2, profile_id=pid(engine, "new"), dedupe_key="n", context={}, now=at)
+    ex = Executor(engine, delivery_config(mail))
+    ex.run_due(now=at, scan=False)
+    ex.run_due(now=at + timedelta(minutes=61), scan=False)
+    assert sorted((m["To"], m["Subject"]) for m in mail.messages) == [
+        ("new@example.com", "Changed"),
+        ("old@example.com", "Still thinking?"),
+    ]
+    ex.close()
+
+
+def test_builtin_templates_load_and_bad_definitions_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from omnijourney.engage.journeys import JourneyConfigError, load_journeys
+
+    builtins = {j.key: j for j in load_journeys(directory="", enabled="")}
+    assert set(builtins) == {
+        "abandoned_cart", "pickup_ready", "post_purchase_accessories", "csat_survey", "win_back", "welcome",
+    }  # fmt: skip
+    assert not any(j.enabled for j in builtins.values())  # shipped off: enabled by configuration
+    assert {j.trigger.kind for j in builtins.values()} == {"inactivity", "event", "date"}
+    assert all(j.enabled for j in load_journeys(directory="", enabled="all"))
+    (tmp_path / "loop.yaml").write_text(
+        "key: loop\nname: Loop\ntrigger: {event: {name: X}}\n"
+        "steps:\n  - {key: a, wait: {minutes: 1}}\n  - {key: b, wait: {minutes: 1}, next: a}\n"
+    )
+    with pytest.raises(JourneyConfigError, match=r"(?s)loop\.yaml.*must come later"):
+        load_journeys(directory=tmp_path, enabled="")
+    (tmp_path / "loop.yaml").write_text("key: bad\nname: B\ntrigger: {event: {name: X}, date: {trait: b}}\nsteps: []\n")
+    with pytest.raises(JourneyConfigError, match=r"loop\.yaml"):
+        load_journeys(directory=tmp_path, enabled="")
+    with pytest.raises(JourneyConfigError, match="unknown journeys"):
+        load_journeys(directory="", enabled="nope")
