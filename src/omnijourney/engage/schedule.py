@@ -479,33 +479,41 @@ class Executor:
         return stats
 
     def run_step(self, step_id: int, token: str, *, now: datetime) -> RunStats:
+        """Run one claimed step. The decision is read in a read transaction (no write lock, no fsync);
+        every change happens in one write transaction guarded by the claim token."""
         s = RunStats()
-        with db.write(self.engine) as conn:
+        plan: Plan | None = None
+        with db.read(self.engine) as conn:
             row = conn.execute(sa.select(STEPS).where(STEPS.c.id == step_id)).one()
             if row.claim_token != token or row.status != "claimed":
                 s.lost_claims += 1
                 return s
             entry = conn.execute(sa.select(ENTRIES).where(ENTRIES.c.id == row.entry_id)).one()
-            if entry.status != "active":
-                self._finish(conn, step_id, token, status="cancelled", outcome=f"entry {entry.status}", now=now)
-                s.cancelled += 1
-                return s
             j = definition(conn, entry.journey_key, entry.journey_version)
             step = j.step(row.step_key)
-            if step.send is None and step.webhook is None:
+            if entry.status == "active" and (step.send is not None or step.webhook is not None):
+                plan = self._plan(conn, row, entry, j, step, now)
+        if entry.status != "active":
+            with db.write(self.engine) as conn:
+                self._finish(conn, step_id, token, status="cancelled", outcome=f"entry {entry.status}", now=now)
+            s.cancelled += 1
+            return s
+        if plan is None:
+            with db.write(self.engine) as conn:
                 self._run_local(conn, row, token, entry, j, step, now)
-                s.done += 1
-                return s
-            plan = self._plan(conn, row, entry, j, step, now)
-            if plan.skip is not None:
-                self._finish(conn, step_id, token, status="skipped", outcome=plan.skip, now=now, detail=plan.detail)
-                self._next(conn, entry, j, step, j.after(step), now)
-                s.skipped += 1
-                return s
-            if plan.defer_until is not None:
+            s.done += 1
+            return s
+        if plan.skip is not None:
+            with db.write(self.engine) as conn:
+                if self._finish(conn, step_id, token, status="skipped", outcome=plan.skip, now=now, detail=plan.detail):
+                    self._next(conn, entry, j, step, j.after(step), now)
+            s.skipped += 1
+            return s
+        if plan.defer_until is not None:
+            with db.write(self.engine) as conn:
                 self._release(conn, step_id, token, due_at=plan.defer_until, outcome="deferred: quiet hours")
-                s.deferred += 1
-                return s
+            s.deferred += 1
+            return s
         # -- outside any transaction: the delivery itself
         outcome = self._deliver(plan)
         if outcome.ok and self.after_delivery is not None:
