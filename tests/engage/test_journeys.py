@@ -321,7 +321,7 @@ def test_a_webhook_is_signed_and_a_failing_receiver_is_retried_with_backoff(engi
         assert ex.run_due(now=step.due_at - timedelta(seconds=1), scan=False).claimed == 0  # not before its time
         now = step.due_at
     assert [(d - a).total_seconds() for a, d in zip([at, *due], due[:2], strict=False)] == [30.0, 60.0]
-    assert step.status == "done" and len(receiver.requests) == 3
+    assert (step.status, len(receiver.requests)) == ("done", 3), step.outcome
     keys = {h["idempotency-key"] for h, _ in receiver.requests}
     assert len(keys) == 1  # every retry carries the same key
     for headers, body in receiver.requests:

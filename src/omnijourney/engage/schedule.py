@@ -133,18 +133,23 @@ def sync_journeys(*, conn: Connection, journeys: Sequence[JourneyDef], now: date
     return out
 
 
-_definitions: dict[tuple[str, int], JourneyDef] = {}
+_definitions: dict[tuple[str, int, str], JourneyDef] = {}
 
 
 def definition(conn: Connection, key: str, version: int) -> JourneyDef:
-    """The definition an entry runs (versions never change once stored, so they are cached)."""
-    found = _definitions.get((key, version))
+    """The definition an entry runs. Validated definitions are cached by (key, version, content
+    hash): the hash is read each time, so another database (tests, a restored backup) with the same
+    key and version but other content never gets a stale definition."""
+    digest = conn.execute(
+        sa.select(VERSIONS.c.content_hash).where(VERSIONS.c.journey_key == key, VERSIONS.c.version == version)
+    ).scalar_one()
+    found = _definitions.get((key, version, digest))
     if found is None:
         raw = conn.execute(
             sa.select(VERSIONS.c.definition).where(VERSIONS.c.journey_key == key, VERSIONS.c.version == version)
         ).scalar_one()
         found = JourneyDef.model_validate(raw)
-        _definitions[(key, version)] = found
+        _definitions[(key, version, digest)] = found
     return found
 
 
