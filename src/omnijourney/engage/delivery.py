@@ -30,7 +30,6 @@ from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -138,10 +137,19 @@ def secret_key(data_dir: Path | None) -> bytes:
         return env.encode()
     path = (data_dir or Path(_env("DATA_DIR", "./omnijourney-data"))) / "secret_key"
     if not path.exists():
+        # written aside and linked into place: the API process and the worker may start together,
+        # and neither may ever read a half-written key (the first link wins, the other reads it)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return path.read_text().strip().encode()
 
 
@@ -384,10 +392,6 @@ def click_redirect_target(secret: bytes, token: str) -> tuple[int, str] | None:
     if not data or not isinstance(data.get("u"), str) or not isinstance(data.get("s"), int):
         return None
     return data["s"], data["u"]
-
-
-def unsubscribe_query(url: str, **params: str) -> str:
-    return f"{url}?{urlencode(params)}" if params else url
 
 
 def local_time(now: datetime, tz: str) -> datetime:
