@@ -437,12 +437,22 @@ class Executor:
         outcome: str,
         now: datetime,
         detail: dict[str, Any] | None = None,
+        attempts: int | None = None,
     ) -> bool:
         """Mark a claimed step finished, only if this claim still holds it (else another worker does)."""
+        values: dict[str, Any] = {
+            "status": status,
+            "outcome": outcome[:64],
+            "detail": detail,
+            "finished_at": now,
+            "lease_until": None,
+        }
+        if attempts is not None:
+            values["attempts"] = attempts
         n = conn.execute(
             sa.update(STEPS)
             .where(STEPS.c.id == step_id, STEPS.c.claim_token == token, STEPS.c.status == "claimed")
-            .values(status=status, outcome=outcome[:64], detail=detail, finished_at=now, lease_until=None)
+            .values(**values)
         ).rowcount
         return n == 1
 
@@ -700,10 +710,9 @@ class Executor:
             return
         status = "done" if outcome.ok else "failed"
         if not self._finish(conn, row.id, token, status=status, outcome=outcome.detail or "sent", now=now,
-                            detail={"channel": plan.channel, "attempts": attempts}):  # fmt: skip
+                            detail={"channel": plan.channel, "attempts": attempts}, attempts=attempts):  # fmt: skip
             s.lost_claims += 1  # our lease expired and another worker took the step over
             return
-        conn.execute(sa.update(STEPS).where(STEPS.c.id == row.id).values(attempts=attempts))
         conn.execute(
             sa.insert(MESSAGES).values(
                 step_id=row.id,
