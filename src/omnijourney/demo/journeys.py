@@ -17,11 +17,9 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from omnijourney.config import ENV_PREFIX
@@ -75,29 +73,26 @@ def prepare(data_dir: Path, public_url: str) -> DemoMail:
     return DemoMail(controller, mailbox, saved)
 
 
-def consent_batch(world: DemoWorld) -> tuple[bytes, int]:
-    """`Consent Updated` (marketing, e-mail, granted) from the e-mail platform for every opted-in
-    customer the world identifies by user id, dated before the world's first day."""
-    known = {m.get("userId") for msgs in world.messages.values() for m in msgs if m.get("userId")}
-    at = (world.anchor - timedelta(days=91)).isoformat()
-    batch = [
-        {
-            "type": "track",
-            "userId": c.user_id,
-            "event": "Consent Updated",
-            "messageId": f"demo-consent-{c.index}",
-            "timestamp": at,
-            "properties": {
-                "purpose": "marketing",
-                "channel": "email",
-                "status": "granted",
-                "evidence": {"form": "signup"},
-            },
-        }
-        for c in world.customers
-        if c.email_opt_in and c.user_id in known
-    ]
-    return orjson.dumps({"batch": batch}), len(batch)
+def import_consents(engine: sa.Engine, world: DemoWorld) -> int:
+    """The e-mail platform's consent export: marketing e-mail `granted` for every opted-in customer
+    known by user id, recorded in the consent ledger (as `POST /api/profiles/{id}/consents` does —
+    no events, so the demo's event counts stay the world's)."""
+    from omnijourney.identity.models import IdentityLink
+    from omnijourney.profiles import service as profiles
+
+    links = IdentityLink.__table__
+    wanted = {c.user_id for c in world.customers if c.email_opt_in}
+    now = utcnow()
+    n = 0
+    with db.write(engine) as conn:
+        found = conn.execute(sa.select(links.c.value, links.c.profile_id).where(links.c.id_type == "user_id")).all()
+        for value, profile_id in found:
+            if value in wanted:
+                profiles.record_consent(conn=conn, profile_id=profile_id, purpose="marketing", channel="email",
+                                        status="granted", recorded_at=now, actor="demo:email-platform",
+                                        evidence={"form": "signup"})  # fmt: skip
+                n += 1
+    return n
 
 
 @dataclass

@@ -152,10 +152,7 @@ def run_demo(
                             caught_up = wait_until_processed(client)
                         console.print(demo_engage.describe(engaged))
                         with console.status("running journeys (consents from the e-mail platform first)"):
-                            body, n = demo_journeys.consent_batch(world)
-                            if n:
-                                post_batch(client, sources["email"].write_key, body, n)
-                                caught_up = wait_until_processed(client)
+                            demo_journeys.import_consents(engine, world)
                             assert mail is not None
                             journeyed = demo_journeys.run(engine, data_dir, mail)
                             caught_up = wait_until_processed(client)

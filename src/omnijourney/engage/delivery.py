@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import orjson
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 
 from omnijourney.config import ENV_PREFIX
 
@@ -215,7 +215,8 @@ def templates() -> Environment:
             Environment(
                 loader=FileSystemLoader(TEMPLATE_DIR),
                 autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
-                undefined=StrictUndefined,
+                # a value a profile lacks renders empty (a marketer's template must not fail on one)
+                undefined=ChainableUndefined,
                 trim_blocks=True,
                 lstrip_blocks=True,
             )

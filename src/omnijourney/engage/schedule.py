@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import jinja2
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -660,7 +661,11 @@ class Executor:
                 )["items"]
         if send.with_offer:
             context["offer"] = offers.eligible_offers(conn=conn, profile_id=root, channel=plan.channel, now=now)["best"]
-        plan.text, plan.html = delivery.render(send.template, plan.channel, context, links)
+        try:
+            plan.text, plan.html = delivery.render(send.template, plan.channel, context, links)
+        except (jinja2.TemplateError, LookupError) as exc:  # a broken template fails this step, not the worker
+            plan.skip = f"template error: {exc}"[:64]
+            return plan
         plan.subject = send.subject
         plan.unsubscribe_url = links.unsubscribe_url
         return plan
