@@ -39,13 +39,17 @@ def world() -> DemoWorld:
 
 
 def shop_events(engine: sa.Engine) -> int:
-    """Events of the demo's sources (not those the commerce API or segment changes appended)."""
+    """Events of the demo's sources (not those the commerce API, segment changes or journeys appended)."""
+    from omnijourney.engage import schedule as journeys
+
     with db.read(engine) as conn:
         internal = commerce_events.internal_source_id(conn, create=False) or -1
         engage = engage_service.engage_source_id(conn) or -1
+        sent = journeys.journey_source_id(conn) or -1
         return int(
             conn.execute(
-                sa.text("SELECT count(*) FROM events WHERE source_id NOT IN (:s, :e)"), {"s": internal, "e": engage}
+                sa.text("SELECT count(*) FROM events WHERE source_id NOT IN (:s, :e, :j)"),
+                {"s": internal, "e": engage, "j": sent},
             ).scalar_one()
         )
 
