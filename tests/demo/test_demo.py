@@ -443,7 +443,7 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert count(engine, "dead_letters") == 0
     with db.read(engine) as conn:
         assert pipeline_service.lag(conn=conn) == 0
-        internal = {commerce_events.SOURCE_NAME, engage_service.SOURCE_NAME}
+        internal = {commerce_events.SOURCE_NAME, engage_service.SOURCE_NAME, "omnijourney:journeys"}
         sources = {s.name: s for s in access.list_sources(conn=conn) if s.name not in internal}
     assert {name: s.channel for name, s in sources.items()} == {s.name: s.channel for s in world.sources}
     assert sources["pos"].trusted and not sources["web"].trusted
