@@ -507,7 +507,7 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert shop_events(engine) == world.message_count
     assert commerce_steps(engine) == ours  # the demo orders are placed once
     assert count(engine, "api_tokens") == tokens
-    assert count(engine, "sources") == len(world.sources) + 2  # + the internal commerce and engage sources
+    assert count(engine, "sources") == len(world.sources) + 3  # + the internal commerce, engage and journeys sources
     assert json.loads(path.read_text())["tokens"] == saved["tokens"]
     assert saved["tokens"]["admin"] not in out.getvalue()
     assert "event lake: 0 events exported" in out.getvalue()
