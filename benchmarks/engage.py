@@ -731,10 +731,12 @@ def run_recommendations(url: str, workdir: Path, args: argparse.Namespace, say: 
 
 
 def run_automations(url: str, workdir: Path, args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    """HOOK for the integrator: automation throughput (scheduled steps executed per second with
-    SMTP to a local sink) is measured by benchmarks/engage_automations.py, written separately.
-    Wire it here, e.g. `from benchmarks.engage_automations import run; return run(url, workdir, args, say)`."""
-    say("automations: not measured here; see benchmarks/engage_automations.py (integration hook)")
+    """Automation throughput: scheduled steps executed per second with SMTP to a local aiosmtpd sink
+    (benchmarks/engage_automations.py, which also runs on its own with more options)."""
+    from benchmarks import engage_automations
+
+    say(f"automations: {args.automation_steps} due steps, {args.automation_workers} worker(s)")
+    engage_automations.run(url, args.automation_steps, args.automation_workers, True)
 
 
 # --------------------------------------------------------------------------- main
@@ -820,6 +822,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=2000, help="recommendations: timed requests")
     p.add_argument("--warmup", type=int, default=50, help="recommendations: untimed requests first")
     p.add_argument("--readers", type=int, default=1, help="recommendations: concurrent keep-alive clients")
+    p.add_argument("--automation-steps", type=int, default=10_000, help="automations: due steps")
+    p.add_argument("--automation-workers", type=int, default=1, help="automations: executor threads")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--pg-url",

@@ -20,7 +20,10 @@ from omnijourney.analytics import views as analytics_views
 from omnijourney.commerce import views as commerce_views
 from omnijourney.commerce.sweeper import ReservationSweeper
 from omnijourney.config import Settings
+from omnijourney.engage import journey_views
 from omnijourney.engage import views as engage_views
+from omnijourney.engage.delivery import DeliveryConfig
+from omnijourney.engage.schedule import JourneyRunner
 from omnijourney.identity import views as identity_views
 from omnijourney.identity.rules import load_rules
 from omnijourney.ingest import api as ingest_api
@@ -49,7 +52,15 @@ class Runtime:
         self.engine = engine
         self.sources = SourceCache(engine)
         self.tokens = TokenCache(engine)
-        self.worker = PipelineWorker(engine, pipeline_service.default_handlers()) if settings.run_pipeline else None
+        #: SMTP, links and policies of journey messages (the public /e/ routes verify with its secret)
+        self.delivery = DeliveryConfig.from_env(settings.data_dir)
+        self.worker = (
+            PipelineWorker(
+                engine, pipeline_service.default_handlers(), companions=[JourneyRunner(engine, self.delivery)]
+            )
+            if settings.run_pipeline
+            else None
+        )
         self.writer = EventWriter(
             engine,
             max_pending_events=settings.limits.max_pending_events,
@@ -104,6 +115,7 @@ def create_app(
     app.state.tokens = runtime.tokens
     app.state.writer = runtime.writer
     app.state.lag_monitor = runtime.lag_monitor
+    app.state.delivery_config = runtime.delivery
     # loaded (and validated) at start-up: a broken rules file stops the server, not a request
     app.state.identity_rules = load_rules()
     app.state.profile_config = load_profile_config()
@@ -150,6 +162,8 @@ def create_app(
     app.include_router(service_views.router)
     app.include_router(service_views.profile_router)
     app.include_router(engage_views.router)
+    app.include_router(journey_views.router)
+    app.include_router(journey_views.public)
     app.include_router(analytics_views.router)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app

@@ -27,6 +27,8 @@ segments_app = typer.Typer(no_args_is_help=True, help="Segments (engage).")
 app.add_typer(segments_app, name="segments")
 recommend_app = typer.Typer(no_args_is_help=True, help="Recommendations (engage).")
 app.add_typer(recommend_app, name="recommend")
+journeys_app = typer.Typer(no_args_is_help=True, help="Journey automations (engage).")
+app.add_typer(journeys_app, name="journeys")
 analytics_app = typer.Typer(no_args_is_help=True, help="The event lake and journey analytics.")
 app.add_typer(analytics_app, name="analytics")
 
@@ -364,6 +366,64 @@ def segments_refresh(
         if every <= 0:
             return
         time.sleep(every)
+
+
+@journeys_app.command("list")
+def journeys_list(database_url: str | None = DatabaseOpt, data_dir: Path | None = DataDirOpt) -> None:
+    """The journey definitions (validated; a bad file stops here) with their statistics."""
+    from omnijourney.engage import schedule
+    from omnijourney.engage.journeys import default_journeys
+    from omnijourney.store.base import utcnow
+
+    engine = _engine(_settings(database_url, data_dir))
+    with db.write(engine) as conn:
+        schedule.sync_journeys(conn=conn, journeys=default_journeys(), now=utcnow())
+        stats = schedule.stats(conn)
+    for j in default_journeys():
+        st = stats.get(j.key, schedule.empty_stats())
+        console.print(
+            f"{j.key:28} {'on ' if j.enabled else 'off'} {j.trigger.kind:10} entered {st['entered']:5} "
+            f"control {st['control']:4} sent {st['sent']:5} converted {st['converted']:4} uplift {st['uplift']}"
+        )
+
+
+@journeys_app.command("run-due")
+def journeys_run_due(
+    database_url: str | None = DatabaseOpt,
+    data_dir: Path | None = DataDirOpt,
+    limit: int = typer.Option(500, "--limit", help="most steps per claim"),
+    every: float = typer.Option(0, "--every", help="repeat every N seconds; 0 runs until nothing is due"),
+) -> None:
+    """Enter time-triggered profiles and run every due journey step (what the worker does periodically)."""
+    import time
+
+    from omnijourney.engage.delivery import DeliveryConfig
+    from omnijourney.engage.schedule import Executor, RunStats
+    from omnijourney.store.base import utcnow
+
+    settings = _settings(database_url, data_dir)
+    engine = _engine(settings)
+    from omnijourney.engage.journeys import default_journeys
+
+    executor = Executor(engine, DeliveryConfig.from_env(settings.data_dir), journeys=default_journeys())
+    try:
+        while True:
+            total, scan = RunStats(), True
+            while True:
+                s = executor.run_due(now=utcnow(), limit=limit, scan=scan)
+                scan = False
+                total.add(s)
+                if s.claimed < limit:
+                    break
+            console.print(
+                f"journeys: {total.entered} entered, {total.claimed} steps run: {total.sent} sent, "
+                f"{total.failed} failed, {total.skipped} suppressed, {total.deferred} deferred, {total.retried} to retry"
+            )
+            if every <= 0:
+                return
+            time.sleep(every)
+    finally:
+        executor.close()
 
 
 @recommend_app.command("train")

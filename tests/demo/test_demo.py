@@ -41,13 +41,17 @@ def world() -> DemoWorld:
 
 
 def shop_events(engine: sa.Engine) -> int:
-    """Events of the demo's sources (not those the commerce API or segment changes appended)."""
+    """Events of the demo's sources (not those the commerce API, segment changes or journeys appended)."""
+    from omnijourney.engage import schedule as journeys
+
     with db.read(engine) as conn:
         internal = commerce_events.internal_source_id(conn, create=False) or -1
         engage = engage_service.engage_source_id(conn) or -1
+        sent = journeys.journey_source_id(conn) or -1
         return int(
             conn.execute(
-                sa.text("SELECT count(*) FROM events WHERE source_id NOT IN (:s, :e)"), {"s": internal, "e": engage}
+                sa.text("SELECT count(*) FROM events WHERE source_id NOT IN (:s, :e, :j)"),
+                {"s": internal, "e": engage, "j": sent},
             ).scalar_one()
         )
 
@@ -469,7 +473,7 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert count(engine, "dead_letters") == 0
     with db.read(engine) as conn:
         assert pipeline_service.lag(conn=conn) == 0
-        internal = {commerce_events.SOURCE_NAME, engage_service.SOURCE_NAME}
+        internal = {commerce_events.SOURCE_NAME, engage_service.SOURCE_NAME, "omnijourney:journeys"}
         sources = {s.name: s for s in access.list_sources(conn=conn) if s.name not in internal}
     assert {name: s.channel for name, s in sources.items()} == {s.name: s.channel for s in world.sources}
     assert sources["pos"].trusted and not sources["web"].trusted
@@ -551,7 +555,7 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert shop_events(engine) == world.message_count
     assert commerce_steps(engine) == ours  # the demo orders are placed once
     assert count(engine, "api_tokens") == tokens
-    assert count(engine, "sources") == len(world.sources) + 2  # + the internal commerce and engage sources
+    assert count(engine, "sources") == len(world.sources) + 3  # + the internal commerce, engage and journeys sources
     assert json.loads(path.read_text())["tokens"] == saved["tokens"]
     assert saved["tokens"]["admin"] not in out.getvalue()
     assert "event lake: 0 events exported" in out.getvalue()

@@ -39,6 +39,7 @@ from omnijourney.config import Settings
 from omnijourney.demo import commerce as demo_commerce
 from omnijourney.demo import console as demo_console
 from omnijourney.demo import engage as demo_engage
+from omnijourney.demo import journeys as demo_journeys
 from omnijourney.demo.world import DemoWorld, build_world
 from omnijourney.ingest import service as ingest_service
 from omnijourney.service import service as service_domain
@@ -124,6 +125,8 @@ def run_demo(
                 )
         before = _stored(engine, sources)
 
+        # journeys on, with a local SMTP sink unless one is configured (before the server reads its settings)
+        mail = demo_journeys.prepare(data_dir, url) if settings.run_pipeline else None
         server = DemoServer(settings, engine)
         server.start()
         try:
@@ -148,6 +151,12 @@ def run_demo(
                             engaged = demo_engage.run(client, credentials.tokens["admin"])
                             caught_up = wait_until_processed(client)
                         console.print(demo_engage.describe(engaged))
+                        with console.status("running journeys (consents from the e-mail platform first)"):
+                            demo_journeys.import_consents(engine, world)
+                            assert mail is not None
+                            journeyed = demo_journeys.run(engine, data_dir, mail)
+                            caught_up = wait_until_processed(client)
+                        console.print(demo_journeys.describe(journeyed))
                     if not caught_up:
                         console.print(
                             "[yellow]the processing stage is not catching up (see the server log above); "
@@ -190,6 +199,8 @@ def run_demo(
                 console.print("stopping the server")
         finally:
             server.stop()
+            if mail is not None:
+                mail.stop()
     finally:
         engine.dispose()
     return summary

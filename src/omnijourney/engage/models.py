@@ -177,3 +177,139 @@ class OfferRedemption(Base):
         sa.UniqueConstraint("offer_key", "profile_id", "seq"),
         sa.CheckConstraint("seq >= 1", name="seq_positive"),
     )
+
+
+# ============================================================================ journey automations
+#
+# docs/ENGAGE.md, "Journey automations". The schedule row is the unit of exactly-once: UNIQUE
+# (journey, step, profile, entry) means a step can be scheduled (and so fire) at most once per entry.
+
+JOURNEY_ENTRY_STATUSES = ("active", "completed", "exited", "control")
+JOURNEY_STEP_STATUSES = ("scheduled", "claimed", "done", "skipped", "failed", "cancelled")
+
+
+class Journey(Base):
+    """The current definition of a journey (from its YAML file); `version` grows when its content hash changes."""
+
+    __tablename__ = "engage_journeys"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int] = mapped_column(sa.Integer)
+    content_hash: Mapped[str] = mapped_column(sa.String(64))
+    active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.CheckConstraint("version >= 1", name="version_positive"),)
+
+
+class JourneyVersion(Base):
+    """Every definition a journey had: running entries keep executing the version they entered with."""
+
+    __tablename__ = "engage_journey_versions"
+
+    journey_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    content_hash: Mapped[str] = mapped_column(sa.String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JourneyEntry(Base):
+    """One profile's pass through a journey; `seq` numbers its entries (re-entry), `dedupe_key` names
+    what caused it (`event:<id>`, `cart:<id>:<last change>`, …) so a replay never enters twice."""
+
+    __tablename__ = "engage_journey_entries"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    journey_key: Mapped[str] = mapped_column(sa.String(64))
+    journey_version: Mapped[int] = mapped_column(sa.Integer)
+    profile_id: Mapped[int] = mapped_column(sa.BigInteger)
+    seq: Mapped[int] = mapped_column(sa.Integer)
+    dedupe_key: Mapped[str] = mapped_column(sa.String(200))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    context: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    entered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    converted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        sa.UniqueConstraint("journey_key", "profile_id", "seq"),
+        sa.UniqueConstraint("journey_key", "dedupe_key"),
+        sa.CheckConstraint("status IN ('active', 'completed', 'exited', 'control')", name="status_known"),
+        sa.CheckConstraint("seq >= 1", name="seq_positive"),
+        sa.Index("ix_engage_journey_entries_profile", "profile_id", "journey_key"),
+    )
+
+
+class JourneyStep(Base):
+    """The durable schedule: one row per (journey, step, profile, entry), due at `due_at`.
+
+    `scheduled` → `claimed` (a worker holds it until `lease_until`; an expired lease is claimed
+    again after a crash) → `done` / `skipped` / `failed`, or `cancelled` when the entry exits."""
+
+    __tablename__ = "engage_journey_steps"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(sa.ForeignKey("engage_journey_entries.id"))
+    journey_key: Mapped[str] = mapped_column(sa.String(64))
+    step_key: Mapped[str] = mapped_column(sa.String(64))
+    profile_id: Mapped[int] = mapped_column(sa.BigInteger)
+    entry_seq: Mapped[int] = mapped_column(sa.Integer)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    claim_token: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        sa.UniqueConstraint("journey_key", "step_key", "profile_id", "entry_seq"),
+        sa.CheckConstraint(
+            "status IN ('scheduled', 'claimed', 'done', 'skipped', 'failed', 'cancelled')", name="status_known"
+        ),
+        sa.Index("ix_engage_journey_steps_due", "status", "due_at"),
+        sa.Index("ix_engage_journey_steps_entry", "entry_id"),
+    )
+
+
+class JourneyMessage(Base):
+    """A message a step sent (or failed to send): one per step at most; opens and clicks are counted here."""
+
+    __tablename__ = "engage_journey_messages"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    step_id: Mapped[int] = mapped_column(sa.ForeignKey("engage_journey_steps.id"), unique=True)
+    entry_id: Mapped[int] = mapped_column(sa.BigInteger)
+    journey_key: Mapped[str] = mapped_column(sa.String(64))
+    profile_id: Mapped[int] = mapped_column(sa.BigInteger)
+    channel: Mapped[str] = mapped_column(sa.String(32))
+    purpose: Mapped[str] = mapped_column(sa.String(64))
+    address: Mapped[str] = mapped_column(sa.String(320))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    clicks: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('sent', 'failed')", name="status_known"),
+        sa.Index("ix_engage_journey_messages_profile", "profile_id", "channel", "sent_at"),
+    )
+
+
+class JourneyTask(Base):
+    """A task for store staff created by a journey step (call the customer, prepare a fitting …)."""
+
+    __tablename__ = "engage_journey_tasks"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    step_id: Mapped[int] = mapped_column(sa.ForeignKey("engage_journey_steps.id"), unique=True)
+    journey_key: Mapped[str] = mapped_column(sa.String(64))
+    profile_id: Mapped[int] = mapped_column(sa.BigInteger)
+    location: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    title: Mapped[str] = mapped_column(sa.String(300))
+    status: Mapped[str] = mapped_column(sa.String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Row
 from omnijourney.commerce import events as outbox
 from omnijourney.commerce.handler import CommerceHandler
 from omnijourney.engage.handler import EngageHandler
+from omnijourney.engage.journey_handler import JourneyHandler
 from omnijourney.identity import service as identity_service
 from omnijourney.identity.handler import IdentityHandler
 from omnijourney.identity.models import IdentityAction
@@ -103,6 +104,7 @@ def default_handlers(rules: IdentityRules | None = None, profile_config: Profile
         CommerceHandler(),
         ServiceHandler(),
         EngageHandler(profile_config=profile_config),
+        JourneyHandler(),
     ]
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -91,8 +92,11 @@ class PipelineWorker:
         batch: int = 2000,
         poll_interval: float = 0.5,
         ingest_first: IngestFirst | None = None,
+        companions: Sequence[Any] = (),
     ) -> None:
         self._engine = engine
+        #: threads started and stopped with this worker (the journeys' due-step runner)
+        self._companions = list(companions)
         self._handlers = list(handlers)
         self._batch = batch
         self._poll_interval = poll_interval
@@ -106,6 +110,8 @@ class PipelineWorker:
 
     def start(self) -> None:
         self._thread.start()
+        for c in self._companions:
+            c.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -113,6 +119,8 @@ class PipelineWorker:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        for c in self._companions:
+            c.stop()
         self._thread.join(timeout=30)
 
     def _has_work(self) -> bool:
@@ -196,7 +204,11 @@ def run_worker(
     else:
         with contextlib.suppress(OSError, AttributeError):
             os.nice(10)
-    w = PipelineWorker(engine, handlers, poll_interval=poll_interval, ingest_first=ingest_first)
+    from omnijourney.engage.schedule import JourneyRunner
+
+    w = PipelineWorker(
+        engine, handlers, poll_interval=poll_interval, ingest_first=ingest_first, companions=[JourneyRunner(engine)]
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     if parent_pid is not None:

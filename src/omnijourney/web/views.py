@@ -187,6 +187,9 @@ def install(app: FastAPI) -> None:
     from omnijourney.web import dashboard  # the journey dashboard (its own module and router)
 
     app.include_router(dashboard.router)
+    from omnijourney.web import journeys  # the journeys page (its own module and router)
+
+    app.include_router(journeys.router)
 
 
 def _render(
