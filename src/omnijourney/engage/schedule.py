@@ -392,6 +392,8 @@ class Executor:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{secrets.token_hex(4)}")
     #: test hook: called with the step id after a message is accepted and before its outcome commits
     after_delivery: Callable[[int], None] | None = None
+    #: test hook: called with the step id once the send was decided (read), before the message goes out
+    before_send: Callable[[int], None] | None = None
     #: definitions to store before the first run (the worker and the CLI pass the configured ones;
     #: otherwise the processing stage's handler stores them)
     journeys: Sequence[JourneyDef] | None = None
@@ -530,6 +532,8 @@ class Executor:
                 self._release(conn, step_id, token, due_at=plan.defer_until, outcome="deferred: quiet hours")
             s.deferred += 1
             return s
+        if self.before_send is not None:
+            self.before_send(step_id)
         # -- outside any transaction: the delivery itself
         outcome = self._deliver(plan)
         if outcome.ok and self.after_delivery is not None:
