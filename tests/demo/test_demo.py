@@ -539,6 +539,7 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert {"repeat_buyers", "cart_abandoners", "lapsing_buyers"} <= set(segments)
     assert trained == 1 and sum(segments.values()) > 0 and entered >= sum(segments.values())
     check_service(engine, first_output)
+    check_store_tasks(settings, engine, saved, first_output)
 
     out.seek(0)
     out.truncate()
@@ -560,6 +561,24 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert saved["tokens"]["admin"] not in out.getvalue()
     assert "event lake: 0 events exported" in out.getvalue()
     assert read_events(settings.data_dir).num_rows == logged == count(engine, "events")
+
+
+def check_store_tasks(settings: Settings, engine: sa.Engine, saved: dict[str, Any], output: str) -> None:
+    """Today's click & collect orders gave their stores a task (the demo's own journey): Praha's staff
+    see theirs on the store page."""
+    from fastapi.testclient import TestClient
+
+    from omnijourney.app import create_app
+    from tests.web.helpers import login
+
+    assert "store tasks from journeys, open on the console's store page" in output
+    app = create_app(settings, engine=engine, migrate_db=False)
+    with TestClient(app) as c:
+        password = saved["console_users"]["store.praha"]["password"]
+        assert login(c, "store.praha", password).status_code == 303  # type: ignore[arg-type]
+        html = c.get("/console/store").text
+    tasks = html.split('data-testid="store-tasks"', 1)[1].split("</table>", 1)[0]
+    assert "pick matching accessories to offer at pickup" in tasks and "data-task=" in tasks
 
 
 def journey_results(data_dir: Path) -> dict[str, Any]:

@@ -626,6 +626,9 @@ class Executor:
             _append_identify(conn, row, {step.update_trait.key: step.update_trait.value}, now)
         elif step.task is not None:
             location = step.task.location
+            if location == "pickup":
+                pickup = (entry.context or {}).get("pickup_location")
+                location = pickup if isinstance(pickup, str) and pickup else "preferred"
             if location == "preferred":
                 location = _preferred_store(conn, entry.profile_id)
             conn.execute(
