@@ -25,6 +25,10 @@ from tests.pgcluster import PgCluster
 
 _counter = itertools.count()
 
+# Spark's tests run many tiny queries: the JVM's quick compiler and a serial GC halve its start-up and per-query
+# time on this small machine (docs/ANALYTICS.md, "Spark"); a developer's own setting wins.
+os.environ.setdefault("OMNIJOURNEY_SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+
 
 # Suites that hold one heavy process per test session (a JVM for Spark, Chromium for the browser tests)
 # run on a single xdist worker each, so `-n 2` does not start two of them.
