@@ -6,6 +6,8 @@ Signals, all per surviving profile (every member of the cluster, every channel):
 - co-purchase and co-view item-to-item similarity: cosine similarity of items over the profiles
   that bought (viewed) them, from binary item x profile matrices (scipy.sparse), the top
   neighbours of each item kept (`omnijourney recommend train`, tables `engage_item_*`);
+- buy again: a bought consumable, scored by the recency-weighted share of the profile's own
+  orders that contained it (`repeat_shares`);
 - popularity (buyers) as a weak fallback, so a new profile still gets something.
 
 Exclusions: what the cluster already bought (any variant of the product) unless the product is
