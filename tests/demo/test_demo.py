@@ -287,6 +287,20 @@ def test_store_visits_with_loyalty_card_orders_and_points(world: DemoWorld) -> N
     assert points and all(m["properties"]["order_id"] in order_ids and m["properties"]["points"] >= 0 for m in points)
 
 
+def test_some_customers_restock_consumable_sports_nutrition(world: DemoWorld) -> None:
+    """Engage's "buy again" has something to learn: the same consumable in several orders of one customer."""
+    from omnijourney.demo.commerce import CONSUMABLE_CATEGORIES
+
+    assert "Sports Nutrition" in CONSUMABLE_CATEGORIES
+    orders: dict[tuple[str, str], set[str]] = {}
+    for source in ("web", "app"):
+        for m in tracks(world, source, "Order Completed"):
+            for line in m["properties"]["products"]:
+                if line["category"] == "Sports Nutrition":
+                    orders.setdefault((m["userId"], line["sku"]), set()).add(m["properties"]["order_id"])
+    assert sum(len(ids) >= 2 for ids in orders.values()) >= 3
+
+
 def test_returns_requested_online_received_at_a_store_and_refunded(world: DemoWorld) -> None:
     """Scenario 5: return anywhere."""
     requested = {
