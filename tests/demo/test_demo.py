@@ -574,6 +574,8 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert json.loads(path.read_text())["tokens"] == saved["tokens"]
     assert saved["tokens"]["admin"] not in out.getvalue()
     assert "event lake: 0 events exported" in out.getvalue()
+    assert "the lake is unchanged since the last run" in out.getvalue()  # and its analyses are not rerun
+    assert "journey stages" not in out.getvalue()
     assert read_events(settings.data_dir).num_rows == logged == count(engine, "events")
 
 
