@@ -37,6 +37,7 @@ _GROUPS = ("spark", "browser")
 _SPLIT = {"spark": ("test_funnel_rules.py",)}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids it schedules by
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for group in _GROUPS:
