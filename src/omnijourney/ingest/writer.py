@@ -3,7 +3,9 @@
 Each HTTP request hands its validated rows to the writer and waits for a future. The
 writer drains everything queued, appends it in one transaction, commits, and only then
 resolves the futures: a 2xx is therefore always sent after the data is durable, while
-the cost of a commit (an fsync on SQLite) is shared by every request in the group.
+the cost of a commit (an fsync on SQLite) is shared by every request in the group. If
+the group's transaction fails, each request is written again on its own, so one bad
+request costs only its own 503, never the others' events.
 """
 
 from __future__ import annotations
@@ -126,24 +128,47 @@ class EventWriter:
                 return
 
     def _write(self, group: list[_Job]) -> None:
-        values: list[Any] = []
-        for job in group:
-            values.extend(job.values)
-        events = sum(job.events for job in group)
-        dead = [row for job in group for row in job.dead_letters]
         try:
-            with db.write(self._engine) as conn:
-                service.append_encoded_events(conn=conn, values=values)
-                service.append_dead_letters(conn=conn, rows=dead)
-        except Exception as exc:  # nothing was committed: every request in the group fails
-            log.exception("event write failed; %d requests answered 503", len(group))
-            for job in group:
-                job.future.set_exception(exc)
+            self._commit(group)
+        except Exception as exc:
+            if len(group) == 1:
+                log.exception("event write failed; the request is answered 503")
+                group[0].future.set_exception(exc)
+            else:
+                # Nothing was committed. One request's rows may be what failed (a source
+                # deleted meanwhile, a value the database refuses): write each request on
+                # its own, so the others are still stored and only the failing one gets a 503.
+                log.warning("group write of %d requests failed (%s); retrying them one by one", len(group), exc)
+                committed = False
+                for job in group:
+                    try:
+                        self._commit([job])
+                    except Exception as job_exc:
+                        log.exception("event write failed; the request is answered 503")
+                        job.future.set_exception(job_exc)
+                    else:
+                        committed = True
+                        job.future.set_result(None)
+                if committed:
+                    self._committed()
         else:
             for job in group:
                 job.future.set_result(None)
-            if self._on_commit is not None:
-                self._on_commit()
+            self._committed()
         finally:
             with self._lock:
-                self._pending -= events + len(dead)
+                self._pending -= sum(job.events + len(job.dead_letters) for job in group)
+
+    def _committed(self) -> None:
+        if self._on_commit is not None:
+            self._on_commit()
+
+    def _commit(self, group: list[_Job]) -> None:
+        """Append the group's events and dead letters in one transaction and commit it."""
+        values: list[Any] = []
+        for job in group:
+            values.extend(job.values)
+        dead = [row for job in group for row in job.dead_letters]
+        with db.write(self._engine) as conn:
+            service.append_encoded_events(conn=conn, values=values)
+            service.append_dead_letters(conn=conn, rows=dead)
