@@ -492,7 +492,7 @@ def validate_plain(
         revenue=revenue,
         currency=currency,
         context=context,
-        payload=Encoded(encoded.decode()),
+        payload=Encoded(encoded, "utf-8"),
     )
 
 
@@ -634,7 +634,7 @@ def validate_checked(
         revenue=revenue,
         currency=currency,
         context=context,
-        payload=Encoded(encoded.decode()),
+        payload=Encoded(encoded, "utf-8"),
     )
 
 
