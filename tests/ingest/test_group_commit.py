@@ -3,6 +3,8 @@ and one request the database refuses does not cost the others their events."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
@@ -15,6 +17,7 @@ from omnijourney.ingest import service as ingest
 from omnijourney.ingest.schemas import ValidMessage, validate_message
 from omnijourney.ingest.writer import EventWriter
 from omnijourney.store import db
+from omnijourney.store.dialect import _FileLock
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 
@@ -88,3 +91,44 @@ def test_a_request_the_database_refuses_does_not_cost_the_others_their_events(
         ids = [r["message_id"] for r in ingest.list_events(conn=conn)]
     assert ids == [f"a-{i}" for i in range(4)] + [f"c-{i}" for i in range(4)]
     assert writer.pending == 0
+
+
+def test_writers_of_several_processes_append_in_turn_and_store_everything_once(
+    engine: sa.Engine, database_url: str, source_id: int
+) -> None:
+    # one writer per API process (serve --workers N): two engines, two writers, one database
+    other_engine = db.create_engine(database_url, sqlite_synchronous="NORMAL")
+    writers = [EventWriter(engine, max_pending_events=10_000), EventWriter(other_engine, max_pending_events=10_000)]
+    try:
+        futures = [
+            w.submit_messages(source_id, _messages(f"w{i}-{k}", 20), [])
+            for k in range(4)
+            for i, w in enumerate(writers)
+        ]
+        futures.append(writers[1].submit_messages(source_id, _messages("w0-0", 20), []))  # a retry via the other node
+        for w in writers:
+            w.start()
+        for fut in futures:
+            fut.result(timeout=60)
+    finally:
+        for w in writers:
+            w.stop()
+        other_engine.dispose()
+    assert _count(engine) == 2 * 4 * 20
+
+
+def test_the_sqlite_append_queue_excludes_another_holder(tmp_path) -> None:
+    first, second = _FileLock(str(tmp_path / "db-append.lock")), _FileLock(str(tmp_path / "db-append.lock"))
+    probe = os.open(tmp_path / "db-append.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        with first, pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # released by the first: free for the next holder
+        with second, pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(probe, fcntl.LOCK_UN)
+    finally:
+        os.close(probe)
+        first.close()
+        second.close()

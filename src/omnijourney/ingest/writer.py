@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from omnijourney.ingest import service
 from omnijourney.ingest.schemas import ValidMessage
-from omnijourney.store import db
+from omnijourney.store import db, dialect
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class EventWriter:
     ) -> None:
         self._engine = engine
         self._encoder = service.EventEncoder(engine)
+        #: queues this writer's transactions with other processes' (serve --workers N)
+        self._append_queue = dialect.append_queue(engine)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._max_pending = max_pending_events
         self._pending = 0
@@ -75,6 +77,8 @@ class EventWriter:
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._started = False
+            if not self._thread.is_alive():
+                self._append_queue.close()
 
     def submit(self, events: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> Future[None]:
         """Queue `ValidMessage.row()` dicts (and dead letters); the future resolves after their commit."""
@@ -169,6 +173,6 @@ class EventWriter:
         for job in group:
             values.extend(job.values)
         dead = [row for job in group for row in job.dead_letters]
-        with db.write(self._engine) as conn:
+        with self._append_queue, db.write(self._engine) as conn:
             service.append_encoded_events(conn=conn, values=values)
             service.append_dead_letters(conn=conn, rows=dead)
