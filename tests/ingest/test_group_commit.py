@@ -93,6 +93,25 @@ def test_a_request_the_database_refuses_does_not_cost_the_others_their_events(
     assert writer.pending == 0
 
 
+def test_an_unavailable_database_fails_the_group_at_once(
+    engine: sa.Engine, source_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # no events table: what a lost or locked database looks like to the writer (not the rows' fault)
+    with db.write(engine) as conn:
+        conn.exec_driver_sql("ALTER TABLE events RENAME TO events_away")
+    writer = EventWriter(engine, max_pending_events=10_000)
+    futures = [writer.submit_messages(source_id, _messages(f"x{k}", 3), []) for k in range(3)]
+    writer.start()
+    try:
+        for fut in futures:
+            with pytest.raises(sa.exc.DBAPIError):
+                fut.result(timeout=30)
+    finally:
+        writer.stop()
+    assert "one by one" not in caplog.text  # no pointless retry of each request
+    assert writer.pending == 0
+
+
 def test_writers_of_several_processes_append_in_turn_and_store_everything_once(
     engine: sa.Engine, database_url: str, source_id: int
 ) -> None:

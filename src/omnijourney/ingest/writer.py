@@ -4,8 +4,10 @@ Each HTTP request hands its validated rows to the writer and waits for a future.
 writer drains everything queued, appends it in one transaction, commits, and only then
 resolves the futures: a 2xx is therefore always sent after the data is durable, while
 the cost of a commit (an fsync on SQLite) is shared by every request in the group. If
-the group's transaction fails, each request is written again on its own, so one bad
-request costs only its own 503, never the others' events.
+the database refuses the group's rows (a constraint, a value it does not take), each
+request is written again on its own, so one bad request costs only its own 503, never
+the others' events; if the database is unavailable, every request in the group gets its
+503 at once.
 """
 
 from __future__ import annotations
@@ -135,13 +137,15 @@ class EventWriter:
         try:
             self._commit(group)
         except Exception as exc:
-            if len(group) == 1:
-                log.exception("event write failed; the request is answered 503")
-                group[0].future.set_exception(exc)
+            if len(group) == 1 or not dialect.refused_rows(exc):
+                # a lone request, or the database is unavailable: every request in the group gets its 503
+                log.exception("event write of %d requests failed; they are answered 503", len(group))
+                for job in group:
+                    job.future.set_exception(exc)
             else:
-                # Nothing was committed. One request's rows may be what failed (a source
-                # deleted meanwhile, a value the database refuses): write each request on
-                # its own, so the others are still stored and only the failing one gets a 503.
+                # Nothing was committed, and one request's rows may be what the database
+                # refused (a source deleted meanwhile, a value it does not take): write each
+                # request on its own, so only that one gets a 503 and the others are stored.
                 log.warning("group write of %d requests failed (%s); retrying them one by one", len(group), exc)
                 committed = False
                 for job in group:

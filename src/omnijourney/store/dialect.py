@@ -79,6 +79,22 @@ class _FileLock:
             self._fd = None
 
 
+def refused_rows(exc: BaseException) -> bool:
+    """Whether a write failed on its rows (a constraint, a value the database refuses).
+
+    Not on the database being unavailable or locked (`OperationalError`): retrying such a
+    write in smaller parts would only wait for the same timeout again. The driver's own
+    exception classes count too, for writes made at driver level (PostgreSQL COPY).
+    """
+    if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.IntegrityError | psycopg.DataError)
+
+
 class _NoQueue:
     """`append_queue` where there is nothing to queue on."""
 
