@@ -173,6 +173,13 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=None, help="only the first N users by id (default all)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--not-consumable", action="store_true", help="products not consumable (repurchases excluded)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a recommendations weight of engage.yaml, e.g. --set buy_again=0 (repeatable)",
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -180,6 +187,12 @@ def main() -> None:
     from omnijourney.engage.config import default_config
     from omnijourney.store import db, migrate
 
+    config = default_config().recommendations
+    try:
+        overrides = {name: float(value) for name, value in (item.split("=", 1) for item in args.set)}
+        config = type(config).model_validate({**config.model_dump(), **overrides})
+    except ValueError as exc:
+        raise SystemExit(f"--set: {exc}") from exc
     by_user = parse(fetch(args.cache), args.users)
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.create_engine(f"sqlite:///{tmp}/reco.db", sqlite_synchronous="OFF")
@@ -191,7 +204,7 @@ def main() -> None:
             print(f" in {time.perf_counter() - t0:.1f} s")
             t0 = time.perf_counter()
             with db.read(engine) as conn:
-                out = recommend.evaluate_offline(conn=conn, config=default_config().recommendations, k=args.k)
+                out = recommend.evaluate_offline(conn=conn, config=config, k=args.k)
                 again = None if args.not_consumable else buy_again(conn, args.k)
         finally:
             engine.dispose()
@@ -199,13 +212,13 @@ def main() -> None:
         f"hold-out: last order of {out['customers']} customers (trained on {out['train_purchases']} purchase"
         f" lines) in {time.perf_counter() - t0:.1f} s"
     )
-    for name in ("model", "most_popular"):
+    for name in recommend.BASELINES:
         print(f"{name:>13}: hit rate@{args.k} {out[name]['hit_rate']:.4f}  NDCG@{args.k} {out[name]['ndcg']:.4f}")
     if again is not None:
         print(
-            f"{'buy again':>13}: hit rate@{args.k} {again[1]:.4f}  NDCG@{args.k} {again[2]:.4f}  ({again[0]} customers;"
+            f"{'most bought':>13}: hit rate@{args.k} {again[1]:.4f}  NDCG@{args.k} {again[2]:.4f}  ({again[0]} customers;"
         )
-        print("               reference only: the customer's own most-bought items, not an omnijourney signal)")
+        print("               reference outside the product: own items by purchase count, then the latest)")
 
 
 if __name__ == "__main__":

@@ -25,17 +25,24 @@ from tests.pgcluster import PgCluster
 
 _counter = itertools.count()
 
+# Spark's tests run many tiny queries: the JVM's quick compiler and a serial GC halve its start-up and per-query
+# time on this small machine (docs/ANALYTICS.md, "Spark"); a developer's own setting wins.
+os.environ.setdefault("OMNIJOURNEY_SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
-# Suites that hold one heavy process per test session (a JVM for Spark, Chromium for the browser tests)
-# run on a single xdist worker each, so `-n 2` does not start two of them.
+
+# Suites that hold one heavy process per test session (a JVM for Spark, Chromium for the browser tests) run on
+# one xdist worker per group, so a worker starts at most one of them. Spark's tests are two groups (two JVMs):
+# the funnel-rule cases are about half of its time, and one group alone was the run's critical path.
 _GROUPS = ("spark", "browser")
+_SPLIT = {"spark": ("test_funnel_rules.py",)}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for group in _GROUPS:
             if item.get_closest_marker(group):
-                item.add_marker(pytest.mark.xdist_group(group))
+                split = item.path.name in _SPLIT.get(group, ())
+                item.add_marker(pytest.mark.xdist_group(f"{group}-2" if split else group))
                 break
 
 

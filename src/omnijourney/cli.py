@@ -448,7 +448,7 @@ def recommend_evaluate(
     data_dir: Path | None = DataDirOpt,
     k: int = typer.Option(10, "--k", help="cut-off of hit rate@k and NDCG@k"),
 ) -> None:
-    """Offline evaluation: each customer's last order held out; hit rate and NDCG vs most popular."""
+    """Offline evaluation: each customer's last order held out; hit rate and NDCG vs most popular and buy again."""
     from omnijourney.engage import recommend
     from omnijourney.engage.config import default_config
 
@@ -459,7 +459,7 @@ def recommend_evaluate(
         f"hold-out: last order of {out['customers']} customers "
         f"(trained on {out['train_purchases']} purchase lines, {out['train_views']} views)"
     )
-    for name in ("model", "most_popular"):
+    for name in recommend.BASELINES:
         console.print(f"{name:>13}: hit rate@{k} {out[name]['hit_rate']:.4f}  NDCG@{k} {out[name]['ndcg']:.4f}")
 
 

@@ -287,6 +287,20 @@ def test_store_visits_with_loyalty_card_orders_and_points(world: DemoWorld) -> N
     assert points and all(m["properties"]["order_id"] in order_ids and m["properties"]["points"] >= 0 for m in points)
 
 
+def test_some_customers_restock_consumable_sports_nutrition(world: DemoWorld) -> None:
+    """Engage's "buy again" has something to learn: the same consumable in several orders of one customer."""
+    from omnijourney.demo.commerce import CONSUMABLE_CATEGORIES
+
+    assert "Sports Nutrition" in CONSUMABLE_CATEGORIES
+    orders: dict[tuple[str, str], set[str]] = {}
+    for source in ("web", "app"):
+        for m in tracks(world, source, "Order Completed"):
+            for line in m["properties"]["products"]:
+                if line["category"] == "Sports Nutrition":
+                    orders.setdefault((m["userId"], line["sku"]), set()).add(m["properties"]["order_id"])
+    assert sum(len(ids) >= 2 for ids in orders.values()) >= 3
+
+
 def test_returns_requested_online_received_at_a_store_and_refunded(world: DemoWorld) -> None:
     """Scenario 5: return anywhere."""
     requested = {
@@ -539,6 +553,7 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert {"repeat_buyers", "cart_abandoners", "lapsing_buyers"} <= set(segments)
     assert trained == 1 and sum(segments.values()) > 0 and entered >= sum(segments.values())
     check_service(engine, first_output)
+    check_store_tasks(settings, engine, saved, first_output)
 
     out.seek(0)
     out.truncate()
@@ -559,7 +574,27 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     assert json.loads(path.read_text())["tokens"] == saved["tokens"]
     assert saved["tokens"]["admin"] not in out.getvalue()
     assert "event lake: 0 events exported" in out.getvalue()
+    assert "the lake is unchanged since the last run" in out.getvalue()  # and its analyses are not rerun
+    assert "journey stages" not in out.getvalue()
     assert read_events(settings.data_dir).num_rows == logged == count(engine, "events")
+
+
+def check_store_tasks(settings: Settings, engine: sa.Engine, saved: dict[str, Any], output: str) -> None:
+    """Today's click & collect orders gave their stores a task (the demo's own journey): Praha's staff
+    see theirs on the store page."""
+    from fastapi.testclient import TestClient
+
+    from omnijourney.app import create_app
+    from tests.web.helpers import login
+
+    assert "store tasks from journeys, open on the console's store page" in output
+    app = create_app(settings, engine=engine, migrate_db=False)
+    with TestClient(app) as c:
+        password = saved["console_users"]["store.praha"]["password"]
+        assert login(c, "store.praha", password).status_code == 303  # type: ignore[arg-type]
+        html = c.get("/console/store").text
+    tasks = html.split('data-testid="store-tasks"', 1)[1].split("</table>", 1)[0]
+    assert "pick matching accessories to offer at pickup" in tasks and "data-task=" in tasks
 
 
 def journey_results(data_dir: Path) -> dict[str, Any]:

@@ -203,6 +203,8 @@ def test_offline_evaluation_holds_out_the_last_order(engine: sa.Engine) -> None:
         out = recommend.evaluate_offline(conn=conn, config=CONFIG, k=1)
     assert out["customers"] == 16
     assert out["train_purchases"] == 6 + 8 + 6  # the last orders are not trained on
-    # popular (bag, then socks) never predicts the cap; co-purchase does for all of E
+    # popular (bag, then socks) never predicts the cap; co-purchase does for all of E, buy again
+    # (consumable socks) for all of G
     assert out["most_popular"] == {"hit_rate": 0.0, "ndcg": 0.0}
-    assert out["model"] == {"hit_rate": 0.375, "ndcg": 0.375}
+    assert out["buy_again"] == {"hit_rate": 0.375, "ndcg": 0.375}
+    assert out["model"] == {"hit_rate": 0.75, "ndcg": 0.75}

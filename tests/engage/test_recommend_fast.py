@@ -127,8 +127,10 @@ def _world(engine: sa.Engine) -> None:
 def _reference(conn: sa.Connection, pid: int, store: str | None, limit: int, model: recommend.Model) -> list[tuple]:
     cluster = identity.cluster(conn=conn, profile_id=pid)
     assert cluster is not None
+    history = recommend.load_purchases(conn, cluster.members)
     items = recommend.rank(
-        bought=[p.sku for p in recommend.load_purchases(conn, cluster.members)],
+        bought=[p.sku for p in history],
+        history=history,
         viewed=[v.sku for v in recommend.load_views(conn, cluster.members, limit=CONFIG.recent_views * 5)],
         model=model,
         relations=recommend.load_relations(conn),

@@ -190,6 +190,7 @@ GET_ROUTES = {
 POST_ROUTES = {
     "/console/logout": ("admin", "marketer", "agent", "store_staff"),
     "/console/store/orders/{ref}/status": ("admin", "store_staff"),
+    "/console/store/tasks/{task_id}/done": ("admin", "store_staff"),
     "/console/admin/users": ("admin",),
     "/console/admin/users/{user_id}": ("admin",),
     "/console/admin/sources": ("admin",),
@@ -232,6 +233,7 @@ def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser
         "{user_id}": str(uid),
         "{source_id}": str(sid),
         "{conversation_id}": str(made.json()["id"]),
+        "{task_id}": "999999",  # none: allowed roles get a 404 after the role and CSRF checks
     }
 
     def url(path: str) -> str:

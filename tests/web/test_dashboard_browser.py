@@ -10,10 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.web.test_console_browser import Demo, log_in, shot
-from tests.web.test_console_browser import browser as browser
-from tests.web.test_console_browser import demo as demo
-from tests.web.test_console_browser import page as page
+from tests.web.conftest import Demo, log_in, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 

@@ -313,8 +313,10 @@ def test_data_routes_give_the_analytics_service_numbers_for_every_filter(
         steps=(Step("Product Viewed", ("Product Viewed",)), Step("Order Completed", ("Order Completed",))),
         window_seconds=3 * 86400,
     )
-    for params, expected_filters in FILTER_CASES:
-        for name in DATA:
+    # Every result carries the filters it ran with (`filters.describe()`), so one route per filter case proves the
+    # parsing and the pass-through; every route is compared unfiltered, and each route meets some filter case.
+    for i, (params, expected_filters) in enumerate(FILTER_CASES):
+        for name in DATA if not params else [DATA[i % len(DATA)]]:
             # the period end (or now) is "as of" for funnels: pin it for a stable comparison
             p = {**params} if name != "stages" or "end" in params else {**params, "end": NOW.isoformat()}
             f = expected_filters
@@ -326,6 +328,8 @@ def test_data_routes_give_the_analytics_service_numbers_for_every_filter(
             assert got.json() == want, (name, params)
             if not params:  # the API parses the same filters (tests/analytics/test_api.py): one case is enough
                 assert client.get(f"/api/analytics/{name}", params=p, headers=api).json() == want
+        if params and i % 3:
+            continue  # the funnel route: unfiltered and with every third filter case
         p = {**FUNNEL, **params, "end": params.get("end", NOW.isoformat())}
         f = replace(expected_filters, end_ms=expected_filters.end_ms or flt.to_ms(NOW))
         got = c.get("/console/dashboard/data/funnel", params=p)

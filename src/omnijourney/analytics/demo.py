@@ -21,6 +21,10 @@ def export_and_summarise(engine: sa.Engine, data_dir: Path, console: Console) ->
         f"event lake: [bold]{result.rows}[/bold] events exported to {lake.lake_dir(data_dir)} "
         "(query it with DuckDB or Spark, docs/ANALYTICS.md)"
     )
+    if result.rows == 0 and lake.event_files(lake.lake_dir(data_dir)):
+        # a rerun over an unchanged lake: the figures are those of the last run (and on the dashboard)
+        console.print("the lake is unchanged since the last run: its figures are on the journey dashboard")
+        return {"export": result}
     now = flt.to_ms(utcnow())
     with console.status("computing the journey stage funnel and the omnichannel KPIs"):
         stages = service.run(data_dir=data_dir, analysis="stages", filters=flt.Filters(), as_of_ms=now)

@@ -51,8 +51,9 @@ def _ok(r: httpx.Response) -> dict[str, Any]:
     return body
 
 
-#: categories customers buy again (socks wear out): recommendations do not exclude them once bought
-CONSUMABLE_CATEGORIES = frozenset({"Socks"})
+#: categories customers buy again (socks wear out, gels get eaten): recommendations do not exclude
+#: them once bought, and rank them by how regularly the customer restocks them ("buy again")
+CONSUMABLE_CATEGORIES = frozenset({"Socks", "Sports Nutrition"})
 
 
 def load_catalog(client: httpx.Client, world: DemoWorld, admin: str) -> CommerceSummary:

@@ -73,6 +73,9 @@ class EngageSummary:
     segments: list[dict[str, Any]] = field(default_factory=list)
     sample_profile: int | None = None
     sample: list[dict[str, Any]] = field(default_factory=list)
+    #: a repeat buyer whose e-mail leads with a consumable they restock ("buy again")
+    restocker: int | None = None
+    restock: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _ok(r: httpx.Response) -> Any:
@@ -93,16 +96,19 @@ def run(client: httpx.Client, admin: str) -> EngageSummary:
     out.segments = _ok(client.get("/api/segments", headers=auth))["segments"]
     buyers = next((s for s in out.segments if s["key"] == "repeat_buyers"), None)
     if buyers and buyers["count"]:
-        first = _ok(client.get("/api/segments/repeat_buyers/members", params={"limit": 1}, headers=auth))["items"]
-        if first:
-            out.sample_profile = first[0]["profile_id"]
-            out.sample = _ok(
+        members = _ok(client.get("/api/segments/repeat_buyers/members", params={"limit": 40}, headers=auth))["items"]
+        for n, member in enumerate(members):
+            pid = member["profile_id"]
+            items = _ok(
                 client.get(
-                    f"/api/profiles/{out.sample_profile}/recommendations",
-                    params={"context": "email", "limit": 5},
-                    headers=auth,
+                    f"/api/profiles/{pid}/recommendations", params={"context": "email", "limit": 5}, headers=auth
                 )
             )["items"]
+            if n == 0:
+                out.sample_profile, out.sample = pid, items
+            if items and items[0]["reason"]["kind"] == "buy_again":
+                out.restocker, out.restock = pid, items
+                break
     return out
 
 
@@ -114,4 +120,7 @@ def describe(s: EngageSummary) -> str:
     if s.sample_profile is not None:
         picks = "; ".join(f"{i['name']} — {i['reason']['text']}" for i in s.sample)
         lines.append(f"e-mail recommendations for profile {s.sample_profile}: {picks or 'none'}")
+    if s.restocker is not None:
+        picks = "; ".join(f"{i['name']} — {i['reason']['text']}" for i in s.restock)
+        lines.append(f"buy again (a restocking customer, profile {s.restocker}): {picks}")
     return "\n".join(lines)

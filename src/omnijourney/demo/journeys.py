@@ -6,10 +6,12 @@ file in the data directory (`demo-mailbox`), and points the server at it — so 
 send (rendered, tracked, with unsubscribe links) and the mails can be read. Without any SMTP an
 e-mail step is recorded as a failure (`delivery failed: no SMTP configured`), never dropped.
 
-Steps: `prepare` (before the server starts: the environment the server's journey runner reads),
-then after the world is loaded `run`: the e-mail platform's marketing consents of the customers
-who opted in are sent as `Consent Updated` events (the world itself has no consent events), and the
-due steps are run once (the server's runner keeps running them afterwards).
+Steps: `prepare` (before the server starts: the environment the server's journey runner reads,
+including the demo's own journey directory `demo/journey_defs` — a click & collect order asks its
+pickup store for a task), then after the world is loaded `run`: the e-mail platform's marketing
+consents of the customers who opted in are sent as `Consent Updated` events (the world itself has no
+consent events), and the due steps are run once (the server's runner keeps running them afterwards);
+`run` again after today's click & collect orders creates the stores' tasks (`store_tasks`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from omnijourney.engage.schedule import Executor, RunStats
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
 
-_ENV = ("JOURNEYS_ENABLED", "PUBLIC_URL", "SMTP_HOST", "SMTP_PORT")
+_ENV = ("JOURNEYS_ENABLED", "JOURNEYS_DIR", "PUBLIC_URL", "SMTP_HOST", "SMTP_PORT")
+#: the demo's own journeys (as a deployment adds its own through OMNIJOURNEY_JOURNEYS_DIR)
+DEMO_JOURNEYS_DIR = Path(__file__).parent / "journey_defs"
 
 
 @dataclass
@@ -55,6 +59,7 @@ def prepare(data_dir: Path, public_url: str) -> DemoMail:
     """Switch the built-in journeys on and give them an SMTP server (unless configured already)."""
     saved = {name: os.environ.get(ENV_PREFIX + name) for name in _ENV}
     os.environ.setdefault(ENV_PREFIX + "JOURNEYS_ENABLED", "all")
+    os.environ.setdefault(ENV_PREFIX + "JOURNEYS_DIR", str(DEMO_JOURNEYS_DIR))
     os.environ.setdefault(ENV_PREFIX + "PUBLIC_URL", public_url)
     journeys.default_journeys.cache_clear()
     if os.environ.get(ENV_PREFIX + "SMTP_HOST"):
@@ -119,6 +124,19 @@ def run(engine: sa.Engine, data_dir: Path, mail: DemoMail) -> JourneySummary:
     with db.read(engine) as conn:
         out.journeys = schedule.overview(conn)
     return out
+
+
+def store_tasks(engine: sa.Engine) -> dict[str, list[dict[str, Any]]]:
+    """Open store-staff tasks by store (what `/console/store` shows each store's staff)."""
+    from omnijourney.engage import tasks
+
+    with db.read(engine) as conn:
+        stores = conn.execute(
+            sa.select(schedule.TASKS.c.location)
+            .where(schedule.TASKS.c.status == "open", schedule.TASKS.c.location.is_not(None))
+            .distinct()
+        ).scalars()
+        return {code: tasks.open_tasks(conn=conn, location=code) for code in sorted(stores)}
 
 
 def describe(s: JourneySummary) -> str:

@@ -171,6 +171,11 @@ def run_demo(
                             f"{len(pickups)} click & collect orders wait at the stores today "
                             f"(e.g. {pickups[0]['order']} for {pickups[0]['customer']} at {pickups[0]['store']})"
                         )
+                    if caught_up and mail is not None:
+                        with console.status("running journeys for today's orders (store tasks)"):
+                            demo_journeys.run(engine, data_dir, mail)
+                            caught_up = wait_until_processed(client)
+                        _print_tasks(console, demo_journeys.store_tasks(engine))
                     if caught_up:
                         from omnijourney.analytics.demo import export_and_summarise
 
@@ -525,6 +530,15 @@ def _print_summary(
     console.print(f"journey dashboard: [bold]{summary.url}/console/dashboard[/bold] (log in as marketer)")
     console.print(f"tokens and write keys: {summary.credentials_path}")
     console.print(f"loaded in {summary.seconds} s")
+
+
+def _print_tasks(console: Console, by_store: dict[str, list[dict[str, Any]]]) -> None:
+    if not by_store:
+        return
+    counts = ", ".join(f"{code} {len(tasks)}" for code, tasks in by_store.items())
+    example = next(iter(by_store.values()))[0]
+    console.print(f"store tasks from journeys, open on the console's store page: {counts}")
+    console.print(f"  e.g. {example['location']}: {example['title']}")
 
 
 def _print_service(console: Console, engine: sa.Engine, url: str) -> None:

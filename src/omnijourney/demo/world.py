@@ -141,6 +141,11 @@ _CATALOG_ROWS: tuple[tuple[str, str, str, str, int, str | None], ...] = (
     ("SW-FR265", "Garmin Forerunner 265", "Garmin", "Sports Watches", 10990, None),
     ("SW-AWSE", "Apple Watch SE 40 mm", "Apple", "Sports Watches", 6990, None),
     ("SW-PACP", "Polar Pacer Pro", "Polar", "Sports Watches", 6490, None),
+    # consumables that runners restock (appended last: the other products keep their ids)
+    ("NU-MAU12", "Maurten Gel 100 (12 pack)", "Maurten", "Sports Nutrition", 1290, None),
+    ("NU-SIS6", "SiS GO Isotonic Gel (6 pack)", "SiS", "Sports Nutrition", 390, None),
+    ("NU-H5Z", "High5 Zero Electrolyte Tablets", "High5", "Sports Nutrition", 199, None),
+    ("NU-CLIF12", "Clif Bar Chocolate Chip (12 pack)", "Clif", "Sports Nutrition", 690, None),
 )
 
 _RUN_ACCESSORIES = ("SK-RU4", "SK-STLT", "SK-SPRK", "SK-INJ", "IN-SFRC", "IN-CXRP", "BT-SFLK")
@@ -865,6 +870,8 @@ class _Life:
         self.bought: set[str] = set()
         #: the support chat tool's own contact id, once the customer has chatted
         self.chat_contact: str | None = None
+        #: the restocking habit's own random stream (see `restock_plan`)
+        self.restock_rng = random.Random(f"omnijourney-demo:{shared.seed}:restock:{customer.index}")
 
     # -- primitives --------------------------------------------------------------------
 
@@ -2155,6 +2162,7 @@ class _Life:
                 plan.append((when(), "signup", None))
         else:  # window shopper
             plan += [(when(), "window", None) for _ in range(rng.randint(1, 2))]
+        plan += self.restock_plan()
         if c.email_opt_in:
             for campaign in EMAIL_CAMPAIGNS:
                 if rng.random() < 0.97:
@@ -2181,6 +2189,47 @@ class _Life:
                 self.shop_online(t, entry=entry, first="mobile", p_add=0.25)
             elif kind == "email":
                 self.campaign_email(arg, t)
+            elif kind == "restock":
+                self.restock(t, arg)
+
+    # -- restocking consumables (engage's "buy again") -----------------------------------------
+
+    def restock_plan(self) -> list[tuple[datetime, str, Any]]:
+        """About one in five online customers restocks one or two sports-nutrition products every
+        three to six weeks. Drawn from the customer's own side stream, so the rest of their life (and
+        everyone else's) is what it was before restocking existed."""
+        habit = self.restock_rng
+        if self.c.persona not in ("omnichannel", "app_first", "web_only") or habit.random() >= 0.2:
+            return []
+        pool = self.w.by_category["Sports Nutrition"]
+        favourites = habit.sample(pool, 1 if habit.random() < 0.6 else 2)
+        every = habit.uniform(20, 40)
+        day, plan = habit.uniform(0, every), []
+        while day < HISTORY_DAYS - 1:
+            basket = [p for p in favourites if habit.random() < 0.85] or favourites[:1]
+            t = self.w.start + timedelta(days=day, hours=habit.uniform(7, 22))
+            plan.append((t, "restock", basket))
+            day += every * habit.uniform(0.8, 1.2)
+        return plan
+
+    def restock(self, t: datetime, basket: list[Product]) -> _Order | None:
+        """Signed in, straight to the products, ordered for delivery (no browsing, no follow-ups)."""
+        main, self.rng = self.rng, self.restock_rng
+        try:
+            s = self.session("app" if self.app_installed else "desktop", t)
+            if s.source == "web":
+                self.page(s, "Home", "/")
+                self.advance(s, 5, 20)
+            if s.user_id is None:
+                self.login(s)
+            cart_id = _uuid(self.rng)
+            for p in basket:
+                self.browse(s, p.category, 1, first=p)
+                self.add_to_cart(s, cart_id, p)
+            self.track(s, "Cart Viewed", {"cart_id": cart_id, "products": [self.line(p) for p in basket]})
+            return self.checkout(s, cart_id, basket, fulfilment="ship")
+        finally:
+            self.rng = main
 
     # -- the scripted showcase stories ----------------------------------------------------
 

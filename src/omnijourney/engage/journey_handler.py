@@ -128,7 +128,7 @@ class JourneyHandler:
                     props = props if props is not None else _props(e)
                     if props.get("segment") != j.trigger.segment.key:
                         continue
-                keep = ("order_id", "cart_id", "location", "store", "conversation_id", "segment")
+                keep = ("order_id", "cart_id", "location", "store", "pickup_location", "conversation_id", "segment")
                 context = {k: props[k] for k in keep if k in props} | {"event": e.event, "event_id": e.id}
                 schedule.enter(
                     conn,

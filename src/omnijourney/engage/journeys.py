@@ -177,7 +177,8 @@ class UpdateTrait(_Strict):
 
 class Task(_Strict):
     title: str = Field(min_length=1, max_length=300)
-    #: the location code, or `preferred` for the customer's preferred store
+    #: the location code, `preferred` for the customer's preferred store, or `pickup` for the pickup
+    #: store of the order that triggered the entry (its `pickup_location`; else the preferred store)
     location: str | None = "preferred"
 
 

@@ -311,5 +311,32 @@ class JourneyTask(Base):
     profile_id: Mapped[int] = mapped_column(sa.BigInteger)
     location: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     title: Mapped[str] = mapped_column(sa.String(300))
+    #: `open` until a member of staff marks it `done` on the store page (who and when: `done_by`, `done_at`)
     status: Mapped[str] = mapped_column(sa.String(16), default="open")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    done_by: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)
+
+    __table_args__ = (sa.Index("ix_engage_journey_tasks_location", "location", "status"),)
+
+
+class JourneySendHold(Base):
+    """A frequency-cap slot a send step holds from its decision until its outcome commits.
+
+    The message goes out between two transactions, so the cap cannot be "count, then record the
+    message" in one. Instead the step takes a hold in a write transaction serialised per (customer,
+    channel) — counting sent messages plus other steps' holds — and the outcome's transaction swaps
+    the hold for the message. A hold counts only while its step is still `claimed` (a crashed
+    worker's hold is reused when its step is claimed again; a leftover row never blocks anyone)."""
+
+    __tablename__ = "engage_journey_send_holds"
+
+    step_id: Mapped[int] = mapped_column(
+        BigIntId, sa.ForeignKey("engage_journey_steps.id"), primary_key=True, autoincrement=False
+    )
+    #: the surviving profile (cluster root) when the hold was taken
+    profile_id: Mapped[int] = mapped_column(sa.BigInteger)
+    channel: Mapped[str] = mapped_column(sa.String(32))
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.Index("ix_engage_journey_send_holds_profile", "profile_id", "channel"),)

@@ -6,6 +6,8 @@ Signals, all per surviving profile (every member of the cluster, every channel):
 - co-purchase and co-view item-to-item similarity: cosine similarity of items over the profiles
   that bought (viewed) them, from binary item x profile matrices (scipy.sparse), the top
   neighbours of each item kept (`omnijourney recommend train`, tables `engage_item_*`);
+- buy again: a bought consumable, scored by the recency-weighted share of the profile's own
+  orders that contained it (`repeat_shares`);
 - popularity (buyers) as a weak fallback, so a new profile still gets something.
 
 Exclusions: what the cluster already bought (any variant of the product) unless the product is
@@ -190,12 +192,16 @@ class Model:
     viewers: dict[str, int] = field(default_factory=dict)
     id: int | None = None
     trained_at: datetime | None = None
+    _by_buyers: list[tuple[str, int]] | None = field(default=None, repr=False, compare=False)
 
     def similar(self, kind: str, sku: str) -> list[tuple[str, float]]:
         return self.neighbours.get(kind, {}).get(sku, [])
 
     def popular(self, n: int) -> list[tuple[str, int]]:
-        return sorted(self.buyers.items(), key=lambda x: (-x[1], x[0]))[:n]
+        # sorted once per model: the offline evaluation asks for every customer
+        if self._by_buyers is None or len(self._by_buyers) != len(self.buyers):
+            self._by_buyers = sorted(self.buyers.items(), key=lambda x: (-x[1], x[0]))
+        return self._by_buyers[:n]
 
 
 def cosine_neighbours(pairs: Iterable[tuple[int, str]], k: int) -> dict[str, list[tuple[str, float]]]:
@@ -357,6 +363,34 @@ def cached_model(conn: Connection) -> Model | None:
         return _MODELS.setdefault(key, model)
 
 
+# ============================================================================ buy again
+
+
+def repeat_shares(history: Sequence[Purchase], half_life_days: float) -> dict[str, float]:
+    """Per bought SKU, the recency-weighted share of the profile's orders that contained it.
+
+    Each order weighs 0.5 ** (age / half-life), its age counted from the profile's latest order
+    (not from now), so the shares are the same whenever they are asked for and the offline
+    evaluation cannot peek at the held-out order's date. An SKU in every order scores 1.0; one
+    bought once, long ago, among many later orders scores near 0. Vectorised over the order lines.
+    Consumability is not decided here: the exclusions drop non-consumables that were bought."""
+    if not history:
+        return {}
+    skus, sku_idx = np.unique(np.array([p.sku for p in history], dtype=object), return_inverse=True)
+    order_ids, order_idx = np.unique(
+        np.fromiter((p.order for p in history), np.int64, len(history)), return_inverse=True
+    )
+    at = np.fromiter((p.at.timestamp() for p in history), np.float64, len(history))
+    order_at = np.full(len(order_ids), -np.inf)
+    np.maximum.at(order_at, order_idx, at)
+    weights = np.exp2((order_at - order_at.max()) / (half_life_days * 86400.0))
+    # an SKU on two lines of one order counts once
+    pairs = np.unique(sku_idx.astype(np.int64) * len(order_ids) + order_idx)
+    shares = np.bincount(pairs // len(order_ids), weights=weights[pairs % len(order_ids)], minlength=len(skus))
+    shares /= weights.sum()
+    return {str(s): float(v) for s, v in zip(skus.tolist(), shares.tolist(), strict=True) if v > 0}
+
+
 # ============================================================================ ranking
 
 
@@ -380,15 +414,20 @@ def score(
     relations: dict[str, list[str]],
     config: RecoConfig,
     popular_pool: int = 50,
+    history: Sequence[Purchase] = (),
 ) -> list[Candidate]:
     """Every candidate with its summed score and strongest reason, best first (ties on the SKU);
-    no exclusions yet. Pure and deterministic."""
+    no exclusions yet. `history` (the profile's purchases with their orders and times) feeds "buy
+    again". Pure and deterministic."""
     cands: dict[str, Candidate] = {}
 
     def add(sku: str, score: float, kind: str, because: str | None) -> None:
         if score > 0:
             cands.setdefault(sku, Candidate(sku)).add(score, kind, because)
 
+    if config.buy_again > 0:
+        for sku, share in repeat_shares(history, config.buy_again_half_life_days).items():
+            add(sku, config.buy_again * share, "buy_again", sku)
     bought_set = sorted(set(bought))
     for b in bought_set:
         for other in relations.get(b, []):
@@ -402,9 +441,12 @@ def score(
             for other, s in model.similar("view", v):
                 add(other, config.co_view * s * decay, "co_view", v)
     if model is not None:
+        # the mean similarity to what was bought, not the sum: a grocery history of 200 items would
+        # otherwise outweigh every other signal (buy again included) by its length alone
+        per_seed = config.co_purchase / max(1, len(bought_set))
         for b in bought_set:
             for other, s in model.similar("purchase", b):
-                add(other, config.co_purchase * s, "co_purchase", b)
+                add(other, per_seed * s, "co_purchase", b)
         top = model.popular(popular_pool)
         if top:
             best = top[0][1]
@@ -430,10 +472,18 @@ def rank(
     allowed: set[str] | None = None,
     limit: int = 10,
     popular_pool: int = 50,
+    history: Sequence[Purchase] = (),
 ) -> list[Candidate]:
-    """Score candidates from what was bought (set) and viewed (newest first); pure and deterministic."""
+    """Score candidates from what was bought (set, with its `history` for buy again) and viewed
+    (newest first); pure and deterministic."""
     ranked = score(
-        bought=bought, viewed=viewed, model=model, relations=relations, config=config, popular_pool=popular_pool
+        bought=bought,
+        viewed=viewed,
+        model=model,
+        relations=relations,
+        config=config,
+        popular_pool=popular_pool,
+        history=history,
     )
     bought_set = set(bought)
     owned_products = {products[b].product_id for b in bought_set if b in products}
@@ -451,6 +501,7 @@ REASON_TEXT = {
     "co_purchase": "because you bought {name}",
     "co_view": "because you viewed {name}",
     "popular": "popular right now",
+    "buy_again": "buy {name} again",
 }
 
 
@@ -502,12 +553,13 @@ def recommend(
             raise RecoError(404, "unknown_store", f"no location {store!r}")
     elif store is not None:
         raise RecoError(400, "invalid_store", "store= is only used with context=store")
-    bought = [p.sku for p in load_purchases(conn, member_ids)]
+    history = load_purchases(conn, member_ids)
+    bought = [p.sku for p in history]
     viewed = [v.sku for v in load_views(conn, member_ids, limit=config.recent_views * 5)]
     seeds_bought, seeds_viewed = set(bought), set(list(dict.fromkeys(viewed))[: config.recent_views])
     model = cached_model(conn)
     relations = load_relations(conn, seeds_bought | seeds_viewed)
-    ranked = score(bought=bought, viewed=viewed, model=model, relations=relations, config=config)
+    ranked = score(bought=bought, viewed=viewed, model=model, relations=relations, config=config, history=history)
     # exclusions are per candidate: walk the ranking best first and load products (and stock) only
     # for as many candidates as it takes to fill `limit`, not for the whole pool
     pos, batch = 0, max(3 * limit, 30)
@@ -564,10 +616,21 @@ def _ndcg(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return dcg / ideal if ideal else 0.0
 
 
+def _only(config: RecoConfig, **weights: float) -> RecoConfig:
+    """`config` with every signal's weight 0 except the given ones (a baseline)."""
+    signals = ("accessory_of_bought", "accessory_of_viewed", "co_purchase", "co_view", "popularity", "buy_again")
+    return config.model_copy(update={name: weights.get(name, 0.0) for name in signals})
+
+
+#: the rankings `evaluate_offline` compares: the configured model and two one-signal baselines
+BASELINES = ("model", "most_popular", "buy_again")
+
+
 def evaluate_offline(*, conn: Connection, config: RecoConfig, k: int = 10) -> dict[str, Any]:
     """Leave-last-purchase-out: each customer's last order is held out, the model is trained on
     everything else (and only on that customer's views before the held-out order), and the top k
-    (bought items excluded as in serving) is compared with a most-popular baseline."""
+    (bought items excluded as in serving) is compared with two baselines: most popular, and buy
+    again alone (the customer's own consumables by recency-weighted order share)."""
     purchases, views = load_purchases(conn), load_views(conn)
     last_order: dict[int, tuple[datetime, int]] = {}
     for p in purchases:
@@ -581,9 +644,9 @@ def evaluate_offline(*, conn: Connection, config: RecoConfig, k: int = 10) -> di
     model = build_model(train_p, train_v, config)
     relations = load_relations(conn)
     products = load_products(conn, config)
-    bought: dict[int, list[str]] = defaultdict(list)
+    history: dict[int, list[Purchase]] = defaultdict(list)
     for p in train_p:
-        bought[p.profile].append(p.sku)
+        history[p.profile].append(p)
     viewed: dict[int, list[str]] = defaultdict(list)
     for v in sorted(train_v, key=lambda v: v.at, reverse=True):
         viewed[v.profile].append(v.sku)
@@ -591,31 +654,28 @@ def evaluate_offline(*, conn: Connection, config: RecoConfig, k: int = 10) -> di
     for p in purchases:
         if (p.profile, p.order) in held:
             target[p.profile].add(p.sku)
-    popular_only = RecoConfig(
-        **{
-            **config.model_dump(),
-            "accessory_of_bought": 0,
-            "accessory_of_viewed": 0,
-            "co_purchase": 0,
-            "co_view": 0,
-            "popularity": 1.0,
-        }
-    )
+    configs = {
+        "model": config,
+        "most_popular": _only(config, popularity=1.0),
+        "buy_again": _only(config, buy_again=1.0),
+    }
     # customers with some history before the held-out order (a cold start is not what is measured)
-    customers = sorted(pid for pid in target if bought.get(pid) or viewed.get(pid))
-    # the held-out items must be recommendable at all: a repurchase of a non-consumable is excluded by design
-    results = {"model": [0.0, 0.0], "popular": [0.0, 0.0]}
+    customers = sorted(pid for pid in target if history.get(pid) or viewed.get(pid))
+    results = {name: [0.0, 0.0] for name in configs}
+    n = 0
     for pid in customers:
-        relevant = {
-            s for s in target[pid] if s in products and (products[s].consumable or s not in set(bought.get(pid, [])))
-        }
+        bought = [p.sku for p in history.get(pid, [])]
+        before = set(bought)
+        # the held-out items must be recommendable at all: a repurchase of a non-consumable is excluded by design
+        relevant = {s for s in target[pid] if s in products and (products[s].consumable or s not in before)}
         if not relevant:
             continue
-        for name, cfg in (("model", config), ("popular", popular_only)):
+        n += 1
+        for name, cfg in configs.items():
             ranked = [
                 c.sku
                 for c in rank(
-                    bought=bought.get(pid, []),
+                    bought=bought,
                     viewed=viewed.get(pid, []),
                     model=model,
                     relations=relations if name == "model" else {},
@@ -623,26 +683,21 @@ def evaluate_offline(*, conn: Connection, config: RecoConfig, k: int = 10) -> di
                     config=cfg,
                     limit=k,
                     popular_pool=max(200, k * 5),
+                    history=history.get(pid, ()),
                 )
             ]
             results[name][0] += 1.0 if relevant & set(ranked) else 0.0
             results[name][1] += _ndcg(ranked, relevant, k)
-    n = sum(
-        1
-        for pid in customers
-        if any(s in products and (products[s].consumable or s not in set(bought.get(pid, []))) for s in target[pid])
-    )
     return {
         "k": k,
         "customers": n,
         "train_purchases": len(train_p),
         "train_views": len(train_v),
-        "model": {
-            "hit_rate": round(results["model"][0] / n, 4) if n else 0.0,
-            "ndcg": round(results["model"][1] / n, 4) if n else 0.0,
-        },
-        "most_popular": {
-            "hit_rate": round(results["popular"][0] / n, 4) if n else 0.0,
-            "ndcg": round(results["popular"][1] / n, 4) if n else 0.0,
+        **{
+            name: {
+                "hit_rate": round(hit / n, 4) if n else 0.0,
+                "ndcg": round(gain / n, 4) if n else 0.0,
+            }
+            for name, (hit, gain) in results.items()
         },
     }

@@ -15,6 +15,10 @@
 - **At the moment of sending**, not only at entry: the entry is still active, consent for the
   purpose and channel, quiet hours (defer), per-channel frequency caps (skip), the channel chosen
   from the customer's preference among those with consent and an address.
+- **Frequency caps hold across workers**: after the (read) decision, the step takes a cap slot
+  (`engage_journey_send_holds`) in a write transaction serialised per (customer, channel) that
+  counts sent messages *and* other workers' holds; a refused hold decides again (another channel,
+  or skipped for the cap). The outcome's transaction swaps the hold for the message.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from omnijourney.engage.models import (
     Journey,
     JourneyEntry,
     JourneyMessage,
+    JourneySendHold,
     JourneyStep,
     JourneyTask,
     JourneyVersion,
@@ -67,6 +72,7 @@ ENTRIES = JourneyEntry.__table__
 STEPS = JourneyStep.__table__
 MESSAGES = JourneyMessage.__table__
 TASKS = JourneyTask.__table__
+HOLDS = JourneySendHold.__table__
 PROFILES = Profile.__table__
 TRAITS = ProfileTrait.__table__
 STATS = ProfileStats.__table__
@@ -392,6 +398,8 @@ class Executor:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{secrets.token_hex(4)}")
     #: test hook: called with the step id after a message is accepted and before its outcome commits
     after_delivery: Callable[[int], None] | None = None
+    #: test hook: called with the step id once the send was decided (read), before the message goes out
+    before_send: Callable[[int], None] | None = None
     #: definitions to store before the first run (the worker and the CLI pass the configured ones;
     #: otherwise the processing stage's handler stores them)
     journeys: Sequence[JourneyDef] | None = None
@@ -496,40 +504,53 @@ class Executor:
 
     def run_step(self, step_id: int, token: str, *, now: datetime) -> RunStats:
         """Run one claimed step. The decision is read in a read transaction (no write lock, no fsync);
-        every change happens in one write transaction guarded by the claim token."""
+        every change happens in a write transaction guarded by the claim token. A send first holds
+        its frequency-cap slot (`_hold`); if another worker took the last slot since the decision was
+        read, the step decides again with that slot counted."""
         s = RunStats()
-        plan: Plan | None = None
-        with db.read(self.engine) as conn:
-            row = conn.execute(sa.select(STEPS).where(STEPS.c.id == step_id)).one()
-            if row.claim_token != token or row.status != "claimed":
+        for attempt in range(_DECIDE_ATTEMPTS):
+            plan: Plan | None = None
+            with db.read(self.engine) as conn:
+                row = conn.execute(sa.select(STEPS).where(STEPS.c.id == step_id)).one()
+                if row.claim_token != token or row.status != "claimed":
+                    s.lost_claims += 1
+                    return s
+                entry = conn.execute(sa.select(ENTRIES).where(ENTRIES.c.id == row.entry_id)).one()
+                j = definition(conn, entry.journey_key, entry.journey_version)
+                step = j.step(row.step_key)
+                if entry.status == "active" and (step.send is not None or step.webhook is not None):
+                    plan = self._plan(conn, row, entry, j, step, now)
+            if entry.status != "active":
+                with db.write(self.engine) as conn:
+                    self._finish(conn, step_id, token, status="cancelled", outcome=f"entry {entry.status}", now=now)
+                s.cancelled += 1
+                return s
+            if plan is None:
+                with db.write(self.engine) as conn:
+                    self._run_local(conn, row, token, entry, j, step, now)
+                s.done += 1
+                return s
+            if plan.skip is not None:
+                self._skip(row, token, entry, j, step, plan.skip, plan.detail, now)
+                s.skipped += 1
+                return s
+            if plan.defer_until is not None:
+                with db.write(self.engine) as conn:
+                    self._release(conn, step_id, token, due_at=plan.defer_until, outcome="deferred: quiet hours")
+                s.deferred += 1
+                return s
+            if self.before_send is not None and attempt == 0:
+                self.before_send(step_id)
+            held = self._hold(step_id, token, plan, now)
+            if held is None:
                 s.lost_claims += 1
                 return s
-            entry = conn.execute(sa.select(ENTRIES).where(ENTRIES.c.id == row.entry_id)).one()
-            j = definition(conn, entry.journey_key, entry.journey_version)
-            step = j.step(row.step_key)
-            if entry.status == "active" and (step.send is not None or step.webhook is not None):
-                plan = self._plan(conn, row, entry, j, step, now)
-        if entry.status != "active":
-            with db.write(self.engine) as conn:
-                self._finish(conn, step_id, token, status="cancelled", outcome=f"entry {entry.status}", now=now)
-            s.cancelled += 1
-            return s
-        if plan is None:
-            with db.write(self.engine) as conn:
-                self._run_local(conn, row, token, entry, j, step, now)
-            s.done += 1
-            return s
-        if plan.skip is not None:
-            with db.write(self.engine) as conn:
-                if self._finish(conn, step_id, token, status="skipped", outcome=plan.skip, now=now, detail=plan.detail):
-                    self._next(conn, entry, j, step, j.after(step), now)
-            s.skipped += 1
-            return s
-        if plan.defer_until is not None:
-            with db.write(self.engine) as conn:
-                self._release(conn, step_id, token, due_at=plan.defer_until, outcome="deferred: quiet hours")
-            s.deferred += 1
-            return s
+            if held:
+                break
+            if attempt == _DECIDE_ATTEMPTS - 1:  # refused every time: never exceed the cap, give up
+                self._skip(row, token, entry, j, step, "suppressed: frequency cap", {"channel": plan.channel}, now)
+                s.skipped += 1
+                return s
         # -- outside any transaction: the delivery itself
         outcome = self._deliver(plan)
         if outcome.ok and self.after_delivery is not None:
@@ -537,6 +558,50 @@ class Executor:
         with db.write(self.engine) as conn:
             self._record(conn, row, token, entry, j, step, plan, outcome, now, s)
         return s
+
+    def _skip(
+        self,
+        row: Any,
+        token: str,
+        entry: Any,
+        j: JourneyDef,
+        step: Step,
+        outcome: str,
+        detail: dict[str, Any] | None,
+        now: datetime,
+    ) -> None:
+        with db.write(self.engine) as conn:
+            if self._finish(conn, row.id, token, status="skipped", outcome=outcome, now=now, detail=detail):
+                self._next(conn, entry, j, step, j.after(step), now)
+
+    def _hold(self, step_id: int, token: str, plan: Plan, now: datetime) -> bool | None:
+        """Take the step's frequency-cap slot for (customer, channel): True when held (or the channel
+        has no cap), False when the cap is reached, None when the claim was lost meanwhile.
+
+        One write transaction that begins with the per-(customer, channel) lock (PostgreSQL advisory
+        lock; SQLite's BEGIN IMMEDIATE), so two workers' count-and-hold never interleave."""
+        cap = self.config.frequency_caps.get(plan.channel or "") if plan.channel != "webhook" else None
+        if cap is None:
+            return True
+        with db.write(self.engine) as conn:
+            root = identity.canonical_id(conn=conn, profile_id=plan.root) or plan.root
+            dialect.lock_key(conn, "engage-cap", f"{root}:{plan.channel}")
+            claimed = conn.execute(
+                sa.select(STEPS.c.id).where(
+                    STEPS.c.id == step_id, STEPS.c.claim_token == token, STEPS.c.status == "claimed"
+                )
+            ).first()
+            if claimed is None:
+                return None
+            members = identity.members(conn=conn, root=root) or [root]
+            since = now - timedelta(days=cap[1])
+            if _sent_since(conn, members, plan.channel or "", since, step_id=step_id) >= cap[0]:
+                return False
+            conn.execute(
+                dialect.insert_ignoring_conflicts(conn, HOLDS, ["step_id"]),
+                [{"step_id": step_id, "profile_id": root, "channel": plan.channel, "held_at": now}],
+            )
+        return True
 
     def _run_local(
         self, conn: Connection, row: Any, token: str, entry: Any, j: JourneyDef, step: Step, now: datetime
@@ -561,6 +626,9 @@ class Executor:
             _append_identify(conn, row, {step.update_trait.key: step.update_trait.value}, now)
         elif step.task is not None:
             location = step.task.location
+            if location == "pickup":
+                pickup = (entry.context or {}).get("pickup_location")
+                location = pickup if isinstance(pickup, str) and pickup else "preferred"
             if location == "preferred":
                 location = _preferred_store(conn, entry.profile_id)
             conn.execute(
@@ -619,7 +687,8 @@ class Executor:
                 reasons[channel] = "no provider"
                 continue
             cap = self.config.frequency_caps.get(channel)
-            if cap is not None and _sent_since(conn, members, channel, now - timedelta(days=cap[1])) >= cap[0]:
+            if cap is not None and _sent_since(conn, members, channel, now - timedelta(days=cap[1]),
+                                               step_id=row.id) >= cap[0]:  # fmt: skip
                 reasons[channel] = "frequency cap"
                 continue
             plan.channel, plan.address = channel, address
@@ -707,6 +776,7 @@ class Executor:
         if not outcome.ok and outcome.transient and attempts < self.config.max_attempts:
             backoff = timedelta(seconds=self.config.backoff_seconds * 2 ** (attempts - 1))
             if self._release(conn, row.id, token, due_at=now + backoff, outcome=outcome.detail, attempts=attempts):
+                _drop_hold(conn, row.id)  # decided again (and held again) before the retry
                 _emit(conn, row, plan, FAILED, f"failed:{attempts}", now,
                       {"error": outcome.detail, "attempt": attempts, "will_retry": True})  # fmt: skip
                 s.retried += 1
@@ -718,6 +788,7 @@ class Executor:
                             detail={"channel": plan.channel, "attempts": attempts}, attempts=attempts):  # fmt: skip
             s.lost_claims += 1  # our lease expired and another worker took the step over
             return
+        _drop_hold(conn, row.id)  # the message counts for the cap from now on
         conn.execute(
             sa.insert(MESSAGES).values(
                 step_id=row.id,
@@ -789,17 +860,36 @@ def quiet_until(now: datetime, quiet: delivery.QuietHours, tz: str) -> datetime 
     return until.astimezone(now.tzinfo)
 
 
-def _sent_since(conn: Connection, members: list[int], channel: str, since: datetime) -> int:
-    return int(
-        conn.execute(
-            sa.select(sa.func.count()).where(
-                MESSAGES.c.profile_id.in_(members),
-                MESSAGES.c.channel == channel,
-                MESSAGES.c.status == "sent",
-                MESSAGES.c.sent_at >= since,
-            )
-        ).scalar_one()
-    )
+#: decisions of one step before it gives up on a channel other workers keep taking (see run_step)
+_DECIDE_ATTEMPTS = 4
+
+
+def _sent_since(conn: Connection, members: list[int], channel: str, since: datetime, *, step_id: int) -> int:
+    """What counts against the cap: messages sent since `since`, plus the slots other steps hold
+    (being sent right now) while they are still claimed."""
+    sent = conn.execute(
+        sa.select(sa.func.count()).where(
+            MESSAGES.c.profile_id.in_(members),
+            MESSAGES.c.channel == channel,
+            MESSAGES.c.status == "sent",
+            MESSAGES.c.sent_at >= since,
+        )
+    ).scalar_one()
+    held = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(HOLDS.join(STEPS, STEPS.c.id == HOLDS.c.step_id))
+        .where(
+            HOLDS.c.profile_id.in_(members),
+            HOLDS.c.channel == channel,
+            HOLDS.c.step_id != step_id,
+            STEPS.c.status == "claimed",
+        )
+    ).scalar_one()
+    return int(sent) + int(held)
+
+
+def _drop_hold(conn: Connection, step_id: int) -> None:
+    conn.execute(sa.delete(HOLDS).where(HOLDS.c.step_id == step_id))
 
 
 def _most_used_channel(conn: Connection, members: list[int]) -> str | None:

@@ -218,6 +218,11 @@ class RecoConfig(_Strict):
     recent_views: int = Field(default=30, ge=1, le=500)
     #: a catalog attribute that, when true, lets a bought product be recommended again
     consumable_attribute: str = "consumable"
+    #: weight of "buy again": the recency-weighted share of the profile's own orders that contained a
+    #: bought consumable (0 turns the signal off; non-consumables already bought stay excluded)
+    buy_again: float = Field(default=20.0, ge=0)
+    #: an order this many days older than the profile's latest counts half as much in that share
+    buy_again_half_life_days: float = Field(default=60.0, gt=0, le=3650)
 
 
 class EngageConfig(_Strict):

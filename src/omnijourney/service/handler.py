@@ -8,6 +8,10 @@ other event, so a rebuild recreates what the API made.
 
 Each event is applied in its own savepoint: a malformed event is skipped (and logged),
 never stops the stage.
+
+`Profile Unmerged` (appended by the unmerge command, source `omnijourney:identity` only) re-derives
+the repeat-contact links of both sides: links between conversations that now belong to different
+customers are stale (`service.relink_after_unmerge`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ from omnijourney.store.base import utcnow
 
 log = logging.getLogger(__name__)
 
+#: the unmerge command's internal source (`pipeline.service.UNMERGE_SOURCE`; the pipeline imports this
+#: package, not the reverse) — a `Profile Unmerged` from any other source is ignored
+UNMERGE_SOURCE = "omnijourney:identity"
+UNMERGED = "Profile Unmerged"
+
 
 class ServiceHandler:
     name = "service"
@@ -34,9 +43,14 @@ class ServiceHandler:
         self.config = config or load_service_config()
 
     def apply(self, conn: Connection, events: Sequence[Row[Any]], ctx: dict[str, Any]) -> None:
-        wanted = [e for e in events if e.type == "track" and e.event in svc.HANDLED_EVENTS]
+        wanted = [e for e in events if e.type == "track" and (e.event in svc.HANDLED_EVENTS or e.event == UNMERGED)]
         if not wanted:
             return
+        unmerge_source = None
+        if any(e.event == UNMERGED for e in wanted):
+            unmerge_source = conn.execute(
+                sa.select(outbox.SOURCES.c.id).where(outbox.SOURCES.c.name == UNMERGE_SOURCE)
+            ).scalar_one_or_none()
         members: dict[int, int] = ctx.get("event_member", {})
         internal = conn.execute(
             sa.select(outbox.SOURCES.c.id).where(outbox.SOURCES.c.name == outbox.SERVICE_SOURCE)
@@ -54,6 +68,10 @@ class ServiceHandler:
             payload = e.payload if isinstance(e.payload, dict) else {}
             props = payload.get("properties")
             props = props if isinstance(props, dict) else {}
+            if e.event == UNMERGED:
+                if unmerge_source is not None and e.source_id == unmerge_source:
+                    self._unmerged(conn, props)
+                continue
             marker = None
             if internal is not None and e.source_id == internal:
                 context = payload.get("context") if isinstance(payload.get("context"), dict) else {}
@@ -86,6 +104,16 @@ class ServiceHandler:
             except (ValueError, TypeError, KeyError, AttributeError, sa.exc.IntegrityError, sa.exc.DataError):
                 # a malformed event must not stop the stage (database outages and deadlocks still do)
                 log.warning("service event %s (%s) skipped", e.id, e.event, exc_info=True)
+
+    def _unmerged(self, conn: Connection, props: dict[str, Any]) -> None:
+        sides = [p for p in (props.get("survivor_id"), props.get("restored_id")) if isinstance(p, int)]
+        if not sides:
+            return
+        try:
+            with conn.begin_nested():
+                svc.relink_after_unmerge(conn, profile_ids=sides, config=self.config)
+        except (ValueError, TypeError, KeyError, sa.exc.IntegrityError, sa.exc.DataError):
+            log.warning("service: re-linking after the unmerge of %s failed", sides, exc_info=True)
 
     def reset(self, conn: Connection) -> None:
         svc.reset(conn)

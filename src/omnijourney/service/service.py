@@ -618,6 +618,57 @@ def _detect_repeat(conn: Connection, conv: dict[str, Any], config: ServiceConfig
         conv["followup_count"] += 1
 
 
+def relink_after_unmerge(conn: Connection, *, profile_ids: list[int], config: ServiceConfig) -> int:
+    """Re-derive repeat-contact links after an unmerge split a cluster; returns the links removed.
+
+    A link (and so the lost-context signal) was made with the cluster of its time. Once the
+    customer is two customers again, a conversation that follows one of the *other* cluster's
+    conversations was not a repeat contact at all: the link is dropped (the earlier one's follow-up
+    count with it) and the conversation is linked again within its own cluster, as if it had
+    arrived now; then the contact numbers of both clusters are recomputed along the chains.
+    `profile_ids`: any member of each side (the survivor and the restored profile)."""
+    roots = {r for p in profile_ids if (r := identity.canonical_id(conn=conn, profile_id=p)) is not None}
+    members = sorted({m for r in roots for m in (identity.members(conn=conn, root=r) or [r])})
+    if not members:
+        return 0
+    by_start = (CONV.c.started_at, CONV.c.id)
+    convs = conn.execute(sa.select(CONV).where(CONV.c.profile_id.in_(members)).order_by(*by_start)).all()
+    prev_ids = {c.previous_conversation_id for c in convs if c.previous_conversation_id is not None}
+    prev_member = dict(conn.execute(sa.select(CONV.c.id, CONV.c.profile_id).where(CONV.c.id.in_(prev_ids))).all())
+    root_of = _roots(conn, {c.profile_id for c in convs} | {p for p in prev_member.values() if p is not None})
+    q = _q(conn)
+    now = utcnow()
+    stale = []
+    for c in convs:
+        if c.previous_conversation_id is None:
+            continue
+        prev_profile = prev_member.get(c.previous_conversation_id)
+        if prev_profile is not None and root_of.get(prev_profile) == root_of.get(c.profile_id):
+            continue
+        if prev_profile is not None:
+            conn.execute(q.followups, {"p_id": c.previous_conversation_id, "p_delta": -1, "p_now": now})
+        conn.execute(q.relink, {"p_id": c.id, "p_prev": None, "p_lost": False, "p_number": 1, "p_now": now})
+        stale.append(c.id)
+    for cid in stale:  # in start order: linked again within its own cluster
+        conv = _lock_conversation(conn, cid)
+        if conv is not None:
+            _detect_repeat(conn, conv, config)
+            _save(conn, conv)
+    if stale:
+        number: dict[int, int] = {}
+        rows = conn.execute(
+            sa.select(CONV.c.id, CONV.c.previous_conversation_id, CONV.c.contact_number)
+            .where(CONV.c.profile_id.in_(members))
+            .order_by(*by_start)
+        ).all()
+        for r in rows:
+            want = number.get(r.previous_conversation_id, 0) + 1 if r.previous_conversation_id is not None else 1
+            number[r.id] = want
+            if want != r.contact_number:
+                conn.execute(sa.update(CONV).where(CONV.c.id == r.id).values(contact_number=want, updated_at=now))
+    return len(stale)
+
+
 # --------------------------------------------------------------------------- API changes (through the outbox)
 
 

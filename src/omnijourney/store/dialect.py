@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -47,6 +48,17 @@ def lock_event_log(conn: Connection) -> None:
     """
     if not is_sqlite(conn):
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY})
+
+
+def lock_key(conn: Connection, namespace: str, key: str) -> None:
+    """Serialise the write transactions about one key (e.g. one customer and channel) until commit.
+
+    PostgreSQL: a transaction-level advisory lock on a 64-bit hash of the key (no row needs to exist;
+    READ COMMITTED statements after it see what the previous holder committed). SQLite: nothing to
+    do, a write transaction (BEGIN IMMEDIATE) already excludes every other writer."""
+    if not is_sqlite(conn):
+        digest = hashlib.blake2b(f"{namespace}:{key}".encode(), digest_size=8).digest()
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)})
 
 
 class _FileLock:

@@ -24,6 +24,7 @@ from omnijourney.access.service import ROLES, AccessError
 from omnijourney.commerce import service as commerce
 from omnijourney.commerce.config import CommerceConfig, load_commerce_config
 from omnijourney.commerce.service import CommerceError
+from omnijourney.engage import tasks as staff_tasks
 from omnijourney.ingest.spec import CHANNELS
 from omnijourney.profiles.service import ProfileError
 from omnijourney.store import db
@@ -489,7 +490,10 @@ def store(
         locations = commerce.list_locations(conn=conn)
         loc = commerce.get_location(conn=conn, code=code) if code else None
         pickups = commerce.pickups_at(conn=conn, location=code) if code else []
-        ids = sorted({o["profile_id"] for o in pickups if o["profile_id"] is not None})
+        tasks = staff_tasks.open_tasks(conn=conn, location=code) if code else []
+        ids = sorted(
+            {o["profile_id"] for o in pickups if o["profile_id"] is not None} | {t["profile_id"] for t in tasks}
+        )
         names = {
             s["id"]: s
             for s in service.profiles.summaries(conn=conn, root_ids=ids, config=request.app.state.profile_config)
@@ -509,11 +513,14 @@ def store(
                 )
     for order in pickups:
         order["customer"] = names.get(order["profile_id"]) if order["profile_id"] else None
+    for task in tasks:
+        task["customer"] = names.get(task["profile_id"])
     context = {
         "location": loc,
         "code": code,
         "locations": locations,
         "pickups": pickups,
+        "tasks": tasks,
         "find": find,
         "found": found,
         "notice": notice,
@@ -555,6 +562,34 @@ def set_pickup_status(
         return _back("/console/store", error=exc.message, **back)
     label = STATUS_LABELS[order["status"]]
     return _back("/console/store", notice=f"order {order['order_ref']} is {label}", **back)
+
+
+@router.post("/store/tasks/{task_id:int}/done")
+def complete_store_task(
+    task_id: int,
+    request: Request,
+    location: str | None = Form(None, max_length=64),
+    find: str = Form("", max_length=200),
+    session: Session = Depends(action(*STORE)),
+) -> Response:
+    """Mark a journey's task done, at the user's store only (staff: their home store, whatever the
+    form says; admins: the store they were looking at). Another store's task is a 404."""
+    code = _store_location(session, location)
+    if not code:
+        return _back("/console/store", error="no store chosen")
+    try:
+        with db.write(request.app.state.engine) as conn:
+            task = staff_tasks.complete_task(
+                conn=conn,
+                task_id=task_id,
+                location=code,
+                actor=f"console:{session.user.id}:{session.user.username}",
+                now=utcnow(),
+            )
+    except staff_tasks.TaskError as exc:
+        return _render(request, "not_found.html", session, {"what": f"task {task_id} at {code}"}, status=exc.status)
+    back = {"location": code if session.user.role == "admin" else "", "find": find}
+    return _back("/console/store", notice=f"task done: {task['title']}", **back)
 
 
 # ------------------------------------------------------------------ admin: users, sources, tokens
