@@ -453,6 +453,38 @@ def omnijourney_command() -> list[str]:
     return [sys.executable, "-m", "omnijourney.cli"]
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (Linux /proc), 0.0 elsewhere.
+
+    On a shared machine events/s depends on what else runs; the server's CPU per event does not
+    (much), so the script reports both.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0.0
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
 def _get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -695,6 +727,16 @@ class BackendResult:
     lag_after: int | None = None
     ceiling: float | None = None
     error: str | None = None
+    #: CPU seconds the server's process tree (API, writer, pipeline child) used while the clients ran
+    server_cpu: float | None = None
+    #: 1-minute load average when the clients finished
+    load: float | None = None
+
+    @property
+    def cpu_us_per_event(self) -> float | None:
+        if not self.server_cpu or self.http is None or not self.http.accepted:
+            return None
+        return 1e6 * self.server_cpu / self.http.accepted
 
     @property
     def rows_ok(self) -> bool:
@@ -717,6 +759,7 @@ class BackendResult:
             f"{self.backend} http={h.events_per_s:.0f} ev/s p50={h.percentile_ms(0.5):.1f}ms "
             f"p99={h.percentile_ms(0.99):.1f}ms ceiling={ceiling} ratio={ratio} "
             f"req/s={h.requests_per_s:.1f} max={h.percentile_ms(1.0):.1f}ms "
+            f"server_cpu={self.cpu_us_per_event or 0:.0f}us/ev load={self.load or 0:.1f} "
             f"rows={'OK' if self.rows_ok else 'MISMATCH'}"
         )
 
@@ -738,6 +781,7 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> BackendResu
         server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=args.pipeline, workers=args.workers)
         server.wait_healthy()
         say(f"server up on 127.0.0.1:{server.port}; sending {args.events} events from {args.clients} clients")
+        cpu_before = tree_cpu_seconds(server.proc.pid)
         result.http = drive(
             server.port,
             source.write_key,
@@ -746,6 +790,8 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> BackendResu
             batch_size=args.batch_size,
             seed=args.seed,
         )
+        result.server_cpu = tree_cpu_seconds(server.proc.pid) - cpu_before
+        result.load = os.getloadavg()[0]
         result.lag_after = server.ready().get("processing_lag")
         result.stored = count_events(url)
         for e in result.http.errors[:5]:
@@ -843,9 +889,11 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("backend", "events/s", "req/s", "p50 ms", "p99 ms", "max ms", "rows", "lag after", "ceiling rows/s"):
         table.add_column(col, justify="left" if col in ("backend", "rows") else "right")
     table.add_column("HTTP/ceiling", justify="right")
+    table.add_column("server CPU µs/ev", justify="right")
+    table.add_column("load", justify="right")
     for r in results:
         if r.error or r.http is None:
-            table.add_row(r.backend, *["-"] * 5, "[red]ERROR[/red]", "-", "-", "-")
+            table.add_row(r.backend, *["-"] * 5, "[red]ERROR[/red]", "-", "-", "-", "-", "-")
             continue
         h = r.http
         rows = (
@@ -864,6 +912,8 @@ def main(argv: list[str] | None = None) -> int:
             "-" if r.lag_after is None else str(r.lag_after),
             f"{r.ceiling:,.0f}" if r.ceiling else "-",
             f"{r.ratio:.0%}" if r.ratio is not None else "-",
+            f"{r.cpu_us_per_event:.0f}" if r.cpu_us_per_event else "-",
+            f"{r.load:.1f}" if r.load is not None else "-",
         )
     console.print(table)
     for r in results:

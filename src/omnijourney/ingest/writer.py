@@ -3,7 +3,11 @@
 Each HTTP request hands its validated rows to the writer and waits for a future. The
 writer drains everything queued, appends it in one transaction, commits, and only then
 resolves the futures: a 2xx is therefore always sent after the data is durable, while
-the cost of a commit (an fsync on SQLite) is shared by every request in the group.
+the cost of a commit (an fsync on SQLite) is shared by every request in the group. If
+the database refuses the group's rows (a constraint, a value it does not take), each
+request is written again on its own, so one bad request costs only its own 503, never
+the others' events; if the database is unavailable, every request in the group gets its
+503 at once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import sqlalchemy as sa
 
 from omnijourney.ingest import service
 from omnijourney.ingest.schemas import ValidMessage
-from omnijourney.store import db
+from omnijourney.store import db, dialect
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class EventWriter:
     ) -> None:
         self._engine = engine
         self._encoder = service.EventEncoder(engine)
+        #: queues this writer's transactions with other processes' (serve --workers N)
+        self._append_queue = dialect.append_queue(engine)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._max_pending = max_pending_events
         self._pending = 0
@@ -73,6 +79,8 @@ class EventWriter:
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._started = False
+            if not self._thread.is_alive():
+                self._append_queue.close()
 
     def submit(self, events: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> Future[None]:
         """Queue `ValidMessage.row()` dicts (and dead letters); the future resolves after their commit."""
@@ -126,24 +134,49 @@ class EventWriter:
                 return
 
     def _write(self, group: list[_Job]) -> None:
-        values: list[Any] = []
-        for job in group:
-            values.extend(job.values)
-        events = sum(job.events for job in group)
-        dead = [row for job in group for row in job.dead_letters]
         try:
-            with db.write(self._engine) as conn:
-                service.append_encoded_events(conn=conn, values=values)
-                service.append_dead_letters(conn=conn, rows=dead)
-        except Exception as exc:  # nothing was committed: every request in the group fails
-            log.exception("event write failed; %d requests answered 503", len(group))
-            for job in group:
-                job.future.set_exception(exc)
+            self._commit(group)
+        except Exception as exc:
+            if len(group) == 1 or not dialect.refused_rows(exc):
+                # a lone request, or the database is unavailable: every request in the group gets its 503
+                log.exception("event write of %d requests failed; they are answered 503", len(group))
+                for job in group:
+                    job.future.set_exception(exc)
+            else:
+                # Nothing was committed, and one request's rows may be what the database
+                # refused (a source deleted meanwhile, a value it does not take): write each
+                # request on its own, so only that one gets a 503 and the others are stored.
+                log.warning("group write of %d requests failed (%s); retrying them one by one", len(group), exc)
+                committed = False
+                for job in group:
+                    try:
+                        self._commit([job])
+                    except Exception as job_exc:
+                        log.exception("event write failed; the request is answered 503")
+                        job.future.set_exception(job_exc)
+                    else:
+                        committed = True
+                        job.future.set_result(None)
+                if committed:
+                    self._committed()
         else:
             for job in group:
                 job.future.set_result(None)
-            if self._on_commit is not None:
-                self._on_commit()
+            self._committed()
         finally:
             with self._lock:
-                self._pending -= events + len(dead)
+                self._pending -= sum(job.events + len(job.dead_letters) for job in group)
+
+    def _committed(self) -> None:
+        if self._on_commit is not None:
+            self._on_commit()
+
+    def _commit(self, group: list[_Job]) -> None:
+        """Append the group's events and dead letters in one transaction and commit it."""
+        values: list[Any] = []
+        for job in group:
+            values.extend(job.values)
+        dead = [row for job in group for row in job.dead_letters]
+        with self._append_queue, db.write(self._engine) as conn:
+            service.append_encoded_events(conn=conn, values=values)
+            service.append_dead_letters(conn=conn, rows=dead)

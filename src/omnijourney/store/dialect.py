@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +59,80 @@ def lock_key(conn: Connection, namespace: str, key: str) -> None:
     if not is_sqlite(conn):
         digest = hashlib.blake2b(f"{namespace}:{key}".encode(), digest_size=8).digest()
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)})
+
+
+class _FileLock:
+    """An exclusive `flock` on a file beside a SQLite database, taken and released around a transaction.
+
+    SQLite's own lock is taken by polling: a writer that finds it held sleeps 1, 2, 5 ... 25 ms
+    and tries again, so two API processes appending in turn leave the lock idle between
+    them. Appenders that queue here first block in the kernel and wake the moment the
+    holder releases. Each instance has its own descriptor (flock locks belong to an open
+    file, so two instances exclude each other even within one process); it is opened on
+    first use, in the thread and process that use it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def refused_rows(exc: BaseException) -> bool:
+    """Whether a write failed on its rows (a constraint, a value the database refuses).
+
+    Not on the database being unavailable or locked (`OperationalError`): retrying such a
+    write in smaller parts would only wait for the same timeout again. The driver's own
+    exception classes count too, for writes made at driver level (PostgreSQL COPY).
+    """
+    if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.IntegrityError | psycopg.DataError)
+
+
+class _NoQueue:
+    """`append_queue` where there is nothing to queue on."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def append_queue(engine: sa.Engine) -> _FileLock | _NoQueue:
+    """A lock that event appenders of every process take around their transaction.
+
+    SQLite (a database file): a `_FileLock` beside it, so API processes
+    (`serve --workers N`) append in turn without polling for SQLite's write lock. Other
+    writers (the processing stage) do not take it; they meet SQLite's lock as before.
+    PostgreSQL: nothing, appends already queue on `lock_event_log`'s advisory lock.
+    """
+    if is_sqlite(engine):
+        path = engine.url.database
+        if path and path != ":memory:" and not path.startswith("file:") and hasattr(fcntl, "flock"):
+            return _FileLock(path + "-append.lock")
+    return _NoQueue()
 
 
 def for_update(stmt: sa.Select[Any], conn: Connection) -> sa.Select[Any]:
