@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 import sqlalchemy as sa  # noqa: E402
 
 from benchmarks._common import PgServer, percentile  # noqa: E402
-from omnijourney.commerce import service  # noqa: E402
+from omnijourney.commerce import events, service  # noqa: E402
 from omnijourney.commerce.config import load_commerce_config  # noqa: E402
 from omnijourney.commerce.service import CommerceError  # noqa: E402
 from omnijourney.store import db, migrate  # noqa: E402
@@ -120,7 +120,7 @@ def bench_availability(engine: sa.Engine, skus: int, queries: int, seed: int) ->
 def _flow(engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], tag: str) -> None:
     """One customer: anonymous cart with 1-2 of `skus` -> checkout (ship, reserve) -> complete (order)."""
     now = utcnow()
-    with db.write(engine) as conn:
+    with db.write(engine) as conn, events.batch(conn):  # the items' events: one append, at the end
         cart = service.resolve_cart(conn=conn, rules=None, anonymous_id=f"bench-{tag}", currency="CZK", now=now)
         assert cart is not None
         for sku in rnd.sample(skus, rnd.randint(1, 2)):
