@@ -6,9 +6,13 @@
 Per backend (SQLite file, PostgreSQL: a throwaway cluster or --pg-url):
 * availability: `service.availability(sku)` for random SKUs, one read transaction each, p50/p99 ms
   (the API adds HTTP and auth on top);
-* checkouts: `--clients` threads, each repeatedly: anonymous cart -> add 1-2 SKUs drawn from a small hot set
-  (contended on purpose) -> start checkout (ship) -> complete; checkouts/s for the completed ones, and the
-  **oversold units** (units allocated beyond what was on hand; must be 0).
+* checkouts: `--clients` threads, each repeatedly: anonymous cart -> add 1-2 SKUs -> start checkout (ship)
+  -> complete; checkouts/s for the completed ones, and the **oversold units** (units allocated beyond what
+  was on hand; must be 0). Two scenarios (`--scenario`):
+  - `spread` (throughput): SKUs drawn from the whole catalog, each with plenty of stock at the shipping
+    locations, as a shop's orders spread over its catalog;
+  - `hot` (the last units, correctness under contention): SKUs from `--hot` SKUs with only `--hot-units`
+    units at each shipping location, so every client queues on the same stock rows and they run out.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ if str(REPO) not in sys.path:
 import sqlalchemy as sa  # noqa: E402
 
 from benchmarks._common import PgServer, percentile  # noqa: E402
-from omnijourney.commerce import service  # noqa: E402
+from omnijourney.commerce import events, service  # noqa: E402
 from omnijourney.commerce.config import load_commerce_config  # noqa: E402
 from omnijourney.commerce.service import CommerceError  # noqa: E402
 from omnijourney.store import db, migrate  # noqa: E402
@@ -113,13 +117,13 @@ def bench_availability(engine: sa.Engine, skus: int, queries: int, seed: int) ->
     return {"p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
 
 
-def _flow(engine: sa.Engine, config: Any, rnd: random.Random, hot_skus: list[str], tag: str) -> None:
-    """One customer: anonymous cart with 1-2 hot SKUs -> checkout (ship, reserve) -> complete (order)."""
+def _flow(engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], tag: str) -> None:
+    """One customer: anonymous cart with 1-2 of `skus` -> checkout (ship, reserve) -> complete (order)."""
     now = utcnow()
-    with db.write(engine) as conn:
+    with db.write(engine) as conn, events.batch(conn):  # the items' events: one append, at the end
         cart = service.resolve_cart(conn=conn, rules=None, anonymous_id=f"bench-{tag}", currency="CZK", now=now)
         assert cart is not None
-        for sku in rnd.sample(hot_skus, rnd.randint(1, 2)):
+        for sku in rnd.sample(skus, rnd.randint(1, 2)):
             service.add_to_cart(
                 conn=conn, cart_id=cart, sku=sku, quantity=1, channel="web", device=None, actor=None, now=now
             )
@@ -149,13 +153,13 @@ def _flow(engine: sa.Engine, config: Any, rnd: random.Random, hot_skus: list[str
 
 
 def _client_process(
-    url: str, proc: int, threads: int, counter: Any, checkouts: int, hot: int, seed: int, start: Any, out: Any
+    url: str, proc: int, threads: int, counter: Any, checkouts: int, skus: int, seed: int, start: Any, out: Any
 ) -> None:
     """A process of `threads` clients (the API runs as several processes too; one interpreter lock
     would otherwise serialise all 32 clients' Python work)."""
     engine = db.create_engine(url, pool_size=threads + 2)
     config = load_commerce_config()
-    hot_skus = [f"SKU-{i:07d}" for i in range(hot)]
+    hot_skus = [f"SKU-{i:07d}" for i in range(skus)]
     lock = threading.Lock()
     done = {"orders": 0, "refused": 0, "errors": 0}
     latencies: list[float] = []
@@ -171,7 +175,7 @@ def _client_process(
                 counter.value = i + 1
             t = time.perf_counter()
             try:
-                _flow(engine, config, rnd, hot_skus, f"{proc}-{n}-{i}")
+                _flow(engine, config, rnd, hot_skus, f"{skus}-{proc}-{n}-{i}")
                 with lock:
                     done["orders"] += 1
                     latencies.append((time.perf_counter() - t) * 1000)
@@ -199,18 +203,18 @@ def _client_process(
 def bench_checkouts(
     engine: sa.Engine, url: str, clients: int, processes: int, checkouts: int, hot: int, hot_units: int, seed: int
 ) -> dict[str, Any]:
-    hot_skus = [f"SKU-{i:07d}" for i in range(hot)]
-    with db.write(engine) as conn:  # the contended SKUs: `hot_units` at each shipping location
+    """Checkouts over the first `hot` SKUs with `hot_units` units of each at each shipping location:
+    a few hot SKUs with few units = the last-units scenario; the whole catalog with many = throughput."""
+    chosen = service.STOCK.c.sku < f"SKU-{hot:07d}"  # SKU-0000000 .. (names sort as numbers)
+    with db.write(engine) as conn:  # the SKUs checked out: `hot_units` at each shipping location, none held
         conn.execute(
             sa.update(service.STOCK)
-            .where(service.STOCK.c.sku.in_(hot_skus), service.STOCK.c.location.in_(["loc-000", "loc-001", "loc-002"]))
-            .values(on_hand=hot_units)
+            .where(chosen, service.STOCK.c.location.in_(["loc-000", "loc-001", "loc-002"]))
+            .values(on_hand=hot_units, reserved=0, allocated=0)
         )
     with db.read(engine) as conn:
-        before = {
-            (r.sku, r.location): r.on_hand
-            for r in conn.execute(sa.select(service.STOCK).where(service.STOCK.c.sku.in_(hot_skus)))
-        }
+        before = {(r.sku, r.location): r.on_hand for r in conn.execute(sa.select(service.STOCK).where(chosen))}
+        first_order = conn.execute(sa.select(sa.func.coalesce(sa.func.max(service.ORDERS.c.id), 0))).scalar_one()
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("i", 0)
     start = ctx.Event()
@@ -232,11 +236,12 @@ def bench_checkouts(
     latencies = [x for r in results for x in r["latencies"]]
     orders = sum(r["orders"] for r in results)
     with db.read(engine) as conn:
-        after = conn.execute(sa.select(service.STOCK).where(service.STOCK.c.sku.in_(hot_skus))).all()
-        allocated = conn.execute(
-            sa.select(
-                service.ORDER_LINES.c.sku, service.ORDER_LINES.c.location, sa.func.sum(service.ORDER_LINES.c.quantity)
-            ).group_by(service.ORDER_LINES.c.sku, service.ORDER_LINES.c.location)
+        after = conn.execute(sa.select(service.STOCK).where(chosen)).all()
+        lines = service.ORDER_LINES
+        allocated = conn.execute(  # the units this run's orders took
+            sa.select(lines.c.sku, lines.c.location, sa.func.sum(lines.c.quantity))
+            .where(lines.c.order_id > first_order)
+            .group_by(lines.c.sku, lines.c.location)
         ).all()
         stored_orders = conn.execute(sa.select(sa.func.count()).select_from(service.ORDERS)).scalar_one()
     oversold = sum(max(0, int(q) - before.get((sku, loc), 0)) for sku, loc, q in allocated)
@@ -263,29 +268,41 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         load(engine, args.skus, args.locations, args.seed)
         loaded = time.perf_counter() - t
         out = {"load_s": round(loaded, 1), **bench_availability(engine, args.skus, args.queries, args.seed)}
-        out["loadavg"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-        out.update(
-            bench_checkouts(
-                engine, url, args.clients, args.processes, args.checkouts, args.hot, args.hot_units, args.seed
-            )
-        )
+        scenarios = {
+            # throughput: the whole catalog, stock that does not run out (1-2 units per checkout)
+            "spread": (args.skus, max(1000, 4 * args.checkouts // max(1, args.skus) + 10)),
+            "hot": (args.hot, args.hot_units),  # the last units: everyone queues on the same rows
+        }
+        for name in ["spread", "hot"] if args.scenario == "both" else [args.scenario]:
+            skus, units = scenarios[name]
+            loadavg = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            r = bench_checkouts(engine, url, args.clients, args.processes, args.checkouts, skus, units, args.seed)
+            out[name] = {**r, "loadavg": loadavg}
         return out
     finally:
         engine.dispose()
 
 
-def report(backend: str, r: dict[str, Any], args: argparse.Namespace) -> None:
+def report(backend: str, out: dict[str, Any], args: argparse.Namespace) -> None:
     print(
-        f"{backend:9s} {args.skus} SKUs x {args.locations} locations (load {r['load_s']} s): availability "
-        f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms | {args.clients} clients in {args.processes} "
-        f"processes: {r['orders']} orders ({r['stored_orders']} stored), {r['refused']} refused (out of stock), "
-        f"{r['errors']} errors, {r['checkouts_per_s']} checkouts/s (cart + checkout + order, p50 "
-        f"{r['flow_p50_ms']:.0f} ms p99 {r['flow_p99_ms']:.0f} ms), oversold units {r['oversold_units']} | "
-        f"load average {r['loadavg']}",
+        f"{backend:9s} {args.skus} SKUs x {args.locations} locations (load {out['load_s']} s): availability "
+        f"p50 {out['p50_ms']:.2f} ms p99 {out['p99_ms']:.2f} ms",
         flush=True,
     )
-    for sample in r["error_samples"]:
-        print(f"  error: {sample}", flush=True)
+    for name in ("spread", "hot"):
+        r = out.get(name)
+        if r is None:
+            continue
+        what = f"{args.hot} hot SKUs x {args.hot_units} units" if name == "hot" else "SKUs from the whole catalog"
+        print(
+            f"  {name:6s} ({what}) {args.clients} clients in {args.processes} processes: {r['orders']} orders "
+            f"({r['stored_orders']} stored in total), {r['refused']} refused (out of stock), {r['errors']} errors, "
+            f"{r['checkouts_per_s']} checkouts/s (cart + checkout + order, p50 {r['flow_p50_ms']:.0f} ms p99 "
+            f"{r['flow_p99_ms']:.0f} ms), oversold units {r['oversold_units']} | load average {r['loadavg']}",
+            flush=True,
+        )
+        for sample in r["error_samples"]:
+            print(f"    error: {sample}", flush=True)
 
 
 def main() -> None:
@@ -296,8 +313,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over")
     p.add_argument("--checkouts", type=int, default=5000)
-    p.add_argument("--hot", type=int, default=20, help="SKUs the checkouts compete for")
-    p.add_argument("--hot-units", type=int, default=100, help="units of each hot SKU at each shipping location")
+    p.add_argument("--scenario", choices=["spread", "hot", "both"], default="both")
+    p.add_argument("--hot", type=int, default=20, help="SKUs the last-units checkouts compete for")
+    p.add_argument("--hot-units", type=int, default=5, help="units of each hot SKU at each shipping location")
     p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     p.add_argument("--pg-url", default=None)
     p.add_argument("--seed", type=int, default=7)
@@ -314,7 +332,7 @@ def main() -> None:
             report("postgres", results["postgres"], args)
         finally:
             pg.close()
-    if any(r["oversold_units"] for r in results.values()):
+    if any(out[n]["oversold_units"] for out in results.values() for n in ("spread", "hot") if n in out):
         raise SystemExit("OVERSOLD")
 
 

@@ -223,6 +223,33 @@ def test_a_refused_change_appends_nothing(engine) -> None:
     assert [e["event"] for e in timeline(engine, anon)] == ["Product Added"]
 
 
+def test_a_batch_appends_its_changes_events_once_at_its_end(engine) -> None:
+    seed_service(engine)
+    now = utcnow()
+    logged = "SELECT count(*) FROM events"
+    before = count(engine, logged)
+
+    def add(conn: Any, cart: int, sku: str) -> None:
+        service.add_to_cart(
+            conn=conn, cart_id=cart, sku=sku, quantity=1, channel="web", device=None, actor=None, now=now
+        )
+
+    with db.write(engine) as conn, events.batch(conn):
+        cart = service.resolve_cart(conn=conn, rules=None, anonymous_id="anon-b", currency="CZK", now=now)
+        assert cart is not None
+        for sku in ("SHOE-42", "SOCK-1"):
+            add(conn, cart, sku)
+            assert conn.execute(sa.text(logged)).scalar_one() == before  # held back until the block ends
+    assert [e[0] for e in commerce_events(engine)] == ["Product Added", "Product Added"]
+    with pytest.raises(CommerceError), db.write(engine) as conn, events.batch(conn):
+        add(conn, cart, "SHOE-42")
+        add(conn, cart, "NO-SUCH-SKU")
+    assert len(commerce_events(engine)) == 2  # the failed block's events went with it
+    with db.write(engine) as conn:  # and outside a block, each change appends at once again
+        add(conn, cart, "SHOE-42")
+        assert conn.execute(sa.text(logged)).scalar_one() == before + 3
+
+
 def test_events_of_the_internal_source_are_skipped_by_the_handler(engine) -> None:
     """An `Order Completed` of the internal source is our own order: the handler never records it again
     (nor under another reference), while the same event from a shop is recorded."""

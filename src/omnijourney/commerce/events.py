@@ -19,13 +19,18 @@ analytics, and automations see it, as for any other event.
   Added` / `Product Removed` from shops and POS, and must not apply our own changes a second time.
 
 The append comes last in a service call, so on PostgreSQL the event-log lock (held to commit, to
-keep log ids in commit order) is held as briefly as possible.
+keep log ids in commit order) is held as briefly as possible. A caller that makes several changes
+in one transaction wraps them in `batch(conn)`: their events are appended together at the end of
+the block, so the lock is taken once, after the last change, instead of at the first change and
+then held across all the others.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -49,6 +54,8 @@ SOURCE_NAME = "omnijourney:commerce"
 ORIGIN = "commerce"
 SOURCES = Source.__table__
 _LIMITS = IngestLimits()
+#: key in the connection's info of the rows a `batch` block has collected
+_BATCH = "omnijourney.outbox_batch"
 
 #: order status -> the event that announces it
 STATUS_EVENTS = {
@@ -274,10 +281,35 @@ def prepare(
 
 def append(conn: Connection, rows: list[dict[str, Any] | None]) -> None:
     """Append prepared rows to the log in the caller's transaction; a message id appended before is
-    skipped, not duplicated. On PostgreSQL this takes the event-log lock until commit: call it last."""
+    skipped, not duplicated. On PostgreSQL this takes the event-log lock until commit: call it last.
+    Inside a `batch` block the rows are collected and appended at the block's end instead."""
     ready = [r for r in rows if r is not None]
-    if ready:
+    collected = conn.info.get(_BATCH)
+    if collected is not None:
+        collected.extend(ready)
+    elif ready:
         ingest.append_events(conn=conn, rows=ready)
+
+
+@contextmanager
+def batch(conn: Connection) -> Iterator[None]:
+    """Append the events of every change made inside the block in one append at its end.
+
+    For a transaction that makes several changes (a cart filled with several items at once): the
+    event-log lock is then taken once, as the last statement before the caller commits, and not held
+    across the changes that follow the first one. If the block raises, its events are dropped with
+    it (the caller rolls back). Nested blocks append at the end of the outermost one. Only for a
+    block whose changes all commit or all roll back (no savepoint rolled back and caught inside)."""
+    if conn.info.get(_BATCH) is not None:
+        yield
+        return
+    rows: list[dict[str, Any]] = []
+    conn.info[_BATCH] = rows
+    try:
+        yield
+    finally:
+        conn.info.pop(_BATCH, None)
+    append(conn, list(rows))
 
 
 def emit(conn: Connection, **kwargs: Any) -> bool:

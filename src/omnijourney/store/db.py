@@ -8,11 +8,18 @@ Services never commit; callers open a scope here and own the transaction:
 
 On SQLite a write scope starts with BEGIN IMMEDIATE, taking the single writer lock up
 front, so a read-then-write transaction can never fail half-way with SQLITE_BUSY; read
-scopes use a deferred BEGIN and never block writers (WAL).
+scopes use a deferred BEGIN and never block writers (WAL). The write scopes of one process
+first queue on a process-wide lock of their engine: SQLite's busy handler polls with sleeps
+that grow to 100 ms and is not fair, so with dozens of writer threads the writer lock sat
+idle between sleeps and unlucky writers waited past the busy timeout; queued in-process,
+only one thread per process polls.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +32,10 @@ from sqlalchemy.engine import Connection
 from omnijourney.store.base import json_deserializer, json_serializer
 
 _WRITE = "omnijourney_write"
+#: seconds a SQLite writer waits in all (the in-process queue, then the busy timeout)
+SQLITE_BUSY_SECONDS = 30
+_writer_locks: weakref.WeakKeyDictionary[sa.Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_writer_locks_guard = threading.Lock()
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> sa.Engine:
@@ -50,7 +61,7 @@ def _sqlite_engine(url: str, synchronous: str) -> sa.Engine:
         url,
         json_serializer=json_serializer,
         json_deserializer=json_deserializer,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS},
         pool_size=20,
         max_overflow=20,
     )
@@ -62,7 +73,7 @@ def _sqlite_engine(url: str, synchronous: str) -> sa.Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -70,16 +81,38 @@ def _sqlite_engine(url: str, synchronous: str) -> sa.Engine:
         immediate = conn.get_execution_options().get(_WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+    with _writer_locks_guard:
+        _writer_locks[engine] = threading.RLock()  # re-entrant: a nested scope fails as before
     return engine
+
+
+@contextmanager
+def _sqlite_writer(engine: sa.Engine) -> Iterator[None]:
+    lock = _writer_locks.get(engine)
+    if lock is None:  # an engine not made by `create_engine`
+        yield
+        return
+    if not lock.acquire(timeout=SQLITE_BUSY_SECONDS):
+        raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
 def write(engine: sa.Engine) -> Iterator[Connection]:
     """A read-write transaction, committed when the block exits cleanly."""
-    with engine.connect() as conn:
+    queue = _sqlite_writer(engine) if engine.dialect.name == "sqlite" else _no_queue()
+    with queue, engine.connect() as conn:
         conn = conn.execution_options(**{_WRITE: True})
         with conn.begin():
             yield conn
+
+
+@contextmanager
+def _no_queue() -> Iterator[None]:
+    yield
 
 
 @contextmanager
