@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from omnijourney.pipeline import service as pipeline
 from omnijourney.pipeline.worker import run_until_idle
 from omnijourney.service import service
-from omnijourney.service.handler import UNMERGE_SOURCE
 from omnijourney.store import db
 from tests.identity.helpers import append, process, profile_of, source
 from tests.service import helpers as h
@@ -30,7 +29,6 @@ def _lost_rate(engine: sa.Engine) -> float:
 
 
 def test_an_unmerge_removes_the_lost_context_link_between_the_split_customers(engine: sa.Engine) -> None:
-    assert UNMERGE_SOURCE == pipeline.UNMERGE_SOURCE
     shop = source(engine, "shop", "web", True)
     chat = source(engine, "chat-tool", "chat", True)
     hotline = source(engine, "hotline", "call_center", True)

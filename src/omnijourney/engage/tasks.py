@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from omnijourney.engage import schedule
+from omnijourney.engage.service import SegmentError
 from omnijourney.identity.models import Profile
 
 TASKS = schedule.TASKS
@@ -21,10 +22,8 @@ PROFILES = Profile.__table__
 COMPLETED = "Store Task Completed"
 
 
-class TaskError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+#: the engage domain's error (status, code, message), as offers use it
+TaskError = SegmentError
 
 
 def _view(row: Any, roots: dict[int, int]) -> dict[str, Any]:
@@ -76,5 +75,7 @@ def complete_task(*, conn: Connection, task_id: int, location: str, actor: str, 
             properties={"task_id": task_id, "journey": row.journey_key, "title": row.title, "location": location},
             now=now,
         )
-    done = conn.execute(sa.select(TASKS).where(TASKS.c.id == task_id)).one()
-    return _view(done, {})
+    view = _view(row, {})
+    if changed:
+        view.update(status="done", done_at=now, done_by=actor[:100])
+    return view

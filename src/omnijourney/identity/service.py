@@ -30,6 +30,12 @@ BLOCKS = IdentityBlock.__table__
 PROFILE_EVENTS = ProfileEvent.__table__
 
 
+#: the internal source of identity's own events, disabled for public ingestion, and the event an
+#: unmerge puts on both timelines (handlers re-derive what they computed for the merged cluster)
+UNMERGE_SOURCE = "omnijourney:identity"
+UNMERGED_EVENT = "Profile Unmerged"
+
+
 class IdentityError(ValueError):
     """A request about identity that cannot be carried out (unknown type, nothing to unmerge, ...)."""
 

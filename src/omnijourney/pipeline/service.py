@@ -40,8 +40,7 @@ EVENTS = Event.__table__
 CHECKPOINTS = Checkpoint.__table__
 DAILY_COUNTS = DailyEventCount.__table__
 ACTIONS = IdentityAction.__table__
-#: the internal source of identity's own events (unmerges), disabled for public ingestion
-UNMERGE_SOURCE = "omnijourney:identity"
+UNMERGE_SOURCE = identity_service.UNMERGE_SOURCE
 
 MAIN = "main"
 
@@ -202,7 +201,7 @@ def _announce_unmerge(conn: Connection, result: dict[str, Any], *, actor: str) -
         outbox.prepare(
             conn,
             message_id=f"oj:unmerge:{result['action_id']}:{side}",
-            event="Profile Unmerged",
+            event=identity_service.UNMERGED_EVENT,
             channel="other",
             profile_id=result[side],
             anonymous_id=None,

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from omnijourney.identity import service as identity
 from omnijourney.service import outbox
 from omnijourney.service import service as svc
 from omnijourney.service.config import ServiceConfig, load_service_config
@@ -30,10 +31,7 @@ from omnijourney.store.base import utcnow
 
 log = logging.getLogger(__name__)
 
-#: the unmerge command's internal source (`pipeline.service.UNMERGE_SOURCE`; the pipeline imports this
-#: package, not the reverse) — a `Profile Unmerged` from any other source is ignored
-UNMERGE_SOURCE = "omnijourney:identity"
-UNMERGED = "Profile Unmerged"
+UNMERGED = identity.UNMERGED_EVENT
 
 
 class ServiceHandler:
@@ -49,7 +47,7 @@ class ServiceHandler:
         unmerge_source = None
         if any(e.event == UNMERGED for e in wanted):
             unmerge_source = conn.execute(
-                sa.select(outbox.SOURCES.c.id).where(outbox.SOURCES.c.name == UNMERGE_SOURCE)
+                sa.select(outbox.SOURCES.c.id).where(outbox.SOURCES.c.name == identity.UNMERGE_SOURCE)
             ).scalar_one_or_none()
         members: dict[int, int] = ctx.get("event_member", {})
         internal = conn.execute(

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +103,11 @@ def _sqlite_writer(engine: sa.Engine) -> Iterator[None]:
 @contextmanager
 def write(engine: sa.Engine) -> Iterator[Connection]:
     """A read-write transaction, committed when the block exits cleanly."""
-    queue = _sqlite_writer(engine) if engine.dialect.name == "sqlite" else _no_queue()
+    queue = _sqlite_writer(engine) if engine.dialect.name == "sqlite" else nullcontext()
     with queue, engine.connect() as conn:
         conn = conn.execution_options(**{_WRITE: True})
         with conn.begin():
             yield conn
-
-
-@contextmanager
-def _no_queue() -> Iterator[None]:
-    yield
 
 
 @contextmanager
