@@ -231,6 +231,36 @@ def test_a_crash_after_smtp_acceptance_resends_with_the_same_message_id(engine: 
     resumed.close()
 
 
+def test_a_crash_inside_a_wave_resends_only_what_was_not_recorded(engine: sa.Engine, mail: SmtpServer) -> None:
+    """A wave's outcomes commit together: a crash after its second acceptance resends that one
+    message (same Message-ID) and sends the third; what a failing wave already sent is recorded."""
+    at = utcnow()
+    _direct(engine, SEND_NOW, ["ana", "bob", "cyd"], at)
+    config = delivery_config(mail, lease_seconds=60, wave_size=3)
+    accepted: list[int] = []
+
+    def die_on_second(step_id: int) -> None:
+        accepted.append(step_id)
+        if len(accepted) == 2:
+            raise SystemExit("killed after the second SMTP acceptance")
+
+    with pytest.raises(SystemExit):
+        Executor(engine, config, after_delivery=die_on_second).run_due(now=at, scan=False)
+    assert len(mail.messages) == 2
+    assert len(timeline_events(engine, schedule.SENT)) == 1  # the first outcome was recorded
+    resumed = Executor(engine, config)
+    s = resumed.run_due(now=at + timedelta(seconds=61), scan=False)
+    assert (s.claimed, s.sent) == (2, 2)
+    assert resumed.run_due(now=at + timedelta(seconds=200), scan=False).claimed == 0
+    ids = [m["Message-ID"] for m in mail.messages]
+    assert len(ids) == 4 and len(set(ids)) == 3  # one message twice, with the same Message-ID
+    assert len({m["To"] for m in mail.messages[:2]}) == 2
+    assert {m["To"] for m in mail.messages} == {"ana@example.com", "bob@example.com", "cyd@example.com"}
+    assert len(timeline_events(engine, schedule.SENT)) == 3
+    assert {s.status for s in steps(engine)} == {"done"}
+    resumed.close()
+
+
 def test_quiet_hours_defer_a_send(engine: sa.Engine, mail: SmtpServer) -> None:
     late = utcnow().replace(hour=23, minute=30, second=0, microsecond=0)
     _direct(engine, SEND_NOW, ["max"], late)

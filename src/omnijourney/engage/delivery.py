@@ -99,6 +99,10 @@ class DeliveryConfig:
     backoff_seconds: float = 30.0
     #: how long a claim is held; a step claimed longer ago (its worker crashed) is claimed again
     lease_seconds: float = 300.0
+    #: due steps one executor decides, holds, sends and records together (one transaction each
+    #: for holding and recording a wave instead of two per message); also how many messages a
+    #: crash between SMTP acceptance and the outcome's commit can cause to be sent again
+    wave_size: int = 25
 
     @classmethod
     def from_env(cls, data_dir: Path | None = None) -> DeliveryConfig:
@@ -126,6 +130,7 @@ class DeliveryConfig:
             webhook_secret=_env("WEBHOOK_SECRET").encode(),
             quiet_hours=QuietHours.parse(_env("QUIET_HOURS"), _env("QUIET_HOURS_TZ", "UTC")),
             frequency_caps=caps,
+            wave_size=max(1, int(_env("JOURNEY_WAVE_SIZE", "25"))),
         )
 
 

@@ -488,7 +488,7 @@ class Executor:
     # -- running -----------------------------------------------------------------------------------
 
     def run_due(self, *, now: datetime, limit: int = 500, scan: bool = True) -> RunStats:
-        """Enter time-triggered profiles, then claim and run up to `limit` due steps."""
+        """Enter time-triggered profiles, then claim and run up to `limit` due steps, a wave at a time."""
         stats = RunStats()
         if self.journeys is not None:
             with db.write(self.engine) as conn:
@@ -497,111 +497,160 @@ class Executor:
         if scan:
             with db.write(self.engine) as conn:
                 stats.entered = scan_triggers(conn, now=now)
-        for step_id, token in self.claim(now=now, limit=limit):
-            stats.claimed += 1
-            stats.add(self.run_step(step_id, token, now=now))
+        claimed = self.claim(now=now, limit=limit)
+        stats.claimed = len(claimed)
+        size = max(1, self.config.wave_size)
+        for i in range(0, len(claimed), size):
+            stats.add(self.run_wave(claimed[i : i + size], now=now))
         return stats
 
     def run_step(self, step_id: int, token: str, *, now: datetime) -> RunStats:
-        """Run one claimed step. The decision is read in a read transaction (no write lock, no fsync);
-        every change happens in a write transaction guarded by the claim token. A send first holds
-        its frequency-cap slot (`_hold`); if another worker took the last slot since the decision was
-        read, the step decides again with that slot counted."""
+        """Run one claimed step (a wave of one)."""
+        return self.run_wave([(step_id, token)], now=now)
+
+    def run_wave(self, claimed: Sequence[tuple[int, str]], *, now: datetime) -> RunStats:
+        """Run claimed steps together. Decisions are read in one read transaction (no write lock, no
+        fsync); the database-only outcomes (cancel, skip, defer, local steps) commit in one write
+        transaction; the sends first hold their frequency-cap slots in one write transaction
+        (`_hold`), go out one by one outside any transaction, and their outcomes commit together.
+        Every write is guarded by the claim token, so a stale decision never applies twice. A send
+        refused because another worker took the last slot since the decision was read is decided
+        again with that slot counted."""
         s = RunStats()
+        pending = list(claimed)
+        refused: list[_Decision] = []
         for attempt in range(_DECIDE_ATTEMPTS):
-            plan: Plan | None = None
-            with db.read(self.engine) as conn:
-                row = conn.execute(sa.select(STEPS).where(STEPS.c.id == step_id)).one()
+            if not pending:
+                break
+            decisions = self._decide(pending, now, s)
+            sends = [d for d in decisions if d.sends]
+            settled = [d for d in decisions if not d.sends]
+            if settled:
+                with db.write(self.engine) as conn:
+                    for d in settled:
+                        self._settle(conn, d, now, s)
+            if self.before_send is not None and attempt == 0:
+                for d in sends:
+                    self.before_send(d.step_id)
+            held, refused = self._hold(sends, now, s)
+            self._send(held, now, s)
+            pending = [(d.step_id, d.token) for d in refused]
+        if refused:  # refused every time: never exceed the cap, give up
+            with db.write(self.engine) as conn:
+                for d in refused:
+                    assert d.plan is not None
+                    self._skip(conn, d, "suppressed: frequency cap", {"channel": d.plan.channel}, now, s)
+        return s
+
+    def _decide(self, claimed: Sequence[tuple[int, str]], now: datetime, s: RunStats) -> list[_Decision]:
+        out: list[_Decision] = []
+        with db.read(self.engine) as conn:
+            for step_id, token in claimed:
+                row = conn.execute(_STEP_BY_ID, {"id": step_id}).one()
                 if row.claim_token != token or row.status != "claimed":
                     s.lost_claims += 1
-                    return s
-                entry = conn.execute(sa.select(ENTRIES).where(ENTRIES.c.id == row.entry_id)).one()
+                    continue
+                entry = conn.execute(_ENTRY_BY_ID, {"id": row.entry_id}).one()
                 j = definition(conn, entry.journey_key, entry.journey_version)
                 step = j.step(row.step_key)
+                plan = None
                 if entry.status == "active" and (step.send is not None or step.webhook is not None):
                     plan = self._plan(conn, row, entry, j, step, now)
-            if entry.status != "active":
-                with db.write(self.engine) as conn:
-                    self._finish(conn, step_id, token, status="cancelled", outcome=f"entry {entry.status}", now=now)
-                s.cancelled += 1
-                return s
-            if plan is None:
-                with db.write(self.engine) as conn:
-                    self._run_local(conn, row, token, entry, j, step, now)
-                s.done += 1
-                return s
-            if plan.skip is not None:
-                self._skip(row, token, entry, j, step, plan.skip, plan.detail, now)
-                s.skipped += 1
-                return s
-            if plan.defer_until is not None:
-                with db.write(self.engine) as conn:
-                    self._release(conn, step_id, token, due_at=plan.defer_until, outcome="deferred: quiet hours")
-                s.deferred += 1
-                return s
-            if self.before_send is not None and attempt == 0:
-                self.before_send(step_id)
-            held = self._hold(step_id, token, plan, now)
-            if held is None:
-                s.lost_claims += 1
-                return s
-            if held:
-                break
-            if attempt == _DECIDE_ATTEMPTS - 1:  # refused every time: never exceed the cap, give up
-                self._skip(row, token, entry, j, step, "suppressed: frequency cap", {"channel": plan.channel}, now)
-                s.skipped += 1
-                return s
-        # -- outside any transaction: the delivery itself
-        outcome = self._deliver(plan)
-        if outcome.ok and self.after_delivery is not None:
-            self.after_delivery(step_id)
-        with db.write(self.engine) as conn:
-            self._record(conn, row, token, entry, j, step, plan, outcome, now, s)
-        return s
+                out.append(_Decision(step_id, token, row, entry, j, step, plan))
+        return out
+
+    def _settle(self, conn: Connection, d: _Decision, now: datetime, s: RunStats) -> None:
+        """Apply a decision that sends nothing, in the caller's write transaction."""
+        if d.entry.status != "active":
+            self._finish(conn, d.step_id, d.token, status="cancelled", outcome=f"entry {d.entry.status}", now=now)
+            s.cancelled += 1
+        elif d.plan is None:
+            self._run_local(conn, d.row, d.token, d.entry, d.j, d.step, now)
+            s.done += 1
+        elif d.plan.skip is not None:
+            self._skip(conn, d, d.plan.skip, d.plan.detail, now, s)
+        elif d.plan.defer_until is not None:
+            self._release(conn, d.step_id, d.token, due_at=d.plan.defer_until, outcome="deferred: quiet hours")
+            s.deferred += 1
 
     def _skip(
         self,
-        row: Any,
-        token: str,
-        entry: Any,
-        j: JourneyDef,
-        step: Step,
+        conn: Connection,
+        d: _Decision,
         outcome: str,
         detail: dict[str, Any] | None,
         now: datetime,
+        s: RunStats,
     ) -> None:
-        with db.write(self.engine) as conn:
-            if self._finish(conn, row.id, token, status="skipped", outcome=outcome, now=now, detail=detail):
-                self._next(conn, entry, j, step, j.after(step), now)
+        if self._finish(conn, d.step_id, d.token, status="skipped", outcome=outcome, now=now, detail=detail):
+            self._next(conn, d.entry, d.j, d.step, d.j.after(d.step), now)
+        s.skipped += 1
 
-    def _hold(self, step_id: int, token: str, plan: Plan, now: datetime) -> bool | None:
-        """Take the step's frequency-cap slot for (customer, channel): True when held (or the channel
-        has no cap), False when the cap is reached, None when the claim was lost meanwhile.
+    def _hold(self, sends: Sequence[_Decision], now: datetime, s: RunStats) -> tuple[list[_Decision], list[_Decision]]:
+        """Take each send's frequency-cap slot for (customer, channel); returns the held sends (and
+        those whose channel has no cap) and the refused ones (the cap is reached). A send whose
+        claim was lost meanwhile is neither.
 
-        One write transaction that begins with the per-(customer, channel) lock (PostgreSQL advisory
-        lock; SQLite's BEGIN IMMEDIATE), so two workers' count-and-hold never interleave."""
-        cap = self.config.frequency_caps.get(plan.channel or "") if plan.channel != "webhook" else None
-        if cap is None:
-            return True
+        One write transaction. Each (customer, channel) is locked before it is counted (PostgreSQL
+        advisory locks, taken in sorted order so two workers' waves cannot deadlock; SQLite's
+        BEGIN IMMEDIATE serialises the whole transaction), so two workers' count-and-hold never
+        interleave. Sends of one wave to the same customer count each other's holds."""
+        held: list[_Decision] = []
+        refused: list[_Decision] = []
+        capped: list[tuple[_Decision, tuple[int, float]]] = []
+        for d in sends:
+            assert d.plan is not None
+            cap = self.config.frequency_caps.get(d.plan.channel or "") if d.plan.channel != "webhook" else None
+            if cap is None:
+                held.append(d)
+            else:
+                capped.append((d, cap))
+        if not capped:
+            return held, refused
         with db.write(self.engine) as conn:
-            root = identity.canonical_id(conn=conn, profile_id=plan.root) or plan.root
-            dialect.lock_key(conn, "engage-cap", f"{root}:{plan.channel}")
-            claimed = conn.execute(
-                sa.select(STEPS.c.id).where(
-                    STEPS.c.id == step_id, STEPS.c.claim_token == token, STEPS.c.status == "claimed"
+            keyed = []
+            for d, cap in capped:
+                assert d.plan is not None
+                root = identity.canonical_id(conn=conn, profile_id=d.plan.root) or d.plan.root
+                keyed.append((root, d.plan.channel or "", d.step_id, d, cap))
+            keyed.sort(key=lambda k: (k[0], k[1], k[2]))
+            locked: set[tuple[int, str]] = set()
+            for root, channel, step_id, d, cap in keyed:
+                if (root, channel) not in locked:
+                    dialect.lock_key(conn, "engage-cap", f"{root}:{channel}")
+                    locked.add((root, channel))
+                if conn.execute(_CLAIMED, {"id": step_id, "token": d.token}).first() is None:
+                    s.lost_claims += 1
+                    continue
+                members = identity.members(conn=conn, root=root) or [root]
+                since = now - timedelta(days=cap[1])
+                if _sent_since(conn, members, channel, since, step_id=step_id) >= cap[0]:
+                    refused.append(d)
+                    continue
+                conn.execute(
+                    dialect.insert_ignoring_conflicts(conn, HOLDS, ["step_id"]),
+                    [{"step_id": step_id, "profile_id": root, "channel": channel, "held_at": now}],
                 )
-            ).first()
-            if claimed is None:
-                return None
-            members = identity.members(conn=conn, root=root) or [root]
-            since = now - timedelta(days=cap[1])
-            if _sent_since(conn, members, plan.channel or "", since, step_id=step_id) >= cap[0]:
-                return False
-            conn.execute(
-                dialect.insert_ignoring_conflicts(conn, HOLDS, ["step_id"]),
-                [{"step_id": step_id, "profile_id": root, "channel": plan.channel, "held_at": now}],
-            )
-        return True
+                held.append(d)
+        return held, refused
+
+    def _send(self, held: Sequence[_Decision], now: datetime, s: RunStats) -> None:
+        """Deliver held sends outside any transaction, then commit their outcomes together."""
+        outcomes: list[tuple[_Decision, Outcome]] = []
+        try:
+            for d in held:
+                assert d.plan is not None
+                outcome = self._deliver(d.plan)
+                if outcome.ok and self.after_delivery is not None:
+                    self.after_delivery(d.step_id)
+                outcomes.append((d, outcome))
+        finally:
+            # what was sent is recorded even if a later send of the wave raised (the process survives)
+            if outcomes:
+                with db.write(self.engine) as conn:
+                    for d, outcome in outcomes:
+                        assert d.plan is not None
+                        self._record(conn, d.row, d.token, d.entry, d.j, d.step, d.plan, outcome, now, s)
 
     def _run_local(
         self, conn: Connection, row: Any, token: str, entry: Any, j: JourneyDef, step: Step, now: datetime
@@ -814,6 +863,32 @@ class Executor:
         s.done += 1
 
 
+@dataclass(slots=True)
+class _Decision:
+    """A claimed step as read for its wave: what it is and, for a send, its plan."""
+
+    step_id: int
+    token: str
+    row: Any
+    entry: Any
+    j: JourneyDef
+    step: Step
+    plan: Plan | None
+
+    @property
+    def sends(self) -> bool:
+        """An active entry's send that passed every check: it goes on to hold a slot and go out."""
+        p = self.plan
+        return self.entry.status == "active" and p is not None and p.skip is None and p.defer_until is None
+
+
+_STEP_BY_ID = sa.select(STEPS).where(STEPS.c.id == sa.bindparam("id"))
+_ENTRY_BY_ID = sa.select(ENTRIES).where(ENTRIES.c.id == sa.bindparam("id"))
+_CLAIMED = sa.select(STEPS.c.id).where(
+    STEPS.c.id == sa.bindparam("id"), STEPS.c.claim_token == sa.bindparam("token"), STEPS.c.status == "claimed"
+)
+
+
 @dataclass
 class Plan:
     step_id: int
@@ -864,27 +939,31 @@ def quiet_until(now: datetime, quiet: delivery.QuietHours, tz: str) -> datetime 
 _DECIDE_ATTEMPTS = 4
 
 
+_SENT_COUNT = sa.select(sa.func.count()).where(
+    MESSAGES.c.profile_id.in_(sa.bindparam("members", expanding=True)),
+    MESSAGES.c.channel == sa.bindparam("channel"),
+    MESSAGES.c.status == "sent",
+    MESSAGES.c.sent_at >= sa.bindparam("since"),
+)
+_HELD_COUNT = (
+    sa.select(sa.func.count())
+    .select_from(HOLDS.join(STEPS, STEPS.c.id == HOLDS.c.step_id))
+    .where(
+        HOLDS.c.profile_id.in_(sa.bindparam("members", expanding=True)),
+        HOLDS.c.channel == sa.bindparam("channel"),
+        HOLDS.c.step_id != sa.bindparam("step_id"),
+        STEPS.c.status == "claimed",
+    )
+)
+
+
 def _sent_since(conn: Connection, members: list[int], channel: str, since: datetime, *, step_id: int) -> int:
     """What counts against the cap: messages sent since `since`, plus the slots other steps hold
-    (being sent right now) while they are still claimed."""
-    sent = conn.execute(
-        sa.select(sa.func.count()).where(
-            MESSAGES.c.profile_id.in_(members),
-            MESSAGES.c.channel == channel,
-            MESSAGES.c.status == "sent",
-            MESSAGES.c.sent_at >= since,
-        )
-    ).scalar_one()
-    held = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(HOLDS.join(STEPS, STEPS.c.id == HOLDS.c.step_id))
-        .where(
-            HOLDS.c.profile_id.in_(members),
-            HOLDS.c.channel == channel,
-            HOLDS.c.step_id != step_id,
-            STEPS.c.status == "claimed",
-        )
-    ).scalar_one()
+    (being sent right now) while they are still claimed. (Statements built once: this runs twice
+    per send.)"""
+    params = {"members": members, "channel": channel, "since": since, "step_id": step_id}
+    sent = conn.execute(_SENT_COUNT, params).scalar_one()
+    held = conn.execute(_HELD_COUNT, params).scalar_one()
     return int(sent) + int(held)
 
 
