@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/engage_automations.py                         # 10,000 due steps on SQLite
     .venv/bin/python benchmarks/engage_automations.py --steps 500             # smoke
     .venv/bin/python benchmarks/engage_automations.py --database-url postgresql://... --workers 2
+    .venv/bin/python benchmarks/engage_automations.py --postgres --workers 2   # a throwaway local cluster
 
 Set-up (not timed): N customers with an e-mail address and a marketing e-mail consent are put into
 the event log and processed by the real pipeline; a one-step journey (`send` the `abandoned_cart`
@@ -180,10 +181,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10_000, help="due steps (one per customer)")
     ap.add_argument("--workers", type=int, default=1, help="executor threads")
     ap.add_argument("--database-url", default=None, help="an empty PostgreSQL database (default: a temp SQLite file)")
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a fresh database on a throwaway PostgreSQL cluster (tests/pgcluster.py)",
+    )
     ap.add_argument("--no-recommendations", action="store_true", help="templates without recommendations / offer")
     args = ap.parse_args()
     if args.database_url:
         run(args.database_url, args.steps, args.workers, not args.no_recommendations)
+        return
+    if args.postgres:
+        from benchmarks.ingest import PgServer
+
+        server = PgServer(None)
+        try:
+            run(server.fresh_database("oj_auto"), args.steps, args.workers, not args.no_recommendations)
+        finally:
+            server.close()
         return
     with tempfile.TemporaryDirectory() as tmp:
         run(f"sqlite:///{tmp}/bench.db", args.steps, args.workers, not args.no_recommendations)
