@@ -103,6 +103,9 @@ class DeliveryConfig:
     #: for holding and recording a wave instead of two per message); also how many messages a
     #: crash between SMTP acceptance and the outcome's commit can cause to be sent again
     wave_size: int = 25
+    #: a send whose channel's last cap slot is held by another worker's send in flight waits this long
+    #: and decides again (that send may still fail and free the slot)
+    cap_recheck_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, data_dir: Path | None = None) -> DeliveryConfig:

@@ -13,12 +13,13 @@
   the precise semantics (at-least-once over a crash window, with a stable Message-ID /
   Idempotency-Key) are in docs/ENGAGE.md.
 - **At the moment of sending**, not only at entry: the entry is still active, consent for the
-  purpose and channel, quiet hours (defer), per-channel frequency caps (skip), the channel chosen
+  purpose and channel, quiet hours (defer), per-channel frequency caps (skip; wait while only
+  other sends in flight hold the last slot), the channel chosen
   from the customer's preference among those with consent and an address.
 - **Frequency caps hold across workers**: after the (read) decision, the step takes a cap slot
   (`engage_journey_send_holds`) in a write transaction serialised per (customer, channel) that
   counts sent messages *and* other workers' holds; a refused hold decides again (another channel,
-  or skipped for the cap). The outcome's transaction swaps the hold for the message.
+  skipped for the cap, or a short wait while the slot is only held). The outcome's transaction swaps the hold for the message.
 """
 
 from __future__ import annotations
@@ -570,7 +571,7 @@ class Executor:
         elif d.plan.skip is not None:
             self._skip(conn, d, d.plan.skip, d.plan.detail, now, s)
         elif d.plan.defer_until is not None:
-            self._release(conn, d.step_id, d.token, due_at=d.plan.defer_until, outcome="deferred: quiet hours")
+            self._release(conn, d.step_id, d.token, due_at=d.plan.defer_until, outcome=d.plan.defer_reason)
             s.deferred += 1
 
     def _skip(
@@ -624,7 +625,7 @@ class Executor:
                     continue
                 members = identity.members(conn=conn, root=root) or [root]
                 since = now - timedelta(days=cap[1])
-                if _sent_since(conn, members, channel, since, step_id=step_id) >= cap[0]:
+                if sum(_cap_counts(conn, members, channel, since, step_id=step_id)) >= cap[0]:
                     refused.append(d)
                     continue
                 conn.execute(
@@ -736,15 +737,25 @@ class Executor:
                 reasons[channel] = "no provider"
                 continue
             cap = self.config.frequency_caps.get(channel)
-            if cap is not None and _sent_since(conn, members, channel, now - timedelta(days=cap[1]),
-                                               step_id=row.id) >= cap[0]:  # fmt: skip
-                reasons[channel] = "frequency cap"
-                continue
+            if cap is not None:
+                sent, held = _cap_counts(conn, members, channel, now - timedelta(days=cap[1]), step_id=row.id)
+                if sent >= cap[0]:
+                    reasons[channel] = "frequency cap"
+                    continue
+                if sent + held >= cap[0]:
+                    reasons[channel] = CAP_SLOT_HELD
+                    continue
             plan.channel, plan.address = channel, address
             break
         if plan.channel is None:
-            plan.skip = "suppressed: " + ", ".join(sorted(set(reasons.values())))
             plan.detail = {"reasons": reasons}
+            if CAP_SLOT_HELD in reasons.values():
+                # the last slot is taken by a send in flight that may still fail: look again shortly
+                # instead of skipping for a cap that may turn out not to be reached
+                plan.defer_until = now + timedelta(seconds=self.config.cap_recheck_seconds)
+                plan.defer_reason = "deferred: " + CAP_SLOT_HELD
+                return plan
+            plan.skip = "suppressed: " + ", ".join(sorted(set(reasons.values())))
             return plan
         quiet = self.config.quiet_hours
         if quiet is not None and plan.channel in quiet.channels:
@@ -752,6 +763,7 @@ class Executor:
             until = quiet_until(now, quiet, tz)
             if until is not None:
                 plan.defer_until = until
+                plan.defer_reason = "deferred: quiet hours"
                 return plan
         plan.purpose = send.purpose
         links = Links(self.config, row.id, root, send.purpose, plan.channel)
@@ -900,6 +912,7 @@ class Plan:
     skip: str | None = None
     detail: dict[str, Any] | None = None
     defer_until: datetime | None = None
+    defer_reason: str = ""
     subject: str = ""
     text: str = ""
     html: str | None = None
@@ -935,8 +948,10 @@ def quiet_until(now: datetime, quiet: delivery.QuietHours, tz: str) -> datetime 
     return until.astimezone(now.tzinfo)
 
 
-#: decisions of one step before it gives up on a channel other workers keep taking (see run_step)
+#: decisions of one step before it gives up on a channel other workers keep taking (see run_wave)
 _DECIDE_ATTEMPTS = 4
+#: why a send waits: every channel's last cap slot is held by another step's send in flight
+CAP_SLOT_HELD = "frequency cap slot held by a send in flight"
 
 
 _SENT_COUNT = sa.select(sa.func.count()).where(
@@ -957,14 +972,16 @@ _HELD_COUNT = (
 )
 
 
-def _sent_since(conn: Connection, members: list[int], channel: str, since: datetime, *, step_id: int) -> int:
-    """What counts against the cap: messages sent since `since`, plus the slots other steps hold
+def _cap_counts(
+    conn: Connection, members: list[int], channel: str, since: datetime, *, step_id: int
+) -> tuple[int, int]:
+    """What counts against the cap: messages sent since `since`, and the slots other steps hold
     (being sent right now) while they are still claimed. (Statements built once: this runs twice
     per send.)"""
     params = {"members": members, "channel": channel, "since": since, "step_id": step_id}
     sent = conn.execute(_SENT_COUNT, params).scalar_one()
     held = conn.execute(_HELD_COUNT, params).scalar_one()
-    return int(sent) + int(held)
+    return int(sent), int(held)
 
 
 def _drop_hold(conn: Connection, step_id: int) -> None:
