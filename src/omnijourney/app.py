@@ -36,6 +36,7 @@ from omnijourney.pipeline.monitor import LagMonitor
 from omnijourney.pipeline.worker import PipelineWorker
 from omnijourney.profiles import views as profile_views
 from omnijourney.profiles.config import load_profile_config
+from omnijourney.routing import skip_foreign_routers
 from omnijourney.service import views as service_views
 from omnijourney.service.config import load_service_config
 from omnijourney.store import db, migrate
@@ -151,20 +152,25 @@ def create_app(
         }
         return Response(orjson.dumps(body), status_code=503 if lagging else 200, media_type="application/json")
 
+    # FastAPI tries the routes in order, so the routers come in the order of their traffic (tracking,
+    # the reads every channel makes, service, the console, tracked links; admin, pipeline and
+    # analytics last), and `skip_foreign_routers` lets a router whose prefixes cannot match skip all
+    # its routes at once (routing.py). No two routers share a path: the order changes nothing else.
     app.include_router(ingest_views.router)
+    app.include_router(profile_views.router)
+    app.include_router(service_views.profile_router)
+    app.include_router(engage_views.router)
+    app.include_router(commerce_views.router)
+    app.include_router(service_views.router)
+    app.include_router(identity_views.router)
+    web_views.install(app)
+    app.include_router(journey_views.public)
     app.include_router(ingest_api.router)
     app.include_router(access_views.router)
     app.include_router(pipeline_views.router)
-    app.include_router(profile_views.router)
-    app.include_router(identity_views.router)
-    app.include_router(commerce_views.router)
-    web_views.install(app)
-    app.include_router(service_views.router)
-    app.include_router(service_views.profile_router)
-    app.include_router(engage_views.router)
     app.include_router(journey_views.router)
-    app.include_router(journey_views.public)
     app.include_router(analytics_views.router)
+    skip_foreign_routers(app)
     app.add_middleware(TrackingCors, origin_allowed=runtime.sources.origin_allowed)
     return app
 
