@@ -60,6 +60,52 @@ RELATION_KINDS = ("accessory", "bundle_part")
 CHUNK = 500
 
 
+def _in(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, expanding=True)
+
+
+# The serving path's statements, built once: constructing a Core statement per request (operator
+# coercion, cache-key generation) cost more CPU than SQLite spent answering it. Expanding bind
+# parameters carry the per-request id / SKU lists; the compiled form comes from SQLAlchemy's cache.
+_PURCHASES_OF = (
+    sa.select(ORDERS.c.id, ORDERS.c.placed_at, ORDER_LINES.c.sku)
+    .join(ORDER_LINES, ORDER_LINES.c.order_id == ORDERS.c.id)
+    .where(ORDERS.c.profile_id.in_(_in("ids")), ORDERS.c.status != "cancelled")
+    .order_by(ORDERS.c.placed_at, ORDERS.c.id, ORDER_LINES.c.line_no)
+)
+_VIEWS_OF = (
+    sa.select(PROFILE_EVENTS.c.timestamp, EVENTS.c.payload)
+    .join(EVENTS, EVENTS.c.id == PROFILE_EVENTS.c.event_id)
+    .where(PROFILE_EVENTS.c.profile_id.in_(_in("ids")), PROFILE_EVENTS.c.event.in_(VIEW_EVENTS))
+    .order_by(PROFILE_EVENTS.c.timestamp.desc(), PROFILE_EVENTS.c.event_id.desc())
+    .limit(sa.bindparam("n", type_=sa.Integer))
+)
+_MODEL_HEAD = sa.select(MODELS.c.id, MODELS.c.trained_at).order_by(MODELS.c.id.desc()).limit(1)
+_RELATIONS_OF = (
+    sa.select(RELATED.c.sku, RELATED.c.related_sku)
+    .where(RELATED.c.kind.in_(RELATION_KINDS), RELATED.c.sku.in_(_in("skus")))
+    .order_by(RELATED.c.sku, RELATED.c.related_sku)
+)
+_ALL_PRODUCTS = sa.select(
+    PRODUCTS.c.sku,
+    PRODUCTS.c.product_id,
+    PRODUCTS.c.name,
+    PRODUCTS.c.category,
+    PRODUCTS.c.active,
+    PRODUCTS.c.attributes,
+)
+_PRODUCTS_OF = _ALL_PRODUCTS.where(PRODUCTS.c.sku.in_(_in("skus")))
+_AVAILABLE_AT = sa.select(STOCK.c.sku).where(
+    STOCK.c.location == sa.bindparam("store"),
+    STOCK.c.sku.in_(_in("skus")),
+    STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated > 0,
+)
+_STORE_VISITS = sa.select(COUNTERS.c.key, COUNTERS.c.count).where(
+    COUNTERS.c.profile_id.in_(_in("ids")), COUNTERS.c.kind == "store"
+)
+_LOCATION = sa.select(LOCATIONS.c.code).where(LOCATIONS.c.code == sa.bindparam("code"))
+
+
 class RecoError(ValueError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -100,27 +146,32 @@ def _roots(conn: Connection) -> dict[int, int]:
 
 
 def load_purchases(conn: Connection, member_ids: Sequence[int] | None = None) -> list[Purchase]:
-    """Order lines of orders that were not cancelled, by the surviving profile of their owner."""
+    """Order lines of orders that were not cancelled, by the surviving profile of their owner
+    (`member_ids[0]`, the cluster's survivor, when the ids of one cluster are given)."""
+    if member_ids is not None:
+        if not member_ids:
+            return []
+        root = int(member_ids[0])
+        return [Purchase(root, sku, int(oid), at) for oid, at, sku in conn.execute(_PURCHASES_OF, {"ids": member_ids})]
     stmt = (
         sa.select(ORDERS.c.profile_id, ORDERS.c.id, ORDERS.c.placed_at, ORDER_LINES.c.sku)
         .join(ORDER_LINES, ORDER_LINES.c.order_id == ORDERS.c.id)
         .where(ORDERS.c.profile_id.is_not(None), ORDERS.c.status != "cancelled")
         .order_by(ORDERS.c.placed_at, ORDERS.c.id, ORDER_LINES.c.line_no)
     )
-    if member_ids is not None:
-        stmt = stmt.where(ORDERS.c.profile_id.in_(list(member_ids)))
     rows = conn.execute(stmt).all()
-    roots = _roots(conn) if member_ids is None else None
-    root = member_ids[0] if member_ids else None
-    out = []
-    for pid, oid, at, sku in rows:
-        owner = roots.get(pid, pid) if roots is not None else root
-        out.append(Purchase(int(owner), sku, int(oid), at))  # type: ignore[arg-type]
-    return out
+    roots = _roots(conn)
+    return [Purchase(int(roots.get(pid, pid)), sku, int(oid), at) for pid, oid, at, sku in rows]
 
 
 def load_views(conn: Connection, member_ids: Sequence[int] | None = None, limit: int | None = None) -> list[View]:
     """Product views and cart additions (any channel), newest first when limited."""
+    if member_ids is not None and limit is not None:  # the serving path: one cluster's latest
+        if not member_ids:
+            return []
+        root = int(member_ids[0])
+        rows = conn.execute(_VIEWS_OF, {"ids": member_ids, "n": limit})
+        return [View(root, sku, at) for at, payload in rows if (sku := _sku_of(payload)) is not None]
     pe = PROFILE_EVENTS
     stmt = (
         sa.select(pe.c.profile_id, pe.c.timestamp, EVENTS.c.payload)
@@ -155,14 +206,15 @@ class ProductInfo:
 
 
 def load_products(conn: Connection, config: RecoConfig, skus: Iterable[str] | None = None) -> dict[str, ProductInfo]:
-    stmt = sa.select(PRODUCTS)
-    if skus is not None:
+    if skus is None:
+        rows = conn.execute(_ALL_PRODUCTS)
+    else:
         wanted = sorted(set(skus))
         if not wanted:
             return {}
-        stmt = stmt.where(PRODUCTS.c.sku.in_(wanted))
+        rows = conn.execute(_PRODUCTS_OF, {"skus": wanted})
     out = {}
-    for r in conn.execute(stmt):
+    for r in rows:
         attrs = r.attributes if isinstance(r.attributes, dict) else {}
         out[r.sku] = ProductInfo(
             r.sku, r.product_id, r.name, r.category, bool(r.active), attrs.get(config.consumable_attribute) is True
@@ -171,11 +223,14 @@ def load_products(conn: Connection, config: RecoConfig, skus: Iterable[str] | No
 
 
 def load_relations(conn: Connection, skus: Iterable[str] | None = None) -> dict[str, list[str]]:
-    stmt = sa.select(RELATED.c.sku, RELATED.c.related_sku).where(RELATED.c.kind.in_(RELATION_KINDS))
-    if skus is not None:
-        stmt = stmt.where(RELATED.c.sku.in_(sorted(set(skus))))
+    if skus is None:
+        stmt = sa.select(RELATED.c.sku, RELATED.c.related_sku).where(RELATED.c.kind.in_(RELATION_KINDS))
+        rows = conn.execute(stmt.order_by(RELATED.c.sku, RELATED.c.related_sku))
+    else:
+        wanted = sorted(set(skus))
+        rows = conn.execute(_RELATIONS_OF, {"skus": wanted}) if wanted else iter(())
     out: dict[str, list[str]] = defaultdict(list)
-    for sku, other in conn.execute(stmt.order_by(RELATED.c.sku, RELATED.c.related_sku)):
+    for sku, other in rows:
         out[sku].append(other)
     return out
 
@@ -328,7 +383,7 @@ def cached_model(conn: Connection) -> Model | None:
     model (every neighbour list, the popular top 50) into compact arrays, which every later
     request of this process reuses. Training stores a new id, so the next request picks the new
     model up, never a mix; the previous one is dropped from memory."""
-    head = conn.execute(sa.select(MODELS.c.id, MODELS.c.trained_at).order_by(MODELS.c.id.desc()).limit(1)).first()
+    head = conn.execute(_MODEL_HEAD).first()
     if head is None:
         return None
     key = (conn.engine.url.render_as_string(hide_password=True), int(head.id))
@@ -507,11 +562,7 @@ REASON_TEXT = {
 
 def _preferred_store(conn: Connection, member_ids: list[int]) -> str | None:
     acc: dict[str, int] = defaultdict(int)
-    for key, n in conn.execute(
-        sa.select(COUNTERS.c.key, COUNTERS.c.count).where(
-            COUNTERS.c.profile_id.in_(member_ids), COUNTERS.c.kind == "store"
-        )
-    ):
+    for key, n in conn.execute(_STORE_VISITS, {"ids": list(member_ids)}):
         acc[key] += int(n)
     return min(acc, key=lambda k: (-acc[k], k)) if acc else None
 
@@ -520,16 +571,7 @@ def available_at(conn: Connection, store: str, skus: Iterable[str]) -> set[str]:
     wanted = sorted(set(skus))
     if not wanted:
         return set()
-    return {
-        r[0]
-        for r in conn.execute(
-            sa.select(STOCK.c.sku).where(
-                STOCK.c.location == store,
-                STOCK.c.sku.in_(wanted),
-                STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated > 0,
-            )
-        )
-    }
+    return {r[0] for r in conn.execute(_AVAILABLE_AT, {"store": store, "skus": wanted})}
 
 
 def recommend(
@@ -549,7 +591,7 @@ def recommend(
             raise RecoError(
                 400, "store_required", "context=store needs store=<location code> (no preferred store known)"
             )
-        if conn.execute(sa.select(LOCATIONS.c.code).where(LOCATIONS.c.code == store)).first() is None:
+        if conn.execute(_LOCATION, {"code": store}).first() is None:
             raise RecoError(404, "unknown_store", f"no location {store!r}")
     elif store is not None:
         raise RecoError(400, "invalid_store", "store= is only used with context=store")
