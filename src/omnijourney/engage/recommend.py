@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -115,16 +115,18 @@ class RecoError(ValueError):
 # ============================================================================ data
 
 
-@dataclass(frozen=True)
-class Purchase:
+# NamedTuples, not frozen dataclasses: the serving path builds a few hundred of these per request
+# and a frozen dataclass's __init__ (object.__setattr__ per field) is several times slower
+
+
+class Purchase(NamedTuple):
     profile: int
     sku: str
     order: int
     at: datetime
 
 
-@dataclass(frozen=True)
-class View:
+class View(NamedTuple):
     profile: int
     sku: str
     at: datetime
@@ -195,8 +197,7 @@ def load_views(conn: Connection, member_ids: Sequence[int] | None = None, limit:
     return out
 
 
-@dataclass(frozen=True)
-class ProductInfo:
+class ProductInfo(NamedTuple):
     sku: str
     product_id: str
     name: str
@@ -431,6 +432,9 @@ def repeat_shares(history: Sequence[Purchase], half_life_days: float) -> dict[st
     Consumability is not decided here: the exclusions drop non-consumables that were bought."""
     if not history:
         return {}
+    first = history[0].order
+    if all(p.order == first for p in history):  # one order (most profiles): every SKU in all of them
+        return dict.fromkeys(sorted({p.sku for p in history}), 1.0)
     skus, sku_idx = np.unique(np.array([p.sku for p in history], dtype=object), return_inverse=True)
     order_ids, order_idx = np.unique(
         np.fromiter((p.order for p in history), np.int64, len(history)), return_inverse=True
@@ -474,11 +478,50 @@ def score(
     """Every candidate with its summed score and strongest reason, best first (ties on the SKU);
     no exclusions yet. `history` (the profile's purchases with their orders and times) feeds "buy
     again". Pure and deterministic."""
-    cands: dict[str, Candidate] = {}
+    totals, reasons = _tally(
+        bought=bought,
+        viewed=viewed,
+        model=model,
+        relations=relations,
+        config=config,
+        popular_pool=popular_pool,
+        history=history,
+    )
+    return [Candidate(sku, totals[sku], reasons[sku]) for sku in _best_first(totals)]
+
+
+def _best_first(totals: dict[str, float]) -> list[str]:
+    return [sku for _, sku in sorted([(-round(v, 9), sku) for sku, v in totals.items()])]
+
+
+def _tally(
+    *,
+    bought: Sequence[str],
+    viewed: Sequence[str],
+    model: Model | None,
+    relations: dict[str, list[str]],
+    config: RecoConfig,
+    popular_pool: int,
+    history: Sequence[Purchase],
+) -> tuple[dict[str, float], dict[str, tuple[float, str, str | None]]]:
+    """Summed score and strongest reason per candidate SKU. The hot loop of every request (a few
+    hundred contributions): two plain dicts rather than an object per candidate. The arithmetic
+    of each signal and the order of the additions are fixed, so the sums are reproducible."""
+    totals: dict[str, float] = {}
+    reasons: dict[str, tuple[float, str, str | None]] = {}
 
     def add(sku: str, score: float, kind: str, because: str | None) -> None:
-        if score > 0:
-            cands.setdefault(sku, Candidate(sku)).add(score, kind, because)
+        if score <= 0:
+            return
+        prev = totals.get(sku)
+        if prev is None:
+            totals[sku] = score
+            reasons[sku] = (score, kind, because)
+            return
+        totals[sku] = prev + score
+        best = reasons[sku]
+        if score > best[0] or (score == best[0] and (because or "") < (best[2] or "")):
+            reasons[sku] = (score, kind, because)
 
     if config.buy_again > 0:
         for sku, share in repeat_shares(history, config.buy_again_half_life_days).items():
@@ -507,7 +550,7 @@ def score(
             best = top[0][1]
             for sku, n in top:
                 add(sku, config.popularity * n / best, "popular", None)
-    return sorted(cands.values(), key=lambda c: (-round(c.score, 9), c.sku))
+    return totals, reasons
 
 
 def _keep(c: Candidate, p: ProductInfo | None, bought: set[str], owned_products: set[str]) -> bool:
