@@ -553,10 +553,10 @@ def _tally(
     return totals, reasons
 
 
-def _keep(c: Candidate, p: ProductInfo | None, bought: set[str], owned_products: set[str]) -> bool:
+def _keep(sku: str, p: ProductInfo | None, bought: set[str], owned_products: set[str]) -> bool:
     if p is None or not p.active:
         return False
-    return not ((c.sku in bought or p.product_id in owned_products) and not p.consumable)
+    return not ((sku in bought or p.product_id in owned_products) and not p.consumable)
 
 
 def rank(
@@ -588,7 +588,7 @@ def rank(
     out = [
         c
         for c in ranked
-        if _keep(c, products.get(c.sku), bought_set, owned_products) and (allowed is None or c.sku in allowed)
+        if _keep(c.sku, products.get(c.sku), bought_set, owned_products) and (allowed is None or c.sku in allowed)
     ]
     return out[:limit]
 
@@ -644,23 +644,32 @@ def recommend(
     seeds_bought, seeds_viewed = set(bought), set(list(dict.fromkeys(viewed))[: config.recent_views])
     model = cached_model(conn)
     relations = load_relations(conn, seeds_bought | seeds_viewed)
-    ranked = score(bought=bought, viewed=viewed, model=model, relations=relations, config=config, history=history)
+    totals, reasons = _tally(
+        bought=bought,
+        viewed=viewed,
+        model=model,
+        relations=relations,
+        config=config,
+        popular_pool=POPULAR_POOL,
+        history=history,
+    )
+    ranked = _best_first(totals)  # what `score` answers, without an object per candidate
     # exclusions are per candidate: walk the ranking best first and load products (and stock) only
     # for as many candidates as it takes to fill `limit`, not for the whole pool
     pos, batch = 0, max(3 * limit, 30)
     # the seeds (owned products, the reasons' names) and the first batch in one query
-    products = load_products(conn, config, seeds_bought | seeds_viewed | {c.sku for c in ranked[:batch]})
+    products = load_products(conn, config, seeds_bought | seeds_viewed | set(ranked[:batch]))
     owned_products = {products[b].product_id for b in seeds_bought if b in products}
     items: list[Candidate] = []
     while len(items) < limit and pos < len(ranked):
         part = ranked[pos : pos + batch]
         pos, batch = pos + batch, batch * 2
-        products.update(load_products(conn, config, [c.sku for c in part if c.sku not in products]))
-        allowed = available_at(conn, store, [c.sku for c in part]) if context == "store" and store else None
+        products.update(load_products(conn, config, [sku for sku in part if sku not in products]))
+        allowed = available_at(conn, store, part) if context == "store" and store else None
         items += [
-            c
-            for c in part
-            if _keep(c, products.get(c.sku), seeds_bought, owned_products) and (allowed is None or c.sku in allowed)
+            Candidate(sku, totals[sku], reasons[sku])
+            for sku in part
+            if _keep(sku, products.get(sku), seeds_bought, owned_products) and (allowed is None or sku in allowed)
         ]
     items = items[:limit]
     names = products  # the reasons name seeds (bought or recently viewed), loaded above
