@@ -614,6 +614,8 @@ class RecoFigures:
     requests: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    #: the 1-minute load average when the timed requests ended: on a shared machine p99 follows it
+    load: float = 0.0
 
     @property
     def all_lat(self) -> list[float]:
@@ -684,6 +686,7 @@ def _drive_reco(
     fig.wall = time.perf_counter() - t0
     fig.requests = len(plan)
     fig.server_cpu = cpu() - cpu_before
+    fig.load = os.getloadavg()[0]
 
 
 def run_recommendations(url: str, workdir: Path, args: argparse.Namespace, say: Callable[[str], None]) -> RecoFigures:
@@ -785,7 +788,8 @@ def run_backend(backend: str, args: argparse.Namespace, console: Any) -> list[st
                     f"{backend} recommendations skus={args.skus} profiles={args.reco_profiles} "
                     f"train={fig.train_s:.1f}s p50={fig.ms(0.5):.1f}ms p99={fig.ms(0.99):.1f}ms "
                     f"max={fig.ms(1.0):.1f}ms {per} req/s={len(fig.all_lat) / fig.wall:.0f} "
-                    f"server_cpu_ms_per_request={fig.cpu_ms:.2f} failed={fig.failed} target_p99={met}"
+                    f"server_cpu_ms_per_request={fig.cpu_ms:.2f} failed={fig.failed} target_p99={met} "
+                    f"load_avg={fig.load:.1f}"
                 )
             except Exception:
                 say(f"recommendations failed:\n{traceback.format_exc()}")

@@ -162,6 +162,46 @@ def test_merged_identities_share_history(engine: sa.Engine) -> None:
     assert spray["reason"]["because_sku"] == "SHOE-42"
 
 
+def _reason(engine: sa.Engine, pid: int, sku: str) -> str | None:
+    return next((i["reason"]["kind"] for i in reco(engine, pid)["items"] if i["sku"] == sku), None)
+
+
+def test_freshness_new_purchase_at_the_next_request_similarity_at_the_next_training(engine: sa.Engine) -> None:
+    """The documented freshness: the profile's history is read live (a purchase counts at the next
+    request, with the model cached in memory unchanged); learned similarity changes when training
+    stores a new model id, which the next request picks up."""
+    seed(engine)
+    web = source(engine, "web", "web", False)
+    append(
+        engine,
+        web,
+        "web",
+        [buy("p-1", "f-1", ["BAG-1", "CAP-1"]), buy("p-2", "f-2", ["BAG-1", "CAP-1"]), buy("u-n", "f-3", ["SOCK-1"])],
+    )
+    process(engine)
+    n, p1 = profile_of(engine, "user_id", "u-n"), profile_of(engine, "user_id", "p-1")
+    assert n is not None and p1 is not None
+    model_id = train(engine)["model_id"]
+    before = {i["sku"]: i["reason"] for i in reco(engine, n)["items"]}
+    assert before["BAG-1"]["kind"] == "popular" and before["CAP-1"]["kind"] == "popular"
+    assert _reason(engine, p1, "SOCK-1") == "popular"
+
+    append(engine, web, "web", [buy("u-n", "f-4", ["BAG-1"], days_ago=0.1)])
+    process(engine)
+    out = reco(engine, n)
+    after = {i["sku"]: i["reason"] for i in out["items"]}
+    assert out["model"]["id"] == model_id  # same cached model, yet the purchase already counts
+    assert "BAG-1" not in after  # bought, not consumable
+    assert after["CAP-1"] == {"kind": "co_purchase", "because_sku": "BAG-1", "text": "because you bought Trail bag"}
+    # u-n's history (socks, then the bag) is not in the similarity yet: socks are only popular for p-1 ...
+    assert _reason(engine, p1, "SOCK-1") == "popular"
+    new_id = train(engine)["model_id"]
+    out = reco(engine, p1)
+    assert new_id != model_id and out["model"]["id"] == new_id
+    socks = next(i for i in out["items"] if i["sku"] == "SOCK-1")  # ... until the next training
+    assert socks["reason"]["kind"] == "co_purchase" and socks["reason"]["because_sku"] == "BAG-1"
+
+
 def test_api_roles_and_errors(client: httpx.Client, world: World, engine: sa.Engine) -> None:
     seed(engine)
     append(engine, world.web_source_id, "web", [buy("u-z", "o-z", ["SHOE-42"])])

@@ -73,3 +73,13 @@ def test_restocked_consumable_is_recommended_again_non_consumable_is_not(engine:
     assert "SOCK-1" not in in_store and "SPRAY-1" in in_store
     set_stock(engine, "SOCK-1", "store-praha-1", 3)
     assert reco(engine, pid, context="store", store="store-praha-1")["items"][0]["sku"] == "SOCK-1"
+
+
+def test_one_order_shortcut_matches_the_vectorised_shares() -> None:
+    # most profiles have a single order: every SKU of it is in all of the profile's orders
+    one = [_p("B", 7, 3), _p("A", 7, 3), _p("B", 7, 3)]
+    assert recommend.repeat_shares(one, half_life_days=60) == {"A": 1.0, "B": 1.0}
+    assert list(recommend.repeat_shares(one, half_life_days=60)) == ["A", "B"]  # SKU order, as NumPy's unique
+    # the same basket twice, as two orders: the vectorised path gives the same shares
+    two = [*one, _p("A", 8, 3), _p("B", 8, 3)]
+    assert recommend.repeat_shares(two, half_life_days=60) == {"A": 1.0, "B": 1.0}

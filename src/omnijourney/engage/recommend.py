@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -60,6 +60,52 @@ RELATION_KINDS = ("accessory", "bundle_part")
 CHUNK = 500
 
 
+def _in(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, expanding=True)
+
+
+# The serving path's statements, built once: constructing a Core statement per request (operator
+# coercion, cache-key generation) cost more CPU than SQLite spent answering it. Expanding bind
+# parameters carry the per-request id / SKU lists; the compiled form comes from SQLAlchemy's cache.
+_PURCHASES_OF = (
+    sa.select(ORDERS.c.id, ORDERS.c.placed_at, ORDER_LINES.c.sku)
+    .join(ORDER_LINES, ORDER_LINES.c.order_id == ORDERS.c.id)
+    .where(ORDERS.c.profile_id.in_(_in("ids")), ORDERS.c.status != "cancelled")
+    .order_by(ORDERS.c.placed_at, ORDERS.c.id, ORDER_LINES.c.line_no)
+)
+_VIEWS_OF = (
+    sa.select(PROFILE_EVENTS.c.timestamp, EVENTS.c.payload)
+    .join(EVENTS, EVENTS.c.id == PROFILE_EVENTS.c.event_id)
+    .where(PROFILE_EVENTS.c.profile_id.in_(_in("ids")), PROFILE_EVENTS.c.event.in_(VIEW_EVENTS))
+    .order_by(PROFILE_EVENTS.c.timestamp.desc(), PROFILE_EVENTS.c.event_id.desc())
+    .limit(sa.bindparam("n", type_=sa.Integer))
+)
+_MODEL_HEAD = sa.select(MODELS.c.id, MODELS.c.trained_at).order_by(MODELS.c.id.desc()).limit(1)
+_RELATIONS_OF = (
+    sa.select(RELATED.c.sku, RELATED.c.related_sku)
+    .where(RELATED.c.kind.in_(RELATION_KINDS), RELATED.c.sku.in_(_in("skus")))
+    .order_by(RELATED.c.sku, RELATED.c.related_sku)
+)
+_ALL_PRODUCTS = sa.select(
+    PRODUCTS.c.sku,
+    PRODUCTS.c.product_id,
+    PRODUCTS.c.name,
+    PRODUCTS.c.category,
+    PRODUCTS.c.active,
+    PRODUCTS.c.attributes,
+)
+_PRODUCTS_OF = _ALL_PRODUCTS.where(PRODUCTS.c.sku.in_(_in("skus")))
+_AVAILABLE_AT = sa.select(STOCK.c.sku).where(
+    STOCK.c.location == sa.bindparam("store"),
+    STOCK.c.sku.in_(_in("skus")),
+    STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated > 0,
+)
+_STORE_VISITS = sa.select(COUNTERS.c.key, COUNTERS.c.count).where(
+    COUNTERS.c.profile_id.in_(_in("ids")), COUNTERS.c.kind == "store"
+)
+_LOCATION = sa.select(LOCATIONS.c.code).where(LOCATIONS.c.code == sa.bindparam("code"))
+
+
 class RecoError(ValueError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -69,16 +115,18 @@ class RecoError(ValueError):
 # ============================================================================ data
 
 
-@dataclass(frozen=True)
-class Purchase:
+# NamedTuples, not frozen dataclasses: the serving path builds a few hundred of these per request
+# and a frozen dataclass's __init__ (object.__setattr__ per field) is several times slower
+
+
+class Purchase(NamedTuple):
     profile: int
     sku: str
     order: int
     at: datetime
 
 
-@dataclass(frozen=True)
-class View:
+class View(NamedTuple):
     profile: int
     sku: str
     at: datetime
@@ -100,27 +148,32 @@ def _roots(conn: Connection) -> dict[int, int]:
 
 
 def load_purchases(conn: Connection, member_ids: Sequence[int] | None = None) -> list[Purchase]:
-    """Order lines of orders that were not cancelled, by the surviving profile of their owner."""
+    """Order lines of orders that were not cancelled, by the surviving profile of their owner
+    (`member_ids[0]`, the cluster's survivor, when the ids of one cluster are given)."""
+    if member_ids is not None:
+        if not member_ids:
+            return []
+        root = int(member_ids[0])
+        return [Purchase(root, sku, int(oid), at) for oid, at, sku in conn.execute(_PURCHASES_OF, {"ids": member_ids})]
     stmt = (
         sa.select(ORDERS.c.profile_id, ORDERS.c.id, ORDERS.c.placed_at, ORDER_LINES.c.sku)
         .join(ORDER_LINES, ORDER_LINES.c.order_id == ORDERS.c.id)
         .where(ORDERS.c.profile_id.is_not(None), ORDERS.c.status != "cancelled")
         .order_by(ORDERS.c.placed_at, ORDERS.c.id, ORDER_LINES.c.line_no)
     )
-    if member_ids is not None:
-        stmt = stmt.where(ORDERS.c.profile_id.in_(list(member_ids)))
     rows = conn.execute(stmt).all()
-    roots = _roots(conn) if member_ids is None else None
-    root = member_ids[0] if member_ids else None
-    out = []
-    for pid, oid, at, sku in rows:
-        owner = roots.get(pid, pid) if roots is not None else root
-        out.append(Purchase(int(owner), sku, int(oid), at))  # type: ignore[arg-type]
-    return out
+    roots = _roots(conn)
+    return [Purchase(int(roots.get(pid, pid)), sku, int(oid), at) for pid, oid, at, sku in rows]
 
 
 def load_views(conn: Connection, member_ids: Sequence[int] | None = None, limit: int | None = None) -> list[View]:
     """Product views and cart additions (any channel), newest first when limited."""
+    if member_ids is not None and limit is not None:  # the serving path: one cluster's latest
+        if not member_ids:
+            return []
+        root = int(member_ids[0])
+        rows = conn.execute(_VIEWS_OF, {"ids": member_ids, "n": limit})
+        return [View(root, sku, at) for at, payload in rows if (sku := _sku_of(payload)) is not None]
     pe = PROFILE_EVENTS
     stmt = (
         sa.select(pe.c.profile_id, pe.c.timestamp, EVENTS.c.payload)
@@ -144,8 +197,7 @@ def load_views(conn: Connection, member_ids: Sequence[int] | None = None, limit:
     return out
 
 
-@dataclass(frozen=True)
-class ProductInfo:
+class ProductInfo(NamedTuple):
     sku: str
     product_id: str
     name: str
@@ -155,14 +207,15 @@ class ProductInfo:
 
 
 def load_products(conn: Connection, config: RecoConfig, skus: Iterable[str] | None = None) -> dict[str, ProductInfo]:
-    stmt = sa.select(PRODUCTS)
-    if skus is not None:
+    if skus is None:
+        rows = conn.execute(_ALL_PRODUCTS)
+    else:
         wanted = sorted(set(skus))
         if not wanted:
             return {}
-        stmt = stmt.where(PRODUCTS.c.sku.in_(wanted))
+        rows = conn.execute(_PRODUCTS_OF, {"skus": wanted})
     out = {}
-    for r in conn.execute(stmt):
+    for r in rows:
         attrs = r.attributes if isinstance(r.attributes, dict) else {}
         out[r.sku] = ProductInfo(
             r.sku, r.product_id, r.name, r.category, bool(r.active), attrs.get(config.consumable_attribute) is True
@@ -171,11 +224,14 @@ def load_products(conn: Connection, config: RecoConfig, skus: Iterable[str] | No
 
 
 def load_relations(conn: Connection, skus: Iterable[str] | None = None) -> dict[str, list[str]]:
-    stmt = sa.select(RELATED.c.sku, RELATED.c.related_sku).where(RELATED.c.kind.in_(RELATION_KINDS))
-    if skus is not None:
-        stmt = stmt.where(RELATED.c.sku.in_(sorted(set(skus))))
+    if skus is None:
+        stmt = sa.select(RELATED.c.sku, RELATED.c.related_sku).where(RELATED.c.kind.in_(RELATION_KINDS))
+        rows = conn.execute(stmt.order_by(RELATED.c.sku, RELATED.c.related_sku))
+    else:
+        wanted = sorted(set(skus))
+        rows = conn.execute(_RELATIONS_OF, {"skus": wanted}) if wanted else iter(())
     out: dict[str, list[str]] = defaultdict(list)
-    for sku, other in conn.execute(stmt.order_by(RELATED.c.sku, RELATED.c.related_sku)):
+    for sku, other in rows:
         out[sku].append(other)
     return out
 
@@ -328,7 +384,7 @@ def cached_model(conn: Connection) -> Model | None:
     model (every neighbour list, the popular top 50) into compact arrays, which every later
     request of this process reuses. Training stores a new id, so the next request picks the new
     model up, never a mix; the previous one is dropped from memory."""
-    head = conn.execute(sa.select(MODELS.c.id, MODELS.c.trained_at).order_by(MODELS.c.id.desc()).limit(1)).first()
+    head = conn.execute(_MODEL_HEAD).first()
     if head is None:
         return None
     key = (conn.engine.url.render_as_string(hide_password=True), int(head.id))
@@ -376,6 +432,9 @@ def repeat_shares(history: Sequence[Purchase], half_life_days: float) -> dict[st
     Consumability is not decided here: the exclusions drop non-consumables that were bought."""
     if not history:
         return {}
+    first = history[0].order
+    if all(p.order == first for p in history):  # one order (most profiles): every SKU in all of them
+        return dict.fromkeys(sorted({p.sku for p in history}), 1.0)
     skus, sku_idx = np.unique(np.array([p.sku for p in history], dtype=object), return_inverse=True)
     order_ids, order_idx = np.unique(
         np.fromiter((p.order for p in history), np.int64, len(history)), return_inverse=True
@@ -419,11 +478,50 @@ def score(
     """Every candidate with its summed score and strongest reason, best first (ties on the SKU);
     no exclusions yet. `history` (the profile's purchases with their orders and times) feeds "buy
     again". Pure and deterministic."""
-    cands: dict[str, Candidate] = {}
+    totals, reasons = _tally(
+        bought=bought,
+        viewed=viewed,
+        model=model,
+        relations=relations,
+        config=config,
+        popular_pool=popular_pool,
+        history=history,
+    )
+    return [Candidate(sku, totals[sku], reasons[sku]) for sku in _best_first(totals)]
+
+
+def _best_first(totals: dict[str, float]) -> list[str]:
+    return [sku for _, sku in sorted([(-round(v, 9), sku) for sku, v in totals.items()])]
+
+
+def _tally(
+    *,
+    bought: Sequence[str],
+    viewed: Sequence[str],
+    model: Model | None,
+    relations: dict[str, list[str]],
+    config: RecoConfig,
+    popular_pool: int,
+    history: Sequence[Purchase],
+) -> tuple[dict[str, float], dict[str, tuple[float, str, str | None]]]:
+    """Summed score and strongest reason per candidate SKU. The hot loop of every request (a few
+    hundred contributions): two plain dicts rather than an object per candidate. The arithmetic
+    of each signal and the order of the additions are fixed, so the sums are reproducible."""
+    totals: dict[str, float] = {}
+    reasons: dict[str, tuple[float, str, str | None]] = {}
 
     def add(sku: str, score: float, kind: str, because: str | None) -> None:
-        if score > 0:
-            cands.setdefault(sku, Candidate(sku)).add(score, kind, because)
+        if score <= 0:
+            return
+        prev = totals.get(sku)
+        if prev is None:
+            totals[sku] = score
+            reasons[sku] = (score, kind, because)
+            return
+        totals[sku] = prev + score
+        best = reasons[sku]
+        if score > best[0] or (score == best[0] and (because or "") < (best[2] or "")):
+            reasons[sku] = (score, kind, because)
 
     if config.buy_again > 0:
         for sku, share in repeat_shares(history, config.buy_again_half_life_days).items():
@@ -452,13 +550,13 @@ def score(
             best = top[0][1]
             for sku, n in top:
                 add(sku, config.popularity * n / best, "popular", None)
-    return sorted(cands.values(), key=lambda c: (-round(c.score, 9), c.sku))
+    return totals, reasons
 
 
-def _keep(c: Candidate, p: ProductInfo | None, bought: set[str], owned_products: set[str]) -> bool:
+def _keep(sku: str, p: ProductInfo | None, bought: set[str], owned_products: set[str]) -> bool:
     if p is None or not p.active:
         return False
-    return not ((c.sku in bought or p.product_id in owned_products) and not p.consumable)
+    return not ((sku in bought or p.product_id in owned_products) and not p.consumable)
 
 
 def rank(
@@ -490,7 +588,7 @@ def rank(
     out = [
         c
         for c in ranked
-        if _keep(c, products.get(c.sku), bought_set, owned_products) and (allowed is None or c.sku in allowed)
+        if _keep(c.sku, products.get(c.sku), bought_set, owned_products) and (allowed is None or c.sku in allowed)
     ]
     return out[:limit]
 
@@ -507,11 +605,7 @@ REASON_TEXT = {
 
 def _preferred_store(conn: Connection, member_ids: list[int]) -> str | None:
     acc: dict[str, int] = defaultdict(int)
-    for key, n in conn.execute(
-        sa.select(COUNTERS.c.key, COUNTERS.c.count).where(
-            COUNTERS.c.profile_id.in_(member_ids), COUNTERS.c.kind == "store"
-        )
-    ):
+    for key, n in conn.execute(_STORE_VISITS, {"ids": list(member_ids)}):
         acc[key] += int(n)
     return min(acc, key=lambda k: (-acc[k], k)) if acc else None
 
@@ -520,16 +614,7 @@ def available_at(conn: Connection, store: str, skus: Iterable[str]) -> set[str]:
     wanted = sorted(set(skus))
     if not wanted:
         return set()
-    return {
-        r[0]
-        for r in conn.execute(
-            sa.select(STOCK.c.sku).where(
-                STOCK.c.location == store,
-                STOCK.c.sku.in_(wanted),
-                STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated > 0,
-            )
-        )
-    }
+    return {r[0] for r in conn.execute(_AVAILABLE_AT, {"store": store, "skus": wanted})}
 
 
 def recommend(
@@ -549,7 +634,7 @@ def recommend(
             raise RecoError(
                 400, "store_required", "context=store needs store=<location code> (no preferred store known)"
             )
-        if conn.execute(sa.select(LOCATIONS.c.code).where(LOCATIONS.c.code == store)).first() is None:
+        if conn.execute(_LOCATION, {"code": store}).first() is None:
             raise RecoError(404, "unknown_store", f"no location {store!r}")
     elif store is not None:
         raise RecoError(400, "invalid_store", "store= is only used with context=store")
@@ -559,23 +644,32 @@ def recommend(
     seeds_bought, seeds_viewed = set(bought), set(list(dict.fromkeys(viewed))[: config.recent_views])
     model = cached_model(conn)
     relations = load_relations(conn, seeds_bought | seeds_viewed)
-    ranked = score(bought=bought, viewed=viewed, model=model, relations=relations, config=config, history=history)
+    totals, reasons = _tally(
+        bought=bought,
+        viewed=viewed,
+        model=model,
+        relations=relations,
+        config=config,
+        popular_pool=POPULAR_POOL,
+        history=history,
+    )
+    ranked = _best_first(totals)  # what `score` answers, without an object per candidate
     # exclusions are per candidate: walk the ranking best first and load products (and stock) only
     # for as many candidates as it takes to fill `limit`, not for the whole pool
     pos, batch = 0, max(3 * limit, 30)
     # the seeds (owned products, the reasons' names) and the first batch in one query
-    products = load_products(conn, config, seeds_bought | seeds_viewed | {c.sku for c in ranked[:batch]})
+    products = load_products(conn, config, seeds_bought | seeds_viewed | set(ranked[:batch]))
     owned_products = {products[b].product_id for b in seeds_bought if b in products}
     items: list[Candidate] = []
     while len(items) < limit and pos < len(ranked):
         part = ranked[pos : pos + batch]
         pos, batch = pos + batch, batch * 2
-        products.update(load_products(conn, config, [c.sku for c in part if c.sku not in products]))
-        allowed = available_at(conn, store, [c.sku for c in part]) if context == "store" and store else None
+        products.update(load_products(conn, config, [sku for sku in part if sku not in products]))
+        allowed = available_at(conn, store, part) if context == "store" and store else None
         items += [
-            c
-            for c in part
-            if _keep(c, products.get(c.sku), seeds_bought, owned_products) and (allowed is None or c.sku in allowed)
+            Candidate(sku, totals[sku], reasons[sku])
+            for sku in part
+            if _keep(sku, products.get(sku), seeds_bought, owned_products) and (allowed is None or sku in allowed)
         ]
     items = items[:limit]
     names = products  # the reasons name seeds (bought or recently viewed), loaded above
