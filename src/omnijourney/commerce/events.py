@@ -88,9 +88,12 @@ def internal_source_id(conn: Connection, *, create: bool = True, name: str = SOU
         return int(cached)
     stmt = sa.select(SOURCES.c.id).where(SOURCES.c.name == name)
     found = conn.execute(stmt).scalar_one_or_none()
-    # a source this connection created may not be committed yet (its transaction may roll back)
-    if found is not None and found != info.get(created_key):
+    # a source this connection created in the *current* transaction may not be committed yet (its
+    # transaction may roll back); found again in a later transaction, it was committed
+    created = info.get(created_key)
+    if found is not None and not (created and created[0] == found and created[1] is conn.get_transaction()):
         info[cache_key] = found
+        info.pop(created_key, None)
     if found is not None or not create:
         return found
     conn.execute(
@@ -107,9 +110,9 @@ def internal_source_id(conn: Connection, *, create: bool = True, name: str = SOU
             }
         ],
     )
-    created = conn.execute(stmt).scalar_one()
-    info[created_key] = created
-    return int(created)
+    new = int(conn.execute(stmt).scalar_one())
+    info[created_key] = (new, conn.get_transaction())
+    return new
 
 
 def _set_path(message: dict[str, Any], path: str, value: str) -> None:
