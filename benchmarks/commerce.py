@@ -117,9 +117,7 @@ def bench_availability(engine: sa.Engine, skus: int, queries: int, seed: int) ->
     return {"p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
 
 
-def _flow(
-    engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], tag: str, step: Any = None
-) -> None:
+def _flow(engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], tag: str, step: Any = None) -> None:
     """One customer: anonymous cart with 1-2 of `skus` -> checkout (ship, reserve) -> complete (order).
     `step(name)`, if given, is told which step's statements follow (the profile mode counts them)."""
     now = utcnow()

@@ -272,3 +272,23 @@ def test_events_of_the_internal_source_are_skipped_by_the_handler(engine) -> Non
     with db.read(engine) as conn:
         row = conn.execute(sa.text("SELECT enabled, trusted FROM sources WHERE id = :i"), {"i": internal}).one()
     assert (bool(row.enabled), bool(row.trusted)) == (False, False)  # no write key can send in its name
+
+
+def test_the_internal_source_id_is_remembered_once_its_row_is_committed(engine) -> None:
+    """The hot paths ask for the internal source's id on every change: it is remembered per database
+    connection, but a row created in a transaction that rolled back is never remembered."""
+    name = "omnijourney:test-remembered"
+    asked: list[str] = []
+    with engine.connect() as conn:
+        with conn.begin() as tx:
+            events.internal_source_id(conn, name=name)
+            tx.rollback()
+        with conn.begin():  # the rolled-back row is gone and is created again, not taken from memory
+            created = events.internal_source_id(conn, name=name)
+            stored = conn.execute(sa.text("SELECT id FROM sources WHERE name = :n"), {"n": name}).scalar_one()
+            assert created == stored
+        sa.event.listen(conn, "before_cursor_execute", lambda *a: asked.append(a[2]))
+        for _ in range(2):
+            with conn.begin():  # committed: the first later lookup reads it, then it is remembered
+                assert events.internal_source_id(conn, name=name) == created
+    assert len([s for s in asked if "sources" in s]) == 1
