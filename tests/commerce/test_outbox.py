@@ -15,7 +15,7 @@ from omnijourney.identity import service as identity
 from omnijourney.pipeline import service as pipeline
 from omnijourney.profiles import service as profiles
 from omnijourney.profiles.config import load_profile_config
-from omnijourney.store import db
+from omnijourney.store import db, dialect
 from omnijourney.store.base import utcnow
 from tests.commerce.helpers import count, seed_service, set_stock, stock
 from tests.identity.helpers import append, process, profile_of, source
@@ -292,3 +292,24 @@ def test_the_internal_source_id_is_remembered_once_its_row_is_committed(engine) 
             with conn.begin():  # committed: the first later lookup reads it, then it is remembered
                 assert events.internal_source_id(conn, name=name) == created
     assert len([s for s in asked if "sources" in s]) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # the event-log lock is PostgreSQL's
+def test_a_pipelined_append_holds_the_event_log_lock_until_commit(engine) -> None:
+    """On PostgreSQL the append sends the log lock and the INSERT in one round trip: the lock must
+    still be taken before the row and held to commit, or ids could become visible out of order."""
+    seed_service(engine)
+    now = utcnow()
+    free = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
+    with engine.connect() as other, db.write(engine) as conn:
+        cart = service.resolve_cart(conn=conn, rules=None, anonymous_id="anon-lock", currency="CZK", now=now)
+        assert cart is not None
+        service.add_to_cart(
+            conn=conn, cart_id=cart, sku="SHOE-42", quantity=1, channel="web", device=None, actor=None, now=now
+        )
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 1  # the row is in
+        with other.begin():
+            assert other.execute(free, {"k": dialect.INGEST_LOCK_KEY}).scalar_one() is False  # and the lock held
+    with engine.connect() as other, other.begin():
+        assert other.execute(free, {"k": dialect.INGEST_LOCK_KEY}).scalar_one() is True  # released at commit
