@@ -665,6 +665,9 @@ def _device(payload: dict[str, Any]) -> str | None:
     return None
 
 
+_INSERT_CHANGE = sa.insert(CART_CHANGES).returning(CART_CHANGES.c.id)
+
+
 def _record_cart_change(
     conn: Connection,
     cart_id: int,
@@ -693,7 +696,7 @@ def _record_cart_change(
         "at": now,
     }
     if event_id is None:
-        return int(conn.execute(sa.insert(CART_CHANGES).returning(CART_CHANGES.c.id), row).scalar_one())
+        return int(conn.execute(_INSERT_CHANGE, row).scalar_one())
     found = conn.execute(
         dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]).returning(CART_CHANGES.c.id), row
     ).first()
@@ -2186,8 +2189,18 @@ _ALLOCATE_STOCK = (
 )
 
 
+_INSERT_ORDER = sa.insert(ORDERS).returning(*ORDERS.c)
+_INSERT_HISTORY = sa.insert(ORDER_HISTORY).returning(*ORDER_HISTORY.c)
+_KEYED_ORDER_INSERT: dict[bool, Any] = {}
+
+
 def _keyed_order_insert(conn: Connection) -> Any:
-    return dialect.insert_ignoring_conflicts(conn, ORDERS, ["idempotency_key"])
+    """INSERT .. ON CONFLICT (idempotency_key) DO NOTHING RETURNING the order, built once per dialect."""
+    key = dialect.is_sqlite(conn)
+    if key not in _KEYED_ORDER_INSERT:
+        stmt = dialect.insert_ignoring_conflicts(conn, ORDERS, ["idempotency_key"]).returning(*ORDERS.c)
+        _KEYED_ORDER_INSERT[key] = stmt
+    return _KEYED_ORDER_INSERT[key]
 
 
 def complete_checkout(
@@ -2252,8 +2265,8 @@ def complete_checkout(
     }
     # the cart and checkout are locked and have no order: only the same idempotency key on another
     # cart can race this insert (ON CONFLICT waits for that transaction, then answers with no row)
-    insert = sa.insert(ORDERS) if not idempotency_key else _keyed_order_insert(conn)
-    order = conn.execute(insert.returning(*ORDERS.c), values).first()
+    insert = _INSERT_ORDER if not idempotency_key else _keyed_order_insert(conn)
+    order = conn.execute(insert, values).first()
     if order is None:  # the same idempotency key won a race on another cart
         existing = _order_by(conn, ORDERS.c.idempotency_key, idempotency_key)
         if existing is None:
@@ -2269,7 +2282,7 @@ def complete_checkout(
     conn.execute(_CHECK_OUT_CART, {"cart": cart.id, "now": now})
     _record_cart_change(conn, cart.id, "order", now, actor=actor, detail={"order_id": order_id})
     history = conn.execute(
-        sa.insert(ORDER_HISTORY).returning(*ORDER_HISTORY.c),
+        _INSERT_HISTORY,
         {
             "order_id": order_id,
             "status": "placed",
