@@ -117,9 +117,12 @@ def bench_availability(engine: sa.Engine, skus: int, queries: int, seed: int) ->
     return {"p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
 
 
-def _flow(engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], tag: str) -> None:
-    """One customer: anonymous cart with 1-2 of `skus` -> checkout (ship, reserve) -> complete (order)."""
+def _flow(engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], tag: str, step: Any = None) -> None:
+    """One customer: anonymous cart with 1-2 of `skus` -> checkout (ship, reserve) -> complete (order).
+    `step(name)`, if given, is told which step's statements follow (the profile mode counts them)."""
     now = utcnow()
+    if step:
+        step("cart")
     with db.write(engine) as conn, events.batch(conn):  # the items' events: one append, at the end
         cart = service.resolve_cart(conn=conn, rules=None, anonymous_id=f"bench-{tag}", currency="CZK", now=now)
         assert cart is not None
@@ -127,6 +130,8 @@ def _flow(engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], t
             service.add_to_cart(
                 conn=conn, cart_id=cart, sku=sku, quantity=1, channel="web", device=None, actor=None, now=now
             )
+    if step:
+        step("checkout")
     with db.write(engine) as conn:
         co = service.start_checkout(
             conn=conn,
@@ -138,6 +143,8 @@ def _flow(engine: sa.Engine, config: Any, rnd: random.Random, skus: list[str], t
             now=now,
             ttl_seconds=900,
         )
+    if step:
+        step("order")
     with db.write(engine) as conn:
         service.complete_checkout(
             conn=conn,
@@ -260,6 +267,50 @@ def bench_checkouts(
     }
 
 
+def profile_flows(engine: sa.Engine, flows: int, skus: int, seed: int, cprofile: str | None) -> dict[str, Any]:
+    """One client, `flows` flows one after another: client CPU per flow (time.process_time: the Python
+    side — SQLAlchemy, the driver, validation — which is what limits throughput on a busy machine) and
+    the SQL statements each step sends (a `before_cursor_execute` listener; BEGIN/COMMIT not counted)."""
+    import cProfile
+    import pstats
+
+    config = load_commerce_config()
+    names = [f"SKU-{i:07d}" for i in range(skus)]
+    rnd = random.Random(seed)
+    counts: dict[str, int] = {}
+    current = ["setup"]
+
+    def on_execute(*_: Any) -> None:
+        counts[current[0]] = counts.get(current[0], 0) + 1
+
+    def step(name: str) -> None:
+        current[0] = name
+
+    for i in range(20):  # warm caches (statement cache, sources, rules) before measuring
+        _flow(engine, config, rnd, names, f"warm-{seed}-{i}")
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    prof = cProfile.Profile() if cprofile else None
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        if prof:
+            prof.enable()
+        for i in range(flows):
+            _flow(engine, config, rnd, names, f"prof-{seed}-{i}", step)
+        if prof:
+            prof.disable()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+    if prof and cprofile:
+        prof.dump_stats(cprofile)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    return {
+        "cpu_ms_per_flow": round(cpu * 1000 / flows, 2),
+        "wall_ms_per_flow": round(wall * 1000 / flows, 2),
+        "statements_per_flow": {k: round(v / flows, 1) for k, v in counts.items()},
+    }
+
+
 def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     engine = db.create_engine(url, pool_size=args.clients + 4)
     try:
@@ -268,6 +319,12 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         load(engine, args.skus, args.locations, args.seed)
         loaded = time.perf_counter() - t
         out = {"load_s": round(loaded, 1), **bench_availability(engine, args.skus, args.queries, args.seed)}
+        if args.profile:
+            chosen = service.STOCK.c.location.in_(["loc-000", "loc-001", "loc-002"])
+            with db.write(engine) as conn:  # stock that does not run out
+                conn.execute(sa.update(service.STOCK).where(chosen).values(on_hand=100_000))
+            out["profile"] = profile_flows(engine, args.profile, args.skus, args.seed, args.cprofile)
+            return out
         scenarios = {
             # throughput: the whole catalog, stock that does not run out (1-2 units per checkout)
             "spread": (args.skus, max(1000, 4 * args.checkouts // max(1, args.skus) + 10)),
@@ -289,6 +346,16 @@ def report(backend: str, out: dict[str, Any], args: argparse.Namespace) -> None:
         f"p50 {out['p50_ms']:.2f} ms p99 {out['p99_ms']:.2f} ms",
         flush=True,
     )
+    if "profile" in out:
+        prof = out["profile"]
+        steps = prof["statements_per_flow"]
+        print(
+            f"  profile (1 client, {args.profile} flows): client CPU {prof['cpu_ms_per_flow']} ms per flow "
+            f"(wall {prof['wall_ms_per_flow']} ms), SQL statements per flow {sum(steps.values()):.1f} "
+            f"({', '.join(f'{k} {v}' for k, v in steps.items())}) | load average "
+            + " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            flush=True,
+        )
     for name in ("spread", "hot"):
         r = out.get(name)
         if r is None:
@@ -319,6 +386,8 @@ def main() -> None:
     p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     p.add_argument("--pg-url", default=None)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--profile", type=int, default=0, help="instead of the scenarios: N flows by one client, CPU/flow")
+    p.add_argument("--cprofile", default=None, help="with --profile: dump cProfile stats to this file")
     args = p.parse_args()
     results: dict[str, Any] = {}
     if args.backend in ("sqlite", "both"):

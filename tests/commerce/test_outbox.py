@@ -15,7 +15,7 @@ from omnijourney.identity import service as identity
 from omnijourney.pipeline import service as pipeline
 from omnijourney.profiles import service as profiles
 from omnijourney.profiles.config import load_profile_config
-from omnijourney.store import db
+from omnijourney.store import db, dialect
 from omnijourney.store.base import utcnow
 from tests.commerce.helpers import count, seed_service, set_stock, stock
 from tests.identity.helpers import append, process, profile_of, source
@@ -272,3 +272,44 @@ def test_events_of_the_internal_source_are_skipped_by_the_handler(engine) -> Non
     with db.read(engine) as conn:
         row = conn.execute(sa.text("SELECT enabled, trusted FROM sources WHERE id = :i"), {"i": internal}).one()
     assert (bool(row.enabled), bool(row.trusted)) == (False, False)  # no write key can send in its name
+
+
+def test_the_internal_source_id_is_remembered_once_its_row_is_committed(engine) -> None:
+    """The hot paths ask for the internal source's id on every change: it is remembered per database
+    connection, but a row created in a transaction that rolled back is never remembered."""
+    name = "omnijourney:test-remembered"
+    asked: list[str] = []
+    with engine.connect() as conn:
+        with conn.begin() as tx:
+            events.internal_source_id(conn, name=name)
+            tx.rollback()
+        with conn.begin():  # the rolled-back row is gone and is created again, not taken from memory
+            created = events.internal_source_id(conn, name=name)
+            stored = conn.execute(sa.text("SELECT id FROM sources WHERE name = :n"), {"n": name}).scalar_one()
+            assert created == stored
+        sa.event.listen(conn, "before_cursor_execute", lambda *a: asked.append(a[2]))
+        for _ in range(2):
+            with conn.begin():  # committed: the first later lookup reads it, then it is remembered
+                assert events.internal_source_id(conn, name=name) == created
+    assert len([s for s in asked if "sources" in s]) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # the event-log lock is PostgreSQL's
+def test_a_pipelined_append_holds_the_event_log_lock_until_commit(engine) -> None:
+    """On PostgreSQL the append sends the log lock and the INSERT in one round trip: the lock must
+    still be taken before the row and held to commit, or ids could become visible out of order."""
+    seed_service(engine)
+    now = utcnow()
+    free = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
+    with engine.connect() as other, db.write(engine) as conn:
+        cart = service.resolve_cart(conn=conn, rules=None, anonymous_id="anon-lock", currency="CZK", now=now)
+        assert cart is not None
+        service.add_to_cart(
+            conn=conn, cart_id=cart, sku="SHOE-42", quantity=1, channel="web", device=None, actor=None, now=now
+        )
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 1  # the row is in
+        with other.begin():
+            assert other.execute(free, {"k": dialect.INGEST_LOCK_KEY}).scalar_one() is False  # and the lock held
+    with engine.connect() as other, other.begin():
+        assert other.execute(free, {"k": dialect.INGEST_LOCK_KEY}).scalar_one() is True  # released at commit

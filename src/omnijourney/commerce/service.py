@@ -665,6 +665,9 @@ def _device(payload: dict[str, Any]) -> str | None:
     return None
 
 
+_INSERT_CHANGE = sa.insert(CART_CHANGES).returning(CART_CHANGES.c.id)
+
+
 def _record_cart_change(
     conn: Connection,
     cart_id: int,
@@ -693,22 +696,33 @@ def _record_cart_change(
         "at": now,
     }
     if event_id is None:
-        return int(conn.execute(sa.insert(CART_CHANGES).returning(CART_CHANGES.c.id), row).scalar_one())
+        return int(conn.execute(_INSERT_CHANGE, row).scalar_one())
     found = conn.execute(
         dialect.insert_ignoring_conflicts(conn, CART_CHANGES, ["event_id"]).returning(CART_CHANGES.c.id), row
     ).first()
     return int(found[0]) if found is not None else None
 
 
-def _touch_cart(conn: Connection, cart_id: int, now: datetime) -> None:
-    """Keep the abandoned-cart signal current: last change time and value in the cart's currency."""
-    cart = conn.execute(sa.select(CARTS.c.currency).where(CARTS.c.id == cart_id)).one()
-    lines = conn.execute(
-        sa.select(CART_LINES.c.sku, CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart_id)
-    ).all()
-    prices = _prices(conn, [line.sku for line in lines], cart.currency)
-    value = sum(prices.get(line.sku, 0) * line.quantity for line in lines)
-    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart_id).values(updated_at=now, value_minor=value))
+_CART_VALUE = (
+    sa.select(sa.func.coalesce(sa.func.sum(PRICES.c.amount_minor * CART_LINES.c.quantity), 0))
+    .select_from(
+        CART_LINES.join(PRICES, sa.and_(PRICES.c.sku == CART_LINES.c.sku, PRICES.c.currency == CARTS.c.currency))
+    )
+    .where(CART_LINES.c.cart_id == CARTS.c.id)
+    .scalar_subquery()
+)
+_TOUCH_CART = (
+    sa.update(CARTS)
+    .where(CARTS.c.id == sa.bindparam("cart"))
+    .values(updated_at=sa.bindparam("now", type_=CARTS.c.updated_at.type), value_minor=_CART_VALUE)
+    .returning(CARTS.c.value_minor)
+)
+
+
+def _touch_cart(conn: Connection, cart_id: int, now: datetime) -> int:
+    """Keep the abandoned-cart signal current: last change time and value in the cart's currency
+    (lines without a price count 0), computed by the database in the UPDATE itself; returns the value."""
+    return int(conn.execute(_TOUCH_CART, {"cart": cart_id, "now": now}).scalar_one())
 
 
 def _amount(minor: int, currency: str) -> float:
@@ -725,24 +739,31 @@ def _emit_cart_change(
     channel: str | None,
     device: str | None,
     now: datetime,
+    known: tuple[str | None, int | None, int] | None = None,
 ) -> None:
-    """`Product Added` / `Product Removed` (with the cart's id and value) for a change made through the API."""
+    """`Product Added` / `Product Removed` (with the cart's id and value) for a change made through the API.
+
+    `known`: (product name, unit price, cart value) when the caller has them already (no re-read)."""
     if delta == 0:
         return
-    price = _prices(conn, [sku], cart.currency).get(sku)
-    head = conn.execute(
-        sa.select(CARTS.c.value_minor, PRODUCTS.c.name)
-        .select_from(CARTS.join(PRODUCTS, PRODUCTS.c.sku == sku))
-        .where(CARTS.c.id == cart.id)
-    ).one()
+    if known is not None:
+        name, price, value = known
+    else:
+        price = _prices(conn, [sku], cart.currency).get(sku)
+        head = conn.execute(
+            sa.select(CARTS.c.value_minor, PRODUCTS.c.name)
+            .select_from(CARTS.join(PRODUCTS, PRODUCTS.c.sku == sku))
+            .where(CARTS.c.id == cart.id)
+        ).one()
+        name, value = head.name, head.value_minor
     props: dict[str, Any] = {
         "cart_id": str(cart.id),
         "product_id": sku,
         "sku": sku,
-        "name": head.name,
+        "name": name,
         "quantity": abs(delta),
         "currency": cart.currency,
-        "value": _amount(head.value_minor, cart.currency),
+        "value": _amount(value, cart.currency),
     }
     if price is not None:
         props["price"] = _amount(price, cart.currency)
@@ -760,7 +781,13 @@ def _emit_cart_change(
     )
 
 
-def _order_products(conn: Connection, order_id: int, currency: str) -> list[dict[str, Any]]:
+def _order_products(
+    conn: Connection, order_id: int, currency: str, lines: Sequence[Any] | None = None
+) -> list[dict[str, Any]]:
+    if lines is None:
+        lines = conn.execute(
+            sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id).order_by(ORDER_LINES.c.line_no)
+        ).all()
     return [
         {
             "product_id": r.sku,
@@ -770,9 +797,7 @@ def _order_products(conn: Connection, order_id: int, currency: str) -> list[dict
             "price": _amount(r.unit_price_minor, currency),
             **({"location": r.location} if r.location else {}),
         }
-        for r in conn.execute(
-            sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id).order_by(ORDER_LINES.c.line_no)
-        )
+        for r in lines
     ]
 
 
@@ -799,9 +824,12 @@ def _order_event(
     channel: str | None = None,
     location: str | None = None,
     extra: dict[str, Any] | None = None,
+    order: Any = None,
+    lines: Sequence[Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The prepared event row of an order's status change (see `events.prepare`)."""
-    o = conn.execute(sa.select(ORDERS).where(ORDERS.c.id == order_id)).one()
+    """The prepared event row of an order's status change (see `events.prepare`); `order` and its
+    `lines` (in line order) when the caller has just written them, else they are read."""
+    o = order if order is not None else conn.execute(sa.select(ORDERS).where(ORDERS.c.id == order_id)).one()
     props: dict[str, Any] = {
         "order_id": o.order_ref,
         "status": status,
@@ -812,7 +840,7 @@ def _order_event(
     }
     if status == "placed":
         props["revenue"] = _amount(o.total_minor, o.currency)
-        props["products"] = _order_products(conn, order_id, o.currency)
+        props["products"] = _order_products(conn, order_id, o.currency, lines)
         if o.cart_id is not None:
             props["cart_id"] = str(o.cart_id)
         if o.checkout_id is not None:
@@ -834,10 +862,56 @@ def _order_event(
     )
 
 
+#: an active product and its price in a currency (None when it has none)
+_PRODUCT_IN = (
+    sa.select(PRODUCTS.c.name, PRICES.c.amount_minor)
+    .select_from(
+        PRODUCTS.outerjoin(
+            PRICES, sa.and_(PRICES.c.sku == PRODUCTS.c.sku, PRICES.c.currency == sa.bindparam("currency"))
+        )
+    )
+    .where(PRODUCTS.c.sku == sa.bindparam("sku"), PRODUCTS.c.active)
+)
+#: add units to a cart line (created if new); no row back when the line would pass `:max` units. The
+#: same SQL on SQLite and PostgreSQL (INSERT .. ON CONFLICT .. DO UPDATE .. WHERE .. RETURNING)
+_ADD_LINE = (
+    sa.text(
+        "INSERT INTO commerce_cart_lines (cart_id, sku, quantity, channel, device, added_at, updated_at) "
+        "VALUES (:cart, :sku, :q, :channel, :device, :now, :now) "
+        "ON CONFLICT (cart_id, sku) DO UPDATE SET quantity = commerce_cart_lines.quantity + excluded.quantity, "
+        "updated_at = excluded.updated_at WHERE commerce_cart_lines.quantity + excluded.quantity <= :max "
+        "RETURNING quantity"
+    )
+    .bindparams(
+        sa.bindparam("cart", type_=sa.BigInteger),
+        sa.bindparam("q", type_=sa.Integer),
+        sa.bindparam("max", type_=sa.Integer),
+        sa.bindparam("now", type_=CART_LINES.c.added_at.type),
+    )
+    .columns(quantity=sa.Integer)
+)
+
+
+_LOCKING: dict[tuple[int, bool], Any] = {}
+
+
+def _locking(conn: Connection, stmt: Any) -> Any:
+    """`dialect.for_update(stmt, conn)` of a module-level statement, built once per dialect (building
+    and caching-key a statement costs more CPU than the database takes to run these)."""
+    key = (id(stmt), dialect.is_sqlite(conn))
+    found = _LOCKING.get(key)
+    if found is None:
+        found = _LOCKING[key] = dialect.for_update(stmt, conn)
+    return found
+
+
+_CART_BY_ID = sa.select(CARTS).where(CARTS.c.id == sa.bindparam("id"))
+
+
 def _lock_cart(conn: Connection, cart_id: int, *, follow: bool = True, active: bool = True) -> Row[Any]:
     """Lock a cart row; a merged cart is followed to the cart it was merged into."""
     for _ in range(20):
-        row = conn.execute(dialect.for_update(sa.select(CARTS).where(CARTS.c.id == cart_id), conn)).first()
+        row = conn.execute(_locking(conn, _CART_BY_ID), {"id": cart_id}).first()
         if row is None:
             raise _not_found(f"no cart {cart_id}")
         if follow and row.status == "merged" and row.merged_into is not None:
@@ -922,6 +996,22 @@ def _merge_lines(conn: Connection, target: int, sources: list[int], now: datetim
         _record_cart_change(conn, target, "merge", now, actor=actor, detail={"from_cart": src, "lines": moved})
 
 
+_DEVICE_CART = sa.select(CARTS.c.id).where(
+    CARTS.c.anonymous_id == sa.bindparam("anon"), CARTS.c.profile_id.is_(None), CARTS.c.status == "active"
+)
+#: a device's new active cart; no row back when one was created concurrently (the partial UNIQUE
+#: index of active anonymous carts; the same SQL on SQLite and PostgreSQL, no savepoint needed)
+_NEW_DEVICE_CART = (
+    sa.text(
+        "INSERT INTO commerce_carts (profile_id, anonymous_id, status, currency, created_at, updated_at, value_minor) "
+        "VALUES (NULL, :anon, 'active', :currency, :now, :now, 0) "
+        "ON CONFLICT (anonymous_id) WHERE status = 'active' AND profile_id IS NULL DO NOTHING RETURNING id"
+    )
+    .bindparams(sa.bindparam("now", type_=CARTS.c.created_at.type))
+    .columns(id=sa.BigInteger)
+)
+
+
 def resolve_cart(
     *,
     conn: Connection,
@@ -949,14 +1039,12 @@ def resolve_cart(
     if root is None:
         if not anonymous_id:
             raise CommerceError(422, "no_owner", "a cart needs a profile_id or an anonymous_id")
-        stmt = sa.select(CARTS.c.id).where(
-            CARTS.c.anonymous_id == anonymous_id, CARTS.c.profile_id.is_(None), CARTS.c.status == "active"
-        )
-        found = conn.execute(dialect.for_update(stmt, conn)).scalar_one_or_none()
+        params = {"anon": anonymous_id}
+        found = conn.execute(_locking(conn, _DEVICE_CART), params).scalar_one_or_none()
         if found is not None or not create:
             return found
-        new = _create_cart(conn, profile_id=None, anonymous_id=anonymous_id, currency=currency, now=now)
-        return new if new is not None else conn.execute(stmt).scalar_one()
+        new = conn.execute(_NEW_DEVICE_CART, {**params, "currency": currency, "now": now}).scalar_one_or_none()
+        return new if new is not None else conn.execute(_DEVICE_CART, params).scalar_one()
 
     members = identity.members(conn=conn, root=root)
     anon = sorted(set(_anonymous_ids(conn, members)) | ({anonymous_id} if anonymous_id else set()))
@@ -1042,9 +1130,14 @@ def add_to_cart(
     now: datetime,
     event_id: int | None = None,
 ) -> int:
-    """Add units of a SKU; returns the cart id written (a merged cart's survivor)."""
+    """Add units of a SKU; returns the cart id written (a merged cart's survivor).
+
+    Five statements: lock the cart, the product with its price, the change, the line (one upsert that
+    refuses to pass the line limit), the cart's value; the event is built from what they returned."""
     cart = _lock_cart(conn, cart_id)
-    _require_skus(conn, [sku])
+    product = conn.execute(_PRODUCT_IN, {"sku": sku, "currency": cart.currency}).first()
+    if product is None:
+        raise CommerceError(422, "unknown_sku", f"unknown or inactive SKU: {sku}")
     if quantity < 1 or quantity > MAX_LINE_QUANTITY:
         raise CommerceError(422, "invalid_quantity", f"quantity must be 1..{MAX_LINE_QUANTITY}")
     change_id = _record_cart_change(
@@ -1061,32 +1154,13 @@ def add_to_cart(
     )
     if change_id is None:
         return int(cart.id)
-    have = conn.execute(
-        sa.select(CART_LINES.c.quantity).where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
-    ).scalar_one_or_none()
-    if have is None:
-        conn.execute(
-            sa.insert(CART_LINES).values(
-                cart_id=cart.id,
-                sku=sku,
-                quantity=quantity,
-                channel=channel,
-                device=device,
-                added_at=now,
-                updated_at=now,
-            )
-        )
-    else:
-        if have + quantity > MAX_LINE_QUANTITY:
-            raise CommerceError(422, "invalid_quantity", f"a cart line holds at most {MAX_LINE_QUANTITY} units")
-        conn.execute(
-            sa.update(CART_LINES)
-            .where(CART_LINES.c.cart_id == cart.id, CART_LINES.c.sku == sku)
-            .values(quantity=CART_LINES.c.quantity + quantity, updated_at=now)
-        )
-    _touch_cart(conn, cart.id, now)
+    row = {"cart": cart.id, "sku": sku, "q": quantity, "channel": channel, "device": device, "now": now}
+    if conn.execute(_ADD_LINE, {**row, "max": MAX_LINE_QUANTITY}).first() is None:
+        raise CommerceError(422, "invalid_quantity", f"a cart line holds at most {MAX_LINE_QUANTITY} units")
+    value = _touch_cart(conn, cart.id, now)
     if event_id is None:  # changes from events are on the timeline already, as those events
-        _emit_cart_change(conn, cart, change_id, sku, quantity, channel, device, now)
+        known = (product.name, product.amount_minor, value)
+        _emit_cart_change(conn, cart, change_id, sku, quantity, channel, device, now, known=known)
     return int(cart.id)
 
 
@@ -1807,6 +1881,52 @@ def _candidates(conn: Connection, sku: str, *, ships: bool | None, first: str | 
     return out
 
 
+#: a cart's lines in SKU order with whether the product is active and its price in the cart's currency
+_CHECKOUT_LINES = (
+    sa.select(CART_LINES.c.sku, CART_LINES.c.quantity, PRODUCTS.c.active, PRICES.c.amount_minor)
+    .select_from(
+        CART_LINES.outerjoin(PRODUCTS, PRODUCTS.c.sku == CART_LINES.c.sku).outerjoin(
+            PRICES, sa.and_(PRICES.c.sku == CART_LINES.c.sku, PRICES.c.currency == sa.bindparam("currency"))
+        )
+    )
+    .where(CART_LINES.c.cart_id == sa.bindparam("cart"))
+    .order_by(CART_LINES.c.sku)
+)
+
+
+def _pick_and_reserve(ships: bool, first: bool) -> Any:
+    """The guarded reserve at the location `_candidates` would try first (`:first` if it has the units,
+    else the one with most available), chosen and reserved in one UPDATE; RETURNING the location, no
+    row when none has `:q` units (or a concurrent change took them: the caller then walks the candidates)."""
+    pick = STOCK.alias("pick")
+    available = pick.c.on_hand - pick.c.reserved - pick.c.allocated
+    order = [available.desc(), pick.c.location]
+    if first:
+        order.insert(0, sa.case((pick.c.location == sa.bindparam("first"), 0), else_=1))
+    chosen = (
+        sa.select(pick.c.location)
+        .join(LOCATIONS, LOCATIONS.c.code == pick.c.location)
+        .where(pick.c.sku == sa.bindparam("b_sku"), LOCATIONS.c.active, available >= sa.bindparam("q"))
+        .order_by(*order)
+        .limit(1)
+    )
+    if ships:
+        chosen = chosen.where(LOCATIONS.c.ships)
+    return (
+        sa.update(STOCK)
+        .where(
+            STOCK.c.sku == sa.bindparam("b_sku"),
+            STOCK.c.location == chosen.scalar_subquery(),
+            STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.allocated >= sa.bindparam("q"),
+        )
+        .values(reserved=STOCK.c.reserved + sa.bindparam("q"), updated_at=sa.bindparam("b_now"))
+        .returning(STOCK.c.location)
+    )
+
+
+_PICK_AND_RESERVE = {(s, f): _pick_and_reserve(s, f) for s in (False, True) for f in (False, True)}
+
+
 def start_checkout(
     *,
     conn: Connection,
@@ -1838,15 +1958,13 @@ def start_checkout(
         if same and open_co.expires_at > now:
             return _checkout_dict(conn, open_co, now)
         _end_checkout(conn, open_co.id, "expired" if open_co.expires_at <= now else "cancelled", now)
-    lines = conn.execute(
-        sa.select(CART_LINES.c.sku, CART_LINES.c.quantity)
-        .where(CART_LINES.c.cart_id == cart.id)
-        .order_by(CART_LINES.c.sku)
-    ).all()
+    lines = conn.execute(_CHECKOUT_LINES, {"cart": cart.id, "currency": cart.currency}).all()
     if not lines:
         raise CommerceError(409, "empty_cart", f"cart {cart.id} is empty")
-    _require_skus(conn, [line.sku for line in lines])
-    prices = _prices(conn, [line.sku for line in lines], cart.currency)
+    unknown = [line.sku for line in lines if not line.active]
+    if unknown:
+        raise CommerceError(422, "unknown_sku", f"unknown or inactive SKU: {', '.join(unknown[:20])}")
+    prices = {line.sku: line.amount_minor for line in lines if line.amount_minor is not None}
     unpriced = [line.sku for line in lines if line.sku not in prices]
     if unpriced:
         raise CommerceError(422, "unpriced", f"no {cart.currency} price for {', '.join(unpriced)}")
@@ -1915,11 +2033,16 @@ def start_checkout(
         now=now,
     )
     reservations = []
+    pick = _PICK_AND_RESERVE[(bool(ships), first is not None)]
     for line in lines:  # SKU order: each transaction locks stock rows in one global order
-        options = (
-            [first] if first is not None and not network else _candidates(conn, line.sku, ships=ships, first=first)
-        )
-        chosen = next((loc for loc in options if _reserve(conn, line.sku, loc, line.quantity, now)), None)
+        chosen = None
+        if first is not None and not network:
+            options = [first]
+        else:  # the usual case in one statement; the candidate loop only if it lost a race
+            params = {"b_sku": line.sku, "q": line.quantity, "first": first, "b_now": now}
+            chosen = conn.execute(pick, params).scalar_one_or_none()
+            options = [] if chosen is not None else _candidates(conn, line.sku, ships=ships, first=first)
+        chosen = chosen or next((loc for loc in options if _reserve(conn, line.sku, loc, line.quantity, now)), None)
         if chosen is None:
             where = f" at {first}" if first and not network else ""
             raise CommerceError(
@@ -1992,6 +2115,94 @@ def _order_by(conn: Connection, column: Any, value: Any) -> Row[Any] | None:
     return conn.execute(sa.select(ORDERS).where(column == value)).first()
 
 
+#: the cart of a checkout, locked (the lock order: cart, then checkout)
+_CART_OF_CHECKOUT = sa.select(CARTS).where(
+    CARTS.c.id == sa.select(CHECKOUTS.c.cart_id).where(CHECKOUTS.c.id == sa.bindparam("co")).scalar_subquery()
+)
+_CHECKOUT_BY_ID = sa.select(CHECKOUTS).where(CHECKOUTS.c.id == sa.bindparam("id"))
+#: the order a completion must answer with instead of creating one: by idempotency key first, else of
+#: the checkout or the cart (each UNIQUE)
+_EXISTING_ORDER = (
+    sa.select(ORDERS.c.id)
+    .where(
+        (ORDERS.c.checkout_id == sa.bindparam("co"))
+        | (ORDERS.c.cart_id == sa.bindparam("cart"))
+        | (ORDERS.c.idempotency_key == sa.bindparam("key", type_=sa.String))
+    )
+    .order_by(sa.case((ORDERS.c.idempotency_key == sa.bindparam("key", type_=sa.String), 0), else_=1))
+    .limit(1)
+)
+_RESERVATIONS_OF = (
+    sa.select(RESERVATIONS).where(RESERVATIONS.c.checkout_id == sa.bindparam("co")).order_by(RESERVATIONS.c.id)
+)
+#: an order's lines from its checkout's reservations (one per SKU, numbered in SKU order) with the
+#: product's name and price, written and returned in one statement
+_ORDER_LINES_FROM = (
+    sa.insert(ORDER_LINES)
+    .from_select(
+        ["order_id", "line_no", "sku", "name", "quantity", "unit_price_minor", "location", "returned_quantity"],
+        sa.select(
+            sa.cast(sa.bindparam("order"), sa.BigInteger),
+            sa.func.row_number().over(order_by=RESERVATIONS.c.sku),
+            RESERVATIONS.c.sku,
+            PRODUCTS.c.name,
+            RESERVATIONS.c.quantity,
+            sa.func.coalesce(PRICES.c.amount_minor, 0),
+            RESERVATIONS.c.location,
+            sa.literal_column("0"),
+        )
+        .select_from(
+            RESERVATIONS.outerjoin(PRODUCTS, PRODUCTS.c.sku == RESERVATIONS.c.sku).outerjoin(
+                PRICES, sa.and_(PRICES.c.sku == RESERVATIONS.c.sku, PRICES.c.currency == sa.bindparam("currency"))
+            )
+        )
+        .where(RESERVATIONS.c.checkout_id == sa.bindparam("co")),
+    )
+    .returning(*ORDER_LINES.c)
+)
+_ALLOCATE_RESERVATIONS = (
+    sa.update(RESERVATIONS).where(RESERVATIONS.c.checkout_id == sa.bindparam("co")).values(status="allocated")
+)
+_COMPLETE_CHECKOUT = (
+    sa.update(CHECKOUTS)
+    .where(CHECKOUTS.c.id == sa.bindparam("co"))
+    .values(status="completed", order_id=sa.bindparam("order"))
+)
+_CHECK_OUT_CART = (
+    sa.update(CARTS)
+    .where(CARTS.c.id == sa.bindparam("cart"))
+    .values(status="checked_out", updated_at=sa.bindparam("now"))
+)
+#: reserved units of a checkout become allocated (guarded: the reservation must still hold them)
+_ALLOCATE_STOCK = (
+    sa.update(STOCK)
+    .where(
+        STOCK.c.sku == sa.bindparam("b_sku"),
+        STOCK.c.location == sa.bindparam("b_location"),
+        STOCK.c.reserved >= sa.bindparam("q"),
+    )
+    .values(
+        reserved=STOCK.c.reserved - sa.bindparam("q"),
+        allocated=STOCK.c.allocated + sa.bindparam("q"),
+        updated_at=sa.bindparam("b_now"),
+    )
+)
+
+
+_INSERT_ORDER = sa.insert(ORDERS).returning(*ORDERS.c)
+_INSERT_HISTORY = sa.insert(ORDER_HISTORY).returning(*ORDER_HISTORY.c)
+_KEYED_ORDER_INSERT: dict[bool, Any] = {}
+
+
+def _keyed_order_insert(conn: Connection) -> Any:
+    """INSERT .. ON CONFLICT (idempotency_key) DO NOTHING RETURNING the order, built once per dialect."""
+    key = dialect.is_sqlite(conn)
+    if key not in _KEYED_ORDER_INSERT:
+        stmt = dialect.insert_ignoring_conflicts(conn, ORDERS, ["idempotency_key"]).returning(*ORDERS.c)
+        _KEYED_ORDER_INSERT[key] = stmt
+    return _KEYED_ORDER_INSERT[key]
+
+
 def complete_checkout(
     *,
     conn: Connection,
@@ -2007,28 +2218,21 @@ def complete_checkout(
     """Turn an open checkout into an order: reserved units become allocated, points are redeemed
     and earned. Returns (order, created). The same idempotency key, checkout or cart always answers
     with the one order (created=False), never a second one."""
-    if idempotency_key:
-        existing = _order_by(conn, ORDERS.c.idempotency_key, idempotency_key)
+    cart = conn.execute(_locking(conn, _CART_OF_CHECKOUT), {"co": checkout_id}).first()
+    if cart is None:
+        existing = _order_by(conn, ORDERS.c.idempotency_key, idempotency_key) if idempotency_key else None
         if existing is not None:
             return order_view(conn=conn, order_id=existing.id), False
-    head = conn.execute(sa.select(CHECKOUTS.c.cart_id).where(CHECKOUTS.c.id == checkout_id)).first()
-    if head is None:
         raise _not_found(f"no checkout {checkout_id}")
-    cart = _lock_cart(conn, head.cart_id, follow=False, active=False)
-    co = conn.execute(dialect.for_update(sa.select(CHECKOUTS).where(CHECKOUTS.c.id == checkout_id), conn)).one()
-    for column, value in ((ORDERS.c.checkout_id, co.id), (ORDERS.c.cart_id, cart.id)):
-        existing = _order_by(conn, column, value)
-        if existing is not None:
-            return order_view(conn=conn, order_id=existing.id), False
+    co = conn.execute(_locking(conn, _CHECKOUT_BY_ID), {"id": checkout_id}).one()
+    existing = conn.execute(_EXISTING_ORDER, {"co": co.id, "cart": cart.id, "key": idempotency_key}).first()
+    if existing is not None:
+        return order_view(conn=conn, order_id=existing.id), False
     if co.status != "open" or co.expires_at <= now:
         raise CommerceError(
             409, "reservation_expired", f"checkout {checkout_id} is {'expired' if co.status == 'open' else co.status}"
         )
-    res = conn.execute(
-        dialect.for_update(
-            sa.select(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).order_by(RESERVATIONS.c.id), conn
-        )
-    ).all()
+    res = conn.execute(_locking(conn, _RESERVATIONS_OF), {"co": co.id}).all()
     if not res or any(r.status != "active" for r in res):
         raise CommerceError(409, "reservation_expired", f"the reservations of checkout {checkout_id} were released")
     profile_id = identity.canonical_id(conn=conn, profile_id=cart.profile_id) if cart.profile_id else None
@@ -2036,70 +2240,63 @@ def complete_checkout(
         profile_id = identity.lookup(conn=conn, rules=rules, id_type="anonymous_id", value=cart.anonymous_id)
     if redeem_points and profile_id is None:
         raise CommerceError(409, "no_loyalty_account", "points can only be redeemed by a known customer")
-    inserted = _savepoint_insert(
-        conn,
-        sa.insert(ORDERS)
-        .values(
-            order_ref=f"OJ-{uuid.uuid4().hex[:12].upper()}",
-            profile_id=profile_id,
-            anonymous_id=cart.anonymous_id,
-            cart_id=cart.id,
-            checkout_id=co.id,
-            idempotency_key=idempotency_key,
-            origin="omnijourney",
-            source_id=None,
-            channel=channel or co.channel,
-            store_id=co.pickup_location,
-            fulfilment=co.fulfilment,
-            pickup_location=co.pickup_location,
-            ship_address=co.ship_address,
-            status="placed",
-            currency=co.currency,
-            total_minor=co.total_minor,
-            refunded_minor=0,
-            points_redeemed=0,
-            event_id=None,
-            placed_at=now,
-            updated_at=now,
-        )
-        .returning(ORDERS.c.id),
-    )
-    if inserted is None:  # the same idempotency key won a race on another cart
+    values = {
+        "order_ref": f"OJ-{uuid.uuid4().hex[:12].upper()}",
+        "profile_id": profile_id,
+        "anonymous_id": cart.anonymous_id,
+        "cart_id": cart.id,
+        "checkout_id": co.id,
+        "idempotency_key": idempotency_key,
+        "origin": "omnijourney",
+        "source_id": None,
+        "channel": channel or co.channel,
+        "store_id": co.pickup_location,
+        "fulfilment": co.fulfilment,
+        "pickup_location": co.pickup_location,
+        "ship_address": co.ship_address,
+        "status": "placed",
+        "currency": co.currency,
+        "total_minor": co.total_minor,
+        "refunded_minor": 0,
+        "points_redeemed": 0,
+        "event_id": None,
+        "placed_at": now,
+        "updated_at": now,
+    }
+    # the cart and checkout are locked and have no order: only the same idempotency key on another
+    # cart can race this insert (ON CONFLICT waits for that transaction, then answers with no row)
+    insert = _INSERT_ORDER if not idempotency_key else _keyed_order_insert(conn)
+    order = conn.execute(insert, values).first()
+    if order is None:  # the same idempotency key won a race on another cart
         existing = _order_by(conn, ORDERS.c.idempotency_key, idempotency_key)
         if existing is None:
             raise CommerceError(409, "conflict", "the order could not be created; retry")
         return order_view(conn=conn, order_id=existing.id), False
-    order_id = inserted
-    lines = {r.sku: r.quantity for r in conn.execute(sa.select(CART_LINES).where(CART_LINES.c.cart_id == cart.id))}
-    prices = _prices(conn, sorted(lines), co.currency)
-    names = dict(
-        conn.execute(sa.select(PRODUCTS.c.sku, PRODUCTS.c.name).where(PRODUCTS.c.sku.in_(sorted(lines)))).all()
+    order_id = order.id
+    lines = sorted(
+        conn.execute(_ORDER_LINES_FROM, {"order": order_id, "co": co.id, "currency": co.currency}),
+        key=lambda r: r.line_no,
     )
-    conn.execute(
-        sa.insert(ORDER_LINES),
-        [
-            {
-                "order_id": order_id,
-                "line_no": n,
-                "sku": r.sku,
-                "name": names.get(r.sku),
-                "quantity": r.quantity,
-                "unit_price_minor": prices.get(r.sku, 0),
-                "location": r.location,
-                "returned_quantity": 0,
-            }
-            for n, r in enumerate(sorted(res, key=lambda r: r.sku), start=1)
-        ],
-    )
-    conn.execute(sa.update(RESERVATIONS).where(RESERVATIONS.c.checkout_id == co.id).values(status="allocated"))
-    conn.execute(sa.update(CHECKOUTS).where(CHECKOUTS.c.id == co.id).values(status="completed", order_id=order_id))
-    conn.execute(sa.update(CARTS).where(CARTS.c.id == cart.id).values(status="checked_out", updated_at=now))
+    conn.execute(_ALLOCATE_RESERVATIONS, {"co": co.id})
+    conn.execute(_COMPLETE_CHECKOUT, {"co": co.id, "order": order_id})
+    conn.execute(_CHECK_OUT_CART, {"cart": cart.id, "now": now})
     _record_cart_change(conn, cart.id, "order", now, actor=actor, detail={"order_id": order_id})
-    _history(conn, order_id, "placed", now, actor=actor, location=co.pickup_location)
-    # the answer and the event are built before the hot stock rows are locked (a new order earns exactly
-    # `points_for` its total), so only the allocation, the loyalty writes and the append hold them
+    history = conn.execute(
+        _INSERT_HISTORY,
+        {
+            "order_id": order_id,
+            "status": "placed",
+            "location": co.pickup_location,
+            "actor": actor[:100] if actor else None,
+            "detail": {},
+            "at": now,
+        },
+    ).one()
+    # the answer and the event are built from the rows just written (no re-read) before the hot stock
+    # rows are locked (a new order earns exactly `points_for` its total), so only the allocation, the
+    # loyalty writes and the append hold them
     earned = config.loyalty.points_for(co.total_minor, co.currency) if profile_id is not None else 0
-    view = order_view(conn=conn, order_id=order_id)
+    view = _order_dict(order, lines, [history], [])
     event = _order_event(
         conn,
         order_id,
@@ -2107,15 +2304,18 @@ def complete_checkout(
         now,
         channel=channel or co.channel,
         extra={"points_earned": earned, "points_redeemed": redeem_points},
+        order=order,
+        lines=lines,
     )
-    for r in sorted(res, key=lambda r: (r.sku, r.location)):  # the global lock order: stock before loyalty
-        moved = conn.execute(
-            sa.update(STOCK)
-            .where(STOCK.c.sku == r.sku, STOCK.c.location == r.location, STOCK.c.reserved >= r.quantity)
-            .values(reserved=STOCK.c.reserved - r.quantity, allocated=STOCK.c.allocated + r.quantity, updated_at=now)
-        ).rowcount
-        if moved != 1:
-            raise RuntimeError(f"reservation {r.id}: stock {r.sku}@{r.location} lost its reserved units")
+    # the global lock order: stock rows in (sku, location) order, then loyalty; one executemany (one
+    # round trip on PostgreSQL: psycopg pipelines it), every row must move
+    moves = [
+        {"b_sku": r.sku, "b_location": r.location, "q": r.quantity, "b_now": now}
+        for r in sorted(res, key=lambda r: (r.sku, r.location))
+    ]
+    moved = conn.execute(_ALLOCATE_STOCK, moves).rowcount
+    if moved != len(moves):
+        raise RuntimeError(f"checkout {co.id}: stock lost reserved units ({moved} of {len(moves)} rows moved)")
     if profile_id is not None:
         if redeem_points:
             redeem_loyalty(
