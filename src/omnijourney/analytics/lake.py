@@ -198,6 +198,14 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value if value is not None else {}).decode()
 
 
+def _text_column(values: tuple[Any, ...]) -> pa.Array:
+    """JSON texts as an Arrow string column (the batch query casts them to text; dicts are serialised)."""
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array([_json_text(v) for v in values], pa.string())
+
+
 def extractor() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the JSON macros (one per export run)."""
     con = duckdb.connect()
@@ -217,14 +225,16 @@ def event_columns(rows: list[Any], con: duckdb.DuckDBPyConnection | None = None)
         return pa.Table.from_pylist([], schema=EVENT_SCHEMA)
     (ids, stamps, types, names, channels, sources, users, anons, orders, carts, revenues, currencies,
      contexts, payloads, profiles) = zip(*rows, strict=True)  # fmt: skip
-    ts = pa.array(stamps, TS)
-    context_text = pa.array([_json_text(c) for c in contexts], pa.string())
+    # naive values are UTC (how the store keeps them); aware ones (a caller's own rows) Arrow converts to UTC
+    aware = stamps[0].tzinfo is not None
+    ts = pa.array(stamps, TS) if aware else pa.array(stamps, pa.timestamp("us")).cast(TS)
+    context_text = _text_column(contexts)
     batch = pa.table(
         {
             "event_id": pa.array(ids, pa.int64()),
             "event": pa.array(names, pa.string()),
             "order_id": pa.array(orders, pa.string()),
-            "payload": pa.array([_json_text(p) for p in payloads], pa.string()),
+            "payload": _text_column(payloads),
             "context_raw": context_text,
         }
     )
@@ -380,7 +390,9 @@ def _read_batch(conn: Connection, after: int, upto: int, limit: int) -> list[Any
     stmt = (
         sa.select(
             EVENTS.c.id,
-            EVENTS.c.timestamp,
+            # the column's storage type (naive UTC): the driver's own conversion, no per-row Python
+            # post-processing; event_columns marks the whole column UTC at once
+            sa.type_coerce(EVENTS.c.timestamp, sa.DateTime).label("timestamp"),
             EVENTS.c.type,
             EVENTS.c.event,
             EVENTS.c.channel,
