@@ -202,9 +202,16 @@ def _candidates(ev: ibis.Table, step: Step) -> ibis.Table:
     return m.select(c_unit=m.unit, c_seq=m.seq, c_ts=m.ts_ms)
 
 
-def _attach(att: ibis.Table, agg: ibis.Table) -> ibis.Table:
-    j = att.left_join(agg, [att.unit == agg.a_unit, att.s0_seq == agg.a_s0])
-    return j.drop("a_unit", "a_s0")
+def _extend(att: ibis.Table, c: ibis.Table, conds: list[Any], seq: str, ts: str) -> ibis.Table:
+    """`att` with the first matching candidate of `c` per attempt (null when none) as columns seq / ts.
+
+    One left join and one group-by per step, keyed by the attempt (unit, s0_seq): the previous
+    columns ride along as `min()` of a single value. The plan stays linear in the number of
+    steps (joining an aggregate of `att` back onto `att` doubled the plan at every step).
+    """
+    j = att.left_join(c, conds)
+    keep = {name: j[name].min() for name in att.columns if name not in ("unit", "s0_seq")}
+    return j.group_by(unit=j.unit, s0_seq=j.s0_seq).aggregate(**keep, **{seq: j.c_seq.min(), ts: j.c_ts.min()})
 
 
 def _attempts_sequential(ev: ibis.Table, spec: FunnelSpec) -> ibis.Table:
@@ -215,11 +222,7 @@ def _attempts_sequential(ev: ibis.Table, spec: FunnelSpec) -> ibis.Table:
         c = _candidates(ev, spec.steps[k])
         prev = att[f"s{k - 1}_seq"]
         order = c.c_seq == prev + 1 if spec.order == "strict" else c.c_seq > prev
-        j = att.join(c, [att.unit == c.c_unit, order, c.c_ts <= att.s0_ts + w])
-        agg = j.group_by(a_unit=j.unit, a_s0=j.s0_seq).aggregate(
-            **{f"s{k}_seq": j.c_seq.min(), f"s{k}_ts": j.c_ts.min()}
-        )
-        att = _attach(att, agg)
+        att = _extend(att, c, [att.unit == c.c_unit, order, c.c_ts <= att.s0_ts + w], f"s{k}_seq", f"s{k}_ts")
     return att
 
 
@@ -233,9 +236,7 @@ def _attempts_any(ev: ibis.Table, spec: FunnelSpec) -> ibis.Table:
     # q{k}/t{k}: the first event of step k at or after the anchor, within the window
     for k in range(len(spec.steps)):
         c = _candidates(ev, spec.steps[k])
-        j = att.join(c, [att.unit == c.c_unit, c.c_seq >= att.s0_seq, c.c_ts <= att.s0_ts + w])
-        agg = j.group_by(a_unit=j.unit, a_s0=j.s0_seq).aggregate(**{f"q{k}": j.c_seq.min(), f"t{k}": j.c_ts.min()})
-        att = _attach(att, agg)
+        att = _extend(att, c, [att.unit == c.c_unit, c.c_seq >= att.s0_seq, c.c_ts <= att.s0_ts + w], f"q{k}", f"t{k}")
     return att
 
 
