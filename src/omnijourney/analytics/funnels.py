@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from omnijourney.analytics import filters as flt
-from omnijourney.analytics.engine import LakeTables
+from omnijourney.analytics.engine import LakeTables, materialise
 
 Order = Literal["ordered", "strict", "any"]
 Attribution = Literal["first_touch", "last_touch", "step"]
@@ -187,14 +187,20 @@ def needed_columns(spec: FunnelSpec) -> list[str]:
 
 def sequenced(lt: LakeTables, f: flt.Filters, columns: list[str] | None = None) -> ibis.Table:
     """The filtered events of known units, numbered per unit in (timestamp, log position) order."""
-    ev = flt.apply(lt, lt.events, f)
-    ev = ev.filter(ev.unit.notnull())
-    if columns:
-        ev = ev.select(*columns)
-    ev = ev.mutate(seq=ibis.row_number().over(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id]))
-    # every step joins this table: on DuckDB materialise it once (a temp table of this connection);
-    # Spark plans the reuse itself and a cached view would outlive the request in a shared session
-    return ev.cache() if lt.engine == "duckdb" else ev
+
+    def build() -> ibis.Table:
+        ev = flt.apply(lt, lt.events, f)
+        ev = ev.filter(ev.unit.notnull())
+        if columns:
+            ev = ev.select(*columns)
+        return ev.mutate(seq=ibis.row_number().over(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id]))
+
+    # every step joins this table: on DuckDB materialise it once (a temp table of this connection)
+    return materialise(lt, _sequenced_key(f, columns), build)
+
+
+def _sequenced_key(f: flt.Filters, columns: list[str] | None) -> tuple[Any, ...]:
+    return ("funnel-events", f, tuple(columns) if columns else None)
 
 
 def _candidates(ev: ibis.Table, step: Step) -> ibis.Table:
@@ -274,8 +280,17 @@ def _apply_exclusions(ev: ibis.Table, att: ibis.Table, spec: FunnelSpec) -> ibis
 
 
 def best_attempts(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int) -> ibis.Table:
-    """One row per unit: its best attempt (steps done, step times, window open?, breakdown value)."""
-    ev = sequenced(lt, f, needed_columns(spec))
+    """One row per unit: its best attempt (steps done, step times, window open?, breakdown value).
+
+    On DuckDB a temp table (two queries read it), its SQL compiled once per (spec, filters, as_of).
+    """
+    columns = needed_columns(spec)
+    ev = sequenced(lt, f, columns)
+    key = ("funnel-best", spec, as_of_ms, _sequenced_key(f, columns))
+    return materialise(lt, key, lambda: _best_attempts(ev, spec, as_of_ms))
+
+
+def _best_attempts(ev: ibis.Table, spec: FunnelSpec, as_of_ms: int) -> ibis.Table:
     att = _attempts_any(ev, spec) if spec.order == "any" else _attempts_sequential(ev, spec)
     att = _steps_done(att, spec)
     att = _apply_exclusions(ev, att, spec)
@@ -311,8 +326,6 @@ def funnel_expressions(
 ) -> tuple[ibis.Table, ibis.Table]:
     """(counts by breakdown/steps/open, step times of units past step 1): what the engine computes."""
     best = best_attempts(lt, spec, f, as_of_ms)
-    if lt.engine == "duckdb":  # two queries read it: compute it once
-        best = best.cache()
     counts = best.group_by(["breakdown", "steps", "open"]).aggregate(units=best.count())
     times = best.filter(best.steps >= 2).select("breakdown", "steps", *_time_cols(spec))
     return counts, times
