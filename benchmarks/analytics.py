@@ -283,18 +283,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--lake", type=Path, help="retention only, over a data dir kept with --keep")
+    ap.add_argument("--reuse", type=Path, help="a data dir kept with --keep: skip loading, export and query again")
     args = ap.parse_args()
     os.environ[result_cache.ENV] = "0"  # time the engines, not the result cache (measured once, separately)
     if args.lake:  # a lake kept with --keep: only the retention comparison
         bench_retention(args.lake, flt.to_ms(START + timedelta(days=40)))
         return
 
-    tmp = Path(tempfile.mkdtemp(prefix="oj-bench-analytics-"))
+    tmp = args.reuse or Path(tempfile.mkdtemp(prefix="oj-bench-analytics-"))
     try:
         engine = db.create_engine(f"sqlite:///{tmp / 'bench.db'}", sqlite_synchronous="NORMAL")
-        migrate.upgrade(engine)
-        t_load, n = timed(lambda: load(engine, args.events, args.profiles, args.seed))
-        print(f"loaded {n:,} events for {args.profiles:,} customers into SQLite in {t_load:.1f} s (not timed below)")
+        if args.reuse:  # a data dir kept with --keep: the same events, the lake exported again from scratch
+            shutil.rmtree(tmp / "lake", ignore_errors=True)
+            with db.write(engine) as conn:
+                conn.execute(sa.text("DELETE FROM analytics_export_checkpoints"))
+                n = int(conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one())
+            print(f"reusing {n:,} events in {tmp / 'bench.db'}")
+        else:
+            migrate.upgrade(engine)
+            t_load, n = timed(lambda: load(engine, args.events, args.profiles, args.seed))
+            print(
+                f"loaded {n:,} events for {args.profiles:,} customers into SQLite in {t_load:.1f} s (not timed below)"
+            )
 
         t_export, res = timed(lambda: lake.export(engine=engine, data_dir=tmp, batch=args.batch))
         assert res.rows == n
@@ -344,7 +354,7 @@ def main() -> None:
         markov_benchmark(tmp)
         bench_retention(tmp, as_of)
     finally:
-        if args.keep:
+        if args.keep or args.reuse:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
