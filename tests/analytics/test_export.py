@@ -242,3 +242,36 @@ def test_cli_export(database_url: str, tmp_path: Path) -> None:
     assert "exported 12 events" in r.output
     assert len(lake_ids(tmp_path)) == 12
     assert (lake.lake_dir(tmp_path) / "dimensions" / "identity_map.parquet").exists()
+
+
+def test_results_are_cached_per_lake_version_and_a_new_export_invalidates_them(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from omnijourney.analytics import cache, service
+    from omnijourney.analytics import filters as flt
+    from omnijourney.analytics.funnels import FunnelSpec, Step
+
+    seed(engine, many(10))
+    run_until_idle(engine, pipeline.default_handlers())
+    lake.export(engine=engine, data_dir=tmp_path)
+    spec = FunnelSpec(steps=(Step("visit", ("Store Visited",)), Step("order", ("Order Completed",))))
+    as_of = flt.to_ms(BASE + timedelta(days=30))
+
+    def funnel() -> dict:
+        return service.run(data_dir=tmp_path, analysis="funnel", filters=flt.Filters(), funnel=spec, as_of_ms=as_of)
+
+    cache.clear()
+    first = funnel()
+    assert first["entered"] == 7 and first["converted"] == 0
+    first["converted"] = 99  # a caller changing its copy does not change the cached answer
+    again = funnel()
+    assert again["converted"] == 0 and cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+
+    # an order for u1, processed and exported: the lake's version changes, so does the answer
+    seed(engine, [{"event": "Order Completed", "user": "u1", "hour": 20, "revenue": 100.0}], start=10)
+    run_until_idle(engine, pipeline.default_handlers())
+    assert funnel()["converted"] == 0  # not exported yet: still the cached answer of the same lake
+    assert lake.export(engine=engine, data_dir=tmp_path).rows == 1
+    after = funnel()
+    assert after["converted"] == 1 and after["entered"] == 7
+    assert cache.stats()["misses"] == 2

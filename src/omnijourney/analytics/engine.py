@@ -6,9 +6,12 @@ over the tables returned here and runs unchanged on both.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,8 @@ class LakeTables:
     conversations: ibis.Table | None = None
 
     views: list[str] = field(default_factory=list)
+    #: temp tables `materialise` created on this connection (DuckDB)
+    materialised: set[str] = field(default_factory=set)
 
     def execute(self, expr: ibis.Expr) -> pa.Table:
         return self.backend.to_pyarrow(expr)
@@ -91,6 +96,42 @@ class LakeTables:
                 session.catalog.dropTempView(view)
         else:
             self.backend.disconnect()
+
+
+#: compiled SQL of materialised intermediate tables, by key (process-wide, bounded)
+_SQL_MAX = 512
+_sql_lock = threading.Lock()
+_sql: OrderedDict[str, str] = OrderedDict()
+
+
+def materialise(lt: LakeTables, key: tuple[Any, ...], build: Callable[[], ibis.Table]) -> ibis.Table:
+    """The table `build()` describes; on DuckDB created once as a temp table, its SQL compiled once per key.
+
+    Building an Ibis expression and compiling it to SQL is pure Python and costs a large part of a
+    small query, so the SQL is kept per `key`, which must spell everything the expression depends
+    on (the analysis spec, the filters, "now", and the keys of the tables it reads). Lake tables
+    have fixed names on every connection (`lake_events`, `identity_map`, ...) and a materialised
+    table is named after its key, so the SQL compiled for one connection is valid on the next.
+    Spark gets the expression itself (it plans the reuse; a cached view would outlive the call).
+    """
+    if lt.engine != "duckdb":
+        return build()
+    text = repr(key)
+    name = "oj_" + hashlib.sha1(text.encode()).hexdigest()[:20]
+    if name not in lt.materialised:
+        with _sql_lock:
+            sql = _sql.get(text)
+            if sql is not None:
+                _sql.move_to_end(text)
+        if sql is None:
+            sql = str(lt.backend.compile(build()))
+            with _sql_lock:
+                _sql[text] = sql
+                while len(_sql) > _SQL_MAX:
+                    _sql.popitem(last=False)
+        lt.backend.raw_sql(f'CREATE TEMP TABLE "{name}" AS {sql}')
+        lt.materialised.add(name)
+    return lt.backend.table(name)
 
 
 def _empty(schema: pa.Schema) -> pa.Table:

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from omnijourney.analytics import filters as flt
-from omnijourney.analytics.engine import LakeTables
+from omnijourney.analytics.engine import LakeTables, materialise
 
 Order = Literal["ordered", "strict", "any"]
 Attribution = Literal["first_touch", "last_touch", "step"]
@@ -187,14 +187,20 @@ def needed_columns(spec: FunnelSpec) -> list[str]:
 
 def sequenced(lt: LakeTables, f: flt.Filters, columns: list[str] | None = None) -> ibis.Table:
     """The filtered events of known units, numbered per unit in (timestamp, log position) order."""
-    ev = flt.apply(lt, lt.events, f)
-    ev = ev.filter(ev.unit.notnull())
-    if columns:
-        ev = ev.select(*columns)
-    ev = ev.mutate(seq=ibis.row_number().over(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id]))
-    # every step joins this table: on DuckDB materialise it once (a temp table of this connection);
-    # Spark plans the reuse itself and a cached view would outlive the request in a shared session
-    return ev.cache() if lt.engine == "duckdb" else ev
+
+    def build() -> ibis.Table:
+        ev = flt.apply(lt, lt.events, f)
+        ev = ev.filter(ev.unit.notnull())
+        if columns:
+            ev = ev.select(*columns)
+        return ev.mutate(seq=ibis.row_number().over(group_by=ev.unit, order_by=[ev.ts_ms, ev.event_id]))
+
+    # every step joins this table: on DuckDB materialise it once (a temp table of this connection)
+    return materialise(lt, _sequenced_key(f, columns), build)
+
+
+def _sequenced_key(f: flt.Filters, columns: list[str] | None) -> tuple[Any, ...]:
+    return ("funnel-events", f, tuple(columns) if columns else None)
 
 
 def _candidates(ev: ibis.Table, step: Step) -> ibis.Table:
@@ -202,9 +208,16 @@ def _candidates(ev: ibis.Table, step: Step) -> ibis.Table:
     return m.select(c_unit=m.unit, c_seq=m.seq, c_ts=m.ts_ms)
 
 
-def _attach(att: ibis.Table, agg: ibis.Table) -> ibis.Table:
-    j = att.left_join(agg, [att.unit == agg.a_unit, att.s0_seq == agg.a_s0])
-    return j.drop("a_unit", "a_s0")
+def _extend(att: ibis.Table, c: ibis.Table, conds: list[Any], seq: str, ts: str) -> ibis.Table:
+    """`att` with the first matching candidate of `c` per attempt (null when none) as columns seq / ts.
+
+    One left join and one group-by per step, keyed by the attempt (unit, s0_seq): the previous
+    columns ride along as `min()` of a single value. The plan stays linear in the number of
+    steps (joining an aggregate of `att` back onto `att` doubled the plan at every step).
+    """
+    j = att.left_join(c, conds)
+    keep = {name: j[name].min() for name in att.columns if name not in ("unit", "s0_seq")}
+    return j.group_by(unit=j.unit, s0_seq=j.s0_seq).aggregate(**keep, **{seq: j.c_seq.min(), ts: j.c_ts.min()})
 
 
 def _attempts_sequential(ev: ibis.Table, spec: FunnelSpec) -> ibis.Table:
@@ -215,11 +228,7 @@ def _attempts_sequential(ev: ibis.Table, spec: FunnelSpec) -> ibis.Table:
         c = _candidates(ev, spec.steps[k])
         prev = att[f"s{k - 1}_seq"]
         order = c.c_seq == prev + 1 if spec.order == "strict" else c.c_seq > prev
-        j = att.join(c, [att.unit == c.c_unit, order, c.c_ts <= att.s0_ts + w])
-        agg = j.group_by(a_unit=j.unit, a_s0=j.s0_seq).aggregate(
-            **{f"s{k}_seq": j.c_seq.min(), f"s{k}_ts": j.c_ts.min()}
-        )
-        att = _attach(att, agg)
+        att = _extend(att, c, [att.unit == c.c_unit, order, c.c_ts <= att.s0_ts + w], f"s{k}_seq", f"s{k}_ts")
     return att
 
 
@@ -233,9 +242,7 @@ def _attempts_any(ev: ibis.Table, spec: FunnelSpec) -> ibis.Table:
     # q{k}/t{k}: the first event of step k at or after the anchor, within the window
     for k in range(len(spec.steps)):
         c = _candidates(ev, spec.steps[k])
-        j = att.join(c, [att.unit == c.c_unit, c.c_seq >= att.s0_seq, c.c_ts <= att.s0_ts + w])
-        agg = j.group_by(a_unit=j.unit, a_s0=j.s0_seq).aggregate(**{f"q{k}": j.c_seq.min(), f"t{k}": j.c_ts.min()})
-        att = _attach(att, agg)
+        att = _extend(att, c, [att.unit == c.c_unit, c.c_seq >= att.s0_seq, c.c_ts <= att.s0_ts + w], f"q{k}", f"t{k}")
     return att
 
 
@@ -273,8 +280,17 @@ def _apply_exclusions(ev: ibis.Table, att: ibis.Table, spec: FunnelSpec) -> ibis
 
 
 def best_attempts(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int) -> ibis.Table:
-    """One row per unit: its best attempt (steps done, step times, window open?, breakdown value)."""
-    ev = sequenced(lt, f, needed_columns(spec))
+    """One row per unit: its best attempt (steps done, step times, window open?, breakdown value).
+
+    On DuckDB a temp table (two queries read it), its SQL compiled once per (spec, filters, as_of).
+    """
+    columns = needed_columns(spec)
+    ev = sequenced(lt, f, columns)
+    key = ("funnel-best", spec, as_of_ms, _sequenced_key(f, columns))
+    return materialise(lt, key, lambda: _best_attempts(ev, spec, as_of_ms))
+
+
+def _best_attempts(ev: ibis.Table, spec: FunnelSpec, as_of_ms: int) -> ibis.Table:
     att = _attempts_any(ev, spec) if spec.order == "any" else _attempts_sequential(ev, spec)
     att = _steps_done(att, spec)
     att = _apply_exclusions(ev, att, spec)
@@ -310,8 +326,6 @@ def funnel_expressions(
 ) -> tuple[ibis.Table, ibis.Table]:
     """(counts by breakdown/steps/open, step times of units past step 1): what the engine computes."""
     best = best_attempts(lt, spec, f, as_of_ms)
-    if lt.engine == "duckdb":  # two queries read it: compute it once
-        best = best.cache()
     counts = best.group_by(["breakdown", "steps", "open"]).aggregate(units=best.count())
     times = best.filter(best.steps >= 2).select("breakdown", "steps", *_time_cols(spec))
     return counts, times

@@ -77,9 +77,7 @@ def golden_expressions(
 ) -> tuple[ibis.Table, ibis.Table]:
     """(customers by steps done / window open / converted, deviations by step reached and next event)."""
     spec = FunnelSpec(steps=path.steps, order="ordered", window_seconds=cfg.window_days * 86400)
-    best = best_attempts(lt, spec, f, as_of_ms)
-    if lt.engine == "duckdb":
-        best = best.cache()
+    best = best_attempts(lt, spec, f, as_of_ms)  # a temp table on DuckDB already
     ev = sequenced(
         lt, f, sorted({"unit", "event_id", "ts_ms", "event", "type", "channel"} | _step_columns(cfg.conversion))
     )

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import ibis
 
 from omnijourney.analytics import filters as flt
-from omnijourney.analytics.engine import LakeTables
+from omnijourney.analytics.engine import LakeTables, materialise
 from omnijourney.analytics.funnels import Step, match
 
 Granularity = Literal["day", "week", "month"]
@@ -133,13 +133,30 @@ def _last_started(as_of_ms: int, f: flt.Filters, granularity: str) -> int:
 def retention_expression(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) -> ibis.Table:
     """Customers by (cohort, offset): offset 0 is the cohort size; for "on" the customers back in period
     `cohort + offset`, for "on or after" those whose last return is `offset` periods after (capped)."""
-    g = spec.granularity
-    ev = _events(lt, f)
-    is_cohort, is_return = match(ev, spec.cohort), match(ev, spec.returning)
-    ev = ev.filter(is_cohort | is_return)
-    ev = ev.select("unit", "ts_ms", period=period_expr(ev, g), is_cohort=is_cohort, is_return=is_return)
-    if lt.engine == "duckdb":  # read by both sides: scan the lake once
-        ev = ev.cache()
+    ev = _retention_events(lt, spec, f)
+    return _retention_from(ev, spec, f)
+
+
+def _retention_events_key(spec: RetentionSpec, f: flt.Filters) -> tuple[Any, ...]:
+    return ("retention-events", spec.cohort, spec.returning, spec.granularity, f)
+
+
+def _retention_events(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) -> ibis.Table:
+    """Cohort and return events with their period: read by both sides, so on DuckDB a temp table."""
+    _utc(lt)
+
+    def build() -> ibis.Table:
+        ev = _events(lt, f)
+        is_cohort, is_return = match(ev, spec.cohort), match(ev, spec.returning)
+        ev = ev.filter(is_cohort | is_return)
+        return ev.select(
+            "unit", "ts_ms", period=period_expr(ev, spec.granularity), is_cohort=is_cohort, is_return=is_return
+        )
+
+    return materialise(lt, _retention_events_key(spec, f), build)
+
+
+def _retention_from(ev: ibis.Table, spec: RetentionSpec, f: flt.Filters) -> ibis.Table:
     c = ev.filter(ev.is_cohort)
     if spec.cohort_type == "first_time":
         # the period is monotonic in time: the first event's period is the smallest one
@@ -169,7 +186,10 @@ def retention_expression(lt: LakeTables, spec: RetentionSpec, f: flt.Filters) ->
 
 
 def run_retention(lt: LakeTables, spec: RetentionSpec, f: flt.Filters, as_of_ms: int) -> dict[str, Any]:
-    got = lt.execute(retention_expression(lt, spec, f)).to_pylist()
+    # the events table first (the matrix's SQL, compiled once per spec and filters, reads it by name)
+    ev = _retention_events(lt, spec, f)
+    key = ("retention", spec, f, _retention_events_key(spec, f))
+    got = lt.execute(materialise(lt, key, lambda: _retention_from(ev, spec, f))).to_pylist()
     sizes = {int(r["cohort"]): int(r["customers"]) for r in got if r["offset"] == 0}
     counts = {(int(r["cohort"]), int(r["offset"])): int(r["customers"]) for r in got if r["offset"] != 0}
     last = _last_started(as_of_ms, f, spec.granularity)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from omnijourney.analytics import attribution as attr
+from omnijourney.analytics import cache as result_cache
 from omnijourney.analytics import filters as flt
 from omnijourney.analytics import funnels, gaps, kpis, stage_kpis
 from omnijourney.analytics.config import StageConfig, load_stage_config
@@ -87,6 +88,34 @@ def run(
         raise AnalyticsError(422, "invalid_request", "as_of is required for funnels")
     if analysis == "funnel" and funnel is None:
         raise AnalyticsError(422, "invalid_request", "a funnel needs steps")
+    if analysis in ("stages", "gaps", "stage-kpis"):
+        stage_config = stage_config or load_stage_config()  # resolved first: the cache key spells it
+    if analysis == "golden-paths" and options is None:
+        from omnijourney.analytics import golden
+
+        options = golden.load_golden_config()
+    key = (analysis, engine, filters, funnel, as_of_ms, stage_config, attribution, options)
+
+    def compute() -> dict[str, Any]:
+        return _compute(
+            data_dir, analysis, filters, engine, funnel, as_of_ms, stage_config, spark, attribution, options
+        )
+
+    return result_cache.cached(data_dir, key, compute)
+
+
+def _compute(
+    data_dir: Path,
+    analysis: str,
+    filters: flt.Filters,
+    engine: str,
+    funnel: FunnelSpec | None,
+    as_of_ms: int | None,
+    stage_config: StageConfig | None,
+    spark: Any,
+    attribution: attr.AttributionSpec | None,
+    options: Any,
+) -> dict[str, Any]:
     lt = open_lake(data_dir, engine, spark=spark)
     try:
         if analysis == "stages":

@@ -212,8 +212,9 @@ async def _run(
     options: Any = None,
 ) -> Response:
     settings = request.app.state.settings
-    # as the API does: the period end is "now" for in-progress funnels
-    as_of = f.end_ms if f.end_ms is not None else flt.to_ms(utcnow())
+    # as the API does: the period end is "now" for in-progress funnels; here "now" is the current minute, so
+    # the 14 analyses of a load and reloads within the minute share the result cache (analytics/cache.py)
+    as_of = f.end_ms if f.end_ms is not None else flt.to_ms(utcnow()) // 60_000 * 60_000
 
     def work() -> dict[str, Any]:
         return service.run(
