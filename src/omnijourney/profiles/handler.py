@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -90,6 +91,8 @@ STATS_MERGE = {
 COUNTER_COLUMNS = ("profile_id", "kind", "key", "count", "last_at")
 COUNTER_MERGE = {"count": dialect.MERGE_ADD, "last_at": dialect.MERGE_MAX}
 TRAIT_COLUMNS = ("profile_id", "key", "value", "observed_at", "first_observed_at")
+#: the event columns the handler reads, unpacked by position (found by name in the rows' fields)
+_EVENT_FIELDS = ("id", "source_id", "type", "event", "channel", "timestamp", "order_id", "revenue", "payload")
 # stats list slots (the batch's own figures for one member)
 _FIRST, _LAST, _N, _ORDERS, _REVENUE, _ORDER_AT, _ORDER_ID, _NPS, _NPS_AT, _CSAT, _CSAT_AT, _RANK = range(12)
 
@@ -138,13 +141,16 @@ class ProfileHandler:
         orders: dict[int, list[float]] = defaultdict(list)
         source_keys: dict[int, str] = {}
 
-        for e in events:
-            pid = members.get(e.id)
+        fields = events[0]._fields
+        columns = itemgetter(*(fields.index(c) for c in _EVENT_FIELDS))
+        for eid, source_id, etype, event, channel, timestamp, order_id, revenue, payload in map(columns, events):
+            pid = members.get(eid)
             if pid is None:
                 continue
-            at = db_time(e.timestamp)
-            payload = e.payload if isinstance(e.payload, dict) else {}
-            track = e.type == "track"
+            at = db_time(timestamp)
+            if not isinstance(payload, dict):
+                payload = {}
+            track = etype == "track"
             s = stats.get(pid)
             if s is None:
                 s = stats[pid] = [at, at, 0, 0, None, None, None, None, None, None, None, 0]
@@ -153,18 +159,18 @@ class ProfileHandler:
             elif at > s[_LAST]:
                 s[_LAST] = at
             s[_N] += 1
-            rank = rank_of(e.event if track else None)
+            rank = rank_of(event if track else None)
             if rank > s[_RANK]:
                 s[_RANK] = rank
-            name = e.event if track else None
+            name = event if track else None
             props = payload.get("properties")
             if not isinstance(props, dict):
                 props = {}
             if name == "Order Completed":
                 s[_ORDERS] += 1
-                orders[pid].append(float(e.revenue or 0.0))
+                orders[pid].append(float(revenue or 0.0))
                 if s[_ORDER_AT] is None or at >= s[_ORDER_AT]:
-                    s[_ORDER_AT], s[_ORDER_ID] = at, e.order_id
+                    s[_ORDER_AT], s[_ORDER_ID] = at, order_id
             elif name == "Survey Responded":
                 kind, score = props.get("survey_type"), props.get("score")
                 if kind in ("nps", "csat") and isinstance(score, int):
@@ -180,20 +186,20 @@ class ProfileHandler:
                             "purpose": str(props["purpose"])[:64],
                             "channel": str(props.get("channel") or "all")[:32],
                             "status": status,
-                            "recorded_at": e.timestamp,
-                            "source_id": e.source_id,
-                            "event_id": e.id,
+                            "recorded_at": timestamp,
+                            "source_id": source_id,
+                            "event_id": eid,
                             "actor": None,
-                            "evidence": {"event_id": e.id, **(props.get("evidence") or {})}
+                            "evidence": {"event_id": eid, **(props.get("evidence") or {})}
                             if isinstance(props.get("evidence") or {}, dict)
-                            else {"event_id": e.id},
+                            else {"event_id": eid},
                         }
                     )
             store = props.get("store_id")
             device = _device(payload)
             for ck in (
-                (pid, "channel", e.channel[:128]) if e.channel else None,
-                (pid, "source", source_keys.get(e.source_id) or source_keys.setdefault(e.source_id, str(e.source_id))),
+                (pid, "channel", channel[:128]) if channel else None,
+                (pid, "source", source_keys.get(source_id) or source_keys.setdefault(source_id, str(source_id))),
                 (pid, "device", device) if device else None,
                 (pid, "store", store[:128]) if isinstance(store, str) and store else None,
             ):
@@ -206,9 +212,9 @@ class ProfileHandler:
                     d[0] += 1
                     if at > d[1]:
                         d[1] = at
-            traits = payload.get("traits") if e.type == "identify" else (payload.get("context") or {}).get("traits")
+            traits = payload.get("traits") if etype == "identify" else (payload.get("context") or {}).get("traits")
             if isinstance(traits, dict) and traits:
-                trait_events.append((pid, e.timestamp, traits))
+                trait_events.append((pid, timestamp, traits))
 
         trait_changes = self._traits(conn, trait_events, terms)
         stats_rows = self._stats_rows(conn, stats, orders)

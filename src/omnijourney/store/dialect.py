@@ -7,6 +7,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -285,14 +286,14 @@ def upsert_rows(
     width = len(columns)
     head, row_sql, conflict = _upsert_sql(conn, table, columns, keys, merge or {}, json_columns)
     if not is_sqlite(conn) and len(rows) >= PG_COPY_MIN_ROWS:
-        _pg_copy_insert(conn, table, columns, [v for r in rows for v in r], conflict)
+        _pg_copy_insert(conn, table, columns, list(chain.from_iterable(rows)), conflict)
         return
     per_chunk = max(1, min(INSERT_CHUNK, 30_000 // width))
     start = 0
     for size in _chunks(len(rows), per_chunk):
         part = rows[start : start + size]
         start += size
-        conn.exec_driver_sql(head + ", ".join([row_sql] * size) + conflict, tuple(v for r in part for v in r))
+        conn.exec_driver_sql(head + ", ".join([row_sql] * size) + conflict, tuple(chain.from_iterable(part)))
 
 
 def _driver_binders(conn: Connection, table: sa.Table, columns: Sequence[str]) -> list[Any] | None:
@@ -483,7 +484,7 @@ def insert_rows_ignoring_conflicts(
         conn,
         table,
         columns,
-        [value for row in rows for value in row],
+        list(chain.from_iterable(rows)),
         index_elements,
         json_columns=json_columns,
     )
