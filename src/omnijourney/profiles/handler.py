@@ -1,9 +1,11 @@
 """The profile handler of the processing stage: traits, computed traits, consents, search terms.
 
 It runs after identity in the same step and uses the member each event was resolved to.
-Each table is updated read-modify-write per batch: one SELECT for the members touched, the
-combination in Python, one bulk upsert. The pipeline's checkpoint lock makes the stage the
-only writer, so this is race-free.
+Computed traits (`profile_stats`) and counters are folded per member over the batch and merged
+with the stored rows inside one upsert each (`dialect.upsert_rows` merge expressions), so they
+need no read. Traits are read-modify-write (their strategies combine JSON values in Python):
+one SELECT for the members whose events carry traits, one bulk upsert. The pipeline's
+checkpoint lock makes the stage the only writer, so this is race-free.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,29 +55,61 @@ def _device(payload: dict[str, Any]) -> str | None:
     return None
 
 
-def _new_stats(pid: int, at: datetime) -> dict[str, Any]:
-    return {
-        "profile_id": pid,
-        "first_seen": at,
-        "last_seen": at,
-        "event_count": 0,
-        "order_count": 0,
-        "revenue": 0.0,
-        "last_order_at": None,
-        "last_order_id": None,
-        "nps": None,
-        "nps_at": None,
-        "csat": None,
-        "csat_at": None,
-        "stage_rank": 0,
-    }
+#: profile_stats as the handler writes it: one row per member touched by a batch, merged with the
+#: stored row in the upsert itself (no read): times by min / max / latest, counts added
+STATS_COLUMNS = (
+    "profile_id",
+    "first_seen",
+    "last_seen",
+    "event_count",
+    "order_count",
+    "revenue",
+    "last_order_at",
+    "last_order_id",
+    "nps",
+    "nps_at",
+    "csat",
+    "csat_at",
+    "stage_rank",
+)
+STATS_MERGE = {
+    "first_seen": dialect.MERGE_MIN,
+    "last_seen": dialect.MERGE_MAX,
+    "event_count": dialect.MERGE_ADD,
+    "order_count": dialect.MERGE_ADD,
+    # the running total is computed here from the stored one, in event order (so the float
+    # sum is the same whatever the batch boundaries); only rows with orders carry it
+    "revenue": dialect.merge_if_positive("order_count"),
+    "last_order_at": dialect.merge_latest("last_order_at"),
+    "last_order_id": dialect.merge_latest("last_order_at"),
+    "nps": dialect.merge_latest("nps_at"),
+    "nps_at": dialect.merge_latest("nps_at"),
+    "csat": dialect.merge_latest("csat_at"),
+    "csat_at": dialect.merge_latest("csat_at"),
+    "stage_rank": dialect.MERGE_MAX,
+}
+COUNTER_COLUMNS = ("profile_id", "kind", "key", "count", "last_at")
+COUNTER_MERGE = {"count": dialect.MERGE_ADD, "last_at": dialect.MERGE_MAX}
+TRAIT_COLUMNS = ("profile_id", "key", "value", "observed_at", "first_observed_at")
+#: the event columns the handler reads, unpacked by position (found by name in the rows' fields)
+_EVENT_FIELDS = ("id", "source_id", "type", "event", "channel", "timestamp", "order_id", "revenue", "payload")
+# stats list slots (the batch's own figures for one member)
+_FIRST, _LAST, _N, _ORDERS, _REVENUE, _ORDER_AT, _ORDER_ID, _NPS, _NPS_AT, _CSAT, _CSAT_AT, _RANK = range(12)
 
 
-def _select_in(conn: Connection, table: sa.Table, ids: list[int]) -> list[Row[Any]]:
+def _select_in(conn: Connection, table: sa.Table, ids: list[int], *columns: str) -> list[Row[Any]]:
+    """Rows of `table` (or some of its columns) for the given members, in one cached statement."""
+    stmt = _SELECTS.get((table.name, columns))
+    if stmt is None:
+        cols = [table.c[c] for c in columns] if columns else [table]
+        stmt = _SELECTS[(table.name, columns)] = sa.select(*cols).where(dialect.in_values(table.c.profile_id, "ids"))
     out: list[Row[Any]] = []
     for i in range(0, len(ids), CHUNK):
-        out.extend(conn.execute(sa.select(table).where(table.c.profile_id.in_(ids[i : i + CHUNK]))).all())
+        out.extend(conn.execute(stmt, {"ids": dialect.in_values_param(conn, ids[i : i + CHUNK])}).all())
     return out
+
+
+_SELECTS: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
 class ProfileHandler:
@@ -82,46 +117,67 @@ class ProfileHandler:
 
     def __init__(self, config: ProfileConfig) -> None:
         self.config = config
+        self._ranks: dict[str | None, int] = {}
+
+    def _rank(self, name: str | None) -> int:
+        rank = self._ranks.get(name)
+        if rank is None:
+            rank = self._ranks[name] = self.config.stage_rank(name)
+        return rank
 
     def apply(self, conn: Connection, events: Sequence[Row[Any]], ctx: dict[str, Any]) -> None:
         members: dict[int, int] = ctx.get("event_member", {})
-        touched = sorted({m for m in members.values()})
-        if not touched:
+        if not members:
             return
-        stats = {r.profile_id: dict(r._mapping) for r in _select_in(conn, STATS, touched)}
-        counters: dict[tuple[int, str, str], dict[str, Any]] = {}
-        traits_now = {(r.profile_id, r.key): dict(r._mapping) for r in _select_in(conn, TRAITS, touched)}
-        trait_changes: dict[tuple[int, str], dict[str, Any]] = {}
+        # Times are compared and stored in the driver's form (order-preserving: text on SQLite,
+        # naive UTC on PostgreSQL), converted once per event rather than once per written value.
+        db_time = dialect.datetime_binder(conn)
+        rank_of = self._rank
+        stats: dict[int, list[Any]] = {}
+        counter_deltas: dict[tuple[int, str, str], list[Any]] = {}
+        trait_events: list[tuple[int, datetime, dict[str, Any]]] = []
         consents: list[dict[str, Any]] = []
         terms: set[tuple[str, int]] = set()
-        counter_deltas: dict[tuple[int, str, str], list[Any]] = defaultdict(lambda: [0, None])
+        orders: dict[int, list[float]] = defaultdict(list)
+        source_keys: dict[int, str] = {}
 
-        for e in events:
-            pid = members.get(e.id)
+        fields = events[0]._fields
+        columns = itemgetter(*(fields.index(c) for c in _EVENT_FIELDS))
+        for eid, source_id, etype, event, channel, timestamp, order_id, revenue, payload in map(columns, events):
+            pid = members.get(eid)
             if pid is None:
                 continue
-            at: datetime = e.timestamp
-            payload = e.payload if isinstance(e.payload, dict) else {}
-            props = payload.get("properties") if isinstance(payload.get("properties"), dict) else {}
-            s = stats.get(pid) or stats.setdefault(pid, _new_stats(pid, at))
-            s["first_seen"] = min(s["first_seen"], at)
-            s["last_seen"] = max(s["last_seen"], at)
-            s["event_count"] += 1
-            s["stage_rank"] = max(s["stage_rank"], self.config.stage_rank(e.event if e.type == "track" else None))
-            if e.type == "track" and e.event == "Order Completed":
-                s["order_count"] += 1
-                s["revenue"] += float(e.revenue or 0.0)
-                if s["last_order_at"] is None or at >= s["last_order_at"]:
-                    s["last_order_at"], s["last_order_id"] = at, e.order_id
-            elif e.type == "track" and e.event == "Survey Responded":
+            at = db_time(timestamp)
+            if not isinstance(payload, dict):
+                payload = {}
+            track = etype == "track"
+            s = stats.get(pid)
+            if s is None:
+                s = stats[pid] = [at, at, 0, 0, None, None, None, None, None, None, None, 0]
+            elif at < s[_FIRST]:
+                s[_FIRST] = at
+            elif at > s[_LAST]:
+                s[_LAST] = at
+            s[_N] += 1
+            rank = rank_of(event if track else None)
+            if rank > s[_RANK]:
+                s[_RANK] = rank
+            name = event if track else None
+            props = payload.get("properties")
+            if not isinstance(props, dict):
+                props = {}
+            if name == "Order Completed":
+                s[_ORDERS] += 1
+                orders[pid].append(float(revenue or 0.0))
+                if s[_ORDER_AT] is None or at >= s[_ORDER_AT]:
+                    s[_ORDER_AT], s[_ORDER_ID] = at, order_id
+            elif name == "Survey Responded":
                 kind, score = props.get("survey_type"), props.get("score")
-                if (
-                    kind in ("nps", "csat")
-                    and isinstance(score, int)
-                    and (s[f"{kind}_at"] is None or at >= s[f"{kind}_at"])
-                ):
-                    s[kind], s[f"{kind}_at"] = score, at
-            elif e.type == "track" and e.event == "Consent Updated":
+                if kind in ("nps", "csat") and isinstance(score, int):
+                    slot = _NPS if kind == "nps" else _CSAT
+                    if s[slot + 1] is None or at >= s[slot + 1]:
+                        s[slot], s[slot + 1] = score, at
+            elif name == "Consent Updated":
                 status = props.get("status")
                 if status in CONSENT_STATUSES and props.get("purpose"):
                     consents.append(
@@ -130,61 +186,110 @@ class ProfileHandler:
                             "purpose": str(props["purpose"])[:64],
                             "channel": str(props.get("channel") or "all")[:32],
                             "status": status,
-                            "recorded_at": at,
-                            "source_id": e.source_id,
-                            "event_id": e.id,
+                            "recorded_at": timestamp,
+                            "source_id": source_id,
+                            "event_id": eid,
                             "actor": None,
-                            "evidence": {"event_id": e.id, **(props.get("evidence") or {})}
+                            "evidence": {"event_id": eid, **(props.get("evidence") or {})}
                             if isinstance(props.get("evidence") or {}, dict)
-                            else {"event_id": e.id},
+                            else {"event_id": eid},
                         }
                     )
-            for kind, key in (
-                ("channel", e.channel),
-                ("source", str(e.source_id)),
-                ("device", _device(payload)),
-                ("store", props.get("store_id") if isinstance(props.get("store_id"), str) else None),
+            store = props.get("store_id")
+            device = _device(payload)
+            for ck in (
+                (pid, "channel", channel[:128]) if channel else None,
+                (pid, "source", source_keys.get(source_id) or source_keys.setdefault(source_id, str(source_id))),
+                (pid, "device", device) if device else None,
+                (pid, "store", store[:128]) if isinstance(store, str) and store else None,
             ):
-                if key:
-                    d = counter_deltas[(pid, kind, key[:128])]
+                if ck is None:
+                    continue
+                d = counter_deltas.get(ck)
+                if d is None:
+                    counter_deltas[ck] = [1, at]
+                else:
                     d[0] += 1
-                    d[1] = at if d[1] is None or at > d[1] else d[1]
-            traits = payload.get("traits") if e.type == "identify" else (payload.get("context") or {}).get("traits")
-            if isinstance(traits, dict):
-                for key, value in traits.items():
-                    if not isinstance(key, str) or len(key) > 100 or value is None:
-                        continue
-                    current = trait_changes.get((pid, key)) or traits_now.get((pid, key))
-                    merged = combine_trait(self.config.strategy(key), current, value, at)
-                    if merged is not current:
-                        trait_changes[(pid, key)] = {"profile_id": pid, "key": key, **merged}
-                    if key in ("name", "first_name", "last_name") and isinstance(value, str):
-                        terms.update((t, pid) for t in search_terms(value))
+                    if at > d[1]:
+                        d[1] = at
+            traits = payload.get("traits") if etype == "identify" else (payload.get("context") or {}).get("traits")
+            if isinstance(traits, dict) and traits:
+                trait_events.append((pid, timestamp, traits))
 
-        if counter_deltas:
-            keys = list(counter_deltas)
-            existing = {
-                (r.profile_id, r.kind, r.key): r for r in _select_in(conn, COUNTERS, sorted({k[0] for k in keys}))
-            }
-            for k, (n, last) in counter_deltas.items():
-                old = existing.get(k)
-                counters[k] = {
-                    "profile_id": k[0],
-                    "kind": k[1],
-                    "key": k[2],
-                    "count": n + (old.count if old else 0),
-                    "last_at": max(last, old.last_at) if old else last,
-                }
-        dialect.upsert_replace(conn, STATS, [stats[p] for p in touched if p in stats], ["profile_id"])
-        dialect.upsert_replace(conn, COUNTERS, list(counters.values()), ["profile_id", "kind", "key"])
-        dialect.upsert_replace(conn, TRAITS, list(trait_changes.values()), ["profile_id", "key"])
+        trait_changes = self._traits(conn, trait_events, terms)
+        stats_rows = self._stats_rows(conn, stats, orders)
+        dialect.upsert_rows(conn, STATS, STATS_COLUMNS, stats_rows, ["profile_id"], merge=STATS_MERGE)
+        dialect.upsert_rows(
+            conn,
+            COUNTERS,
+            COUNTER_COLUMNS,
+            [(p, k, key, n, last) for (p, k, key), (n, last) in counter_deltas.items()],
+            ["profile_id", "kind", "key"],
+            merge=COUNTER_MERGE,
+        )
+        if trait_changes:
+            as_json = dialect.json_binder(conn)
+            dialect.upsert_rows(
+                conn,
+                TRAITS,
+                TRAIT_COLUMNS,
+                [
+                    (p, k, as_json(t["value"]), db_time(t["observed_at"]), db_time(t["first_observed_at"]))
+                    for (p, k), t in trait_changes.items()
+                ],
+                ["profile_id", "key"],
+                json_columns=["value"],
+            )
         if consents:
             conn.execute(sa.insert(CONSENTS), consents)
         if terms:
-            stmt = dialect.insert_ignoring_conflicts(conn, SEARCH, ["term", "profile_id"])
-            conn.execute(stmt, [{"term": t, "profile_id": p} for t, p in sorted(terms)])
-        now = utcnow()
-        conn.execute(sa.insert(CHANGES), [{"profile_id": p, "changed_at": now} for p in touched])
+            dialect.insert_rows_ignoring_conflicts(
+                conn, SEARCH, ["term", "profile_id"], sorted(terms), ["term", "profile_id"]
+            )
+        now = db_time(utcnow())
+        dialect.insert_rows_ignoring_conflicts(
+            conn, CHANGES, ["profile_id", "changed_at"], [(p, now) for p in sorted(stats)], []
+        )
+
+    def _stats_rows(
+        self, conn: Connection, stats: dict[int, list[Any]], orders: dict[int, list[float]]
+    ) -> list[tuple[Any, ...]]:
+        """profile_stats rows of the batch; members with orders carry their new revenue total."""
+        revenue: dict[int, float] = {}
+        if orders:
+            ids = sorted(orders)
+            stored = {r.profile_id: r.revenue for r in _select_in(conn, STATS, ids, "profile_id", "revenue")}
+            for pid in ids:
+                total = stored.get(pid) or 0.0
+                for amount in orders[pid]:
+                    total += amount
+                revenue[pid] = total
+        return [(pid, s[0], s[1], s[2], s[3], revenue.get(pid, 0.0), *s[5:]) for pid, s in sorted(stats.items())]
+
+    def _traits(
+        self,
+        conn: Connection,
+        trait_events: list[tuple[int, datetime, dict[str, Any]]],
+        terms: set[tuple[str, int]],
+    ) -> dict[tuple[int, str], dict[str, Any]]:
+        """Combine the batch's observed traits with the stored ones (read only for members that have any)."""
+        if not trait_events:
+            return {}
+        pids = sorted({pid for pid, _, _ in trait_events})
+        traits_now = {(r.profile_id, r.key): dict(r._mapping) for r in _select_in(conn, TRAITS, pids)}
+        trait_changes: dict[tuple[int, str], dict[str, Any]] = {}
+        strategy = self.config.strategy
+        for pid, at, traits in trait_events:
+            for key, value in traits.items():
+                if not isinstance(key, str) or len(key) > 100 or value is None:
+                    continue
+                current = trait_changes.get((pid, key)) or traits_now.get((pid, key))
+                merged = combine_trait(strategy(key), current, value, at)
+                if merged is not current:
+                    trait_changes[(pid, key)] = {"profile_id": pid, "key": key, **merged}
+                if key in ("name", "first_name", "last_name") and isinstance(value, str):
+                    terms.update((t, pid) for t in search_terms(value))
+        return trait_changes
 
     def reset(self, conn: Connection) -> None:
         for table in (TRAITS, STATS, COUNTERS, SEARCH, CHANGES):

@@ -542,9 +542,10 @@ def _apply_conversation_event(conn: Connection, ev: ServiceEvent) -> dict[str, A
 def refresh(conn: Connection, *, conversation: dict[str, Any], config: ServiceConfig) -> None:
     """Recompute the transcript measures, link repeat contacts, and store the conversation."""
     conv = conversation
-    _ensure_row(conn, conv)
     same_transcript = conv.pop("_same_transcript", False)
-    msgs = [] if same_transcript else conn.execute(_q(conn).messages, {"cid": conv["id"]}).all()
+    # a conversation not stored yet has no messages (they refer to it), and linking repeat
+    # contacts does not need its row: `_save` inserts it once, in its final state
+    msgs = [] if same_transcript or conv.get("_new") else conn.execute(_q(conn).messages, {"cid": conv["id"]}).all()
     if msgs:
         conv["message_count"] = len(msgs)
         conv["bot_involved"] = any(m.author == "bot" for m in msgs)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -154,7 +155,7 @@ def upsert_add(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], ke
 def upsert_replace(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """INSERT rows; where the key exists, overwrite every other column with the row's value.
 
-    Rows must all have the keys of the first. Runs at driver level (see below) when every
+    Rows must all have the keys of the first. Runs at driver level (`upsert_rows`) when every
     column's type has a known driver form, which is the processing stage's hot path; later
     rows win over earlier rows with the same key.
     """
@@ -168,27 +169,131 @@ def upsert_replace(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
         stmt = ins.on_conflict_do_update(index_elements=keys, set_={c: getattr(ins.excluded, c) for c in cols})
         conn.execute(stmt, rows)
         return
-    quote = conn.dialect.identifier_preparer.quote
-    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
-    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys)
-    conflict = f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO " + (
-        f"UPDATE SET {updates}" if updates else "NOTHING"
+    # one conversion per column over all rows (not a generator per value), then one row per key
+    bound = list(
+        zip(
+            *(
+                [row[c] for row in rows] if bind is None else [bind(row[c]) for row in rows]
+                for c, bind in zip(columns, binders, strict=True)
+            ),
+            strict=True,
+        )
     )
-    bound = [
-        tuple(row[c] if bind is None else bind(row[c]) for c, bind in zip(columns, binders, strict=True))
-        for row in rows
-    ]
-    if is_sqlite(conn):
-        # one multi-row statement per chunk (see insert_values_ignoring_conflicts)
-        row_sql = "(" + ", ".join("?" for _ in columns) + ")"
-        per_chunk = max(1, min(INSERT_CHUNK, 30_000 // len(columns)))
-        for start in range(0, len(bound), per_chunk):
-            part = bound[start : start + per_chunk]
-            conn.exec_driver_sql(head + ", ".join([row_sql] * len(part)) + conflict, tuple(v for r in part for v in r))
+    if len(keys) == 1:
+        k = columns.index(keys[0])
+        unique = {r[k]: r for r in bound}
     else:
-        # one prepared single-row statement, pipelined by psycopg's executemany
-        casts = ["%s::jsonb" if isinstance(table.c[c].type, sa.JSON) else "%s" for c in columns]
-        conn.exec_driver_sql(head + "(" + ", ".join(casts) + ")" + conflict, bound)
+        idx = [columns.index(c) for c in keys]
+        unique = {tuple(r[i] for i in idx): r for r in bound}
+    json_columns = [c for c in columns if isinstance(table.c[c].type, sa.JSON)]
+    upsert_rows(conn, table, columns, list(unique.values()), keys, json_columns=json_columns)
+
+
+#: `upsert_rows` merge expressions: `{old}` is the stored value of the column, `{new}` the row's;
+#: `{old[col]}` / `{new[col]}` another column's. Plain SQL, the same on both dialects (NULLs ignored).
+MERGE_ADD = "{old} + {new}"
+MERGE_MIN = "CASE WHEN {old} IS NULL OR {new} < {old} THEN {new} ELSE {old} END"
+MERGE_MAX = "CASE WHEN {old} IS NULL OR {new} > {old} THEN {new} ELSE {old} END"
+
+
+def merge_latest(by: str) -> str:
+    """The row's value where its `by` column is set and not older than the stored one (ties: the row)."""
+    return (
+        f"CASE WHEN {{new[{by}]}} IS NOT NULL AND ({{old[{by}]}} IS NULL OR {{new[{by}]}} >= {{old[{by}]}}) "
+        "THEN {new} ELSE {old} END"
+    )
+
+
+def merge_if_positive(flag: str) -> str:
+    """The row's value where its `flag` column is > 0, else the stored one."""
+    return f"CASE WHEN {{new[{flag}]}} > 0 THEN {{new}} ELSE {{old}} END"
+
+
+class _Ref:
+    """A column reference for merge templates: formats as its own column, indexes to another."""
+
+    def __init__(self, prefix: str, column: str, quote: Callable[[str], str]) -> None:
+        self._prefix, self._column, self._quote = prefix, column, quote
+
+    def __format__(self, spec: str) -> str:
+        return f"{self._prefix}.{self._quote(self._column)}"
+
+    def __getitem__(self, column: str) -> str:
+        return f"{self._prefix}.{self._quote(column)}"
+
+
+#: (dialect, table, columns, keys, merge) -> (statement head, row placeholder, conflict clause)
+_UPSERT_SQL: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+
+
+def _upsert_sql(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    merge: Mapping[str, str],
+    json_columns: Sequence[str],
+) -> tuple[str, str, str]:
+    cache_key = (conn.dialect.name, table.name, tuple(columns), tuple(keys), tuple(sorted(merge.items())))
+    found = _UPSERT_SQL.get(cache_key)
+    if found is not None:
+        return found
+    quote = conn.dialect.identifier_preparer.quote
+    target = quote(table.name)
+    head = f"INSERT INTO {target} ({', '.join(quote(c) for c in columns)}) VALUES "
+    sets = []
+    for c in columns:
+        if c in keys:
+            continue
+        template = merge.get(c)
+        if template is None:
+            sets.append(f"{quote(c)} = excluded.{quote(c)}")
+        else:
+            expr = template.format(old=_Ref(target, c, quote), new=_Ref("excluded", c, quote))
+            sets.append(f"{quote(c)} = {expr}")
+    conflict = f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO " + (
+        f"UPDATE SET {', '.join(sets)}" if sets else "NOTHING"
+    )
+    if is_sqlite(conn):
+        row_sql = "(" + ", ".join("?" for _ in columns) + ")"
+    else:
+        row_sql = "(" + ", ".join("%s::jsonb" if c in json_columns else "%s" for c in columns) + ")"
+    found = _UPSERT_SQL[cache_key] = (head, row_sql, conflict)
+    return found
+
+
+def upsert_rows(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    keys: Sequence[str],
+    *,
+    merge: Mapping[str, str] | None = None,
+    json_columns: Sequence[str] = (),
+) -> None:
+    """INSERT driver-ready rows (tuples in `columns` order); where the key exists, update the stored row.
+
+    Each non-key column is overwritten with the row's value, or combined with the stored one by
+    its `merge` template (`MERGE_ADD`, `MERGE_MIN`, `MERGE_MAX`, `merge_latest`, ...), so a
+    counter or a first/last time needs no read before the write. Values must be what the driver
+    binds (`datetime_binder`, `json_binder`); at most one row per key. The statement text is
+    built once per shape and chunks come in a few fixed sizes, so the driver's statement
+    cache serves every execution; PostgreSQL takes larger sets through COPY.
+    """
+    if not rows:
+        return
+    width = len(columns)
+    head, row_sql, conflict = _upsert_sql(conn, table, columns, keys, merge or {}, json_columns)
+    if not is_sqlite(conn) and len(rows) >= PG_COPY_MIN_ROWS:
+        _pg_copy_insert(conn, table, columns, list(chain.from_iterable(rows)), conflict)
+        return
+    per_chunk = max(1, min(INSERT_CHUNK, 30_000 // width))
+    start = 0
+    for size in _chunks(len(rows), per_chunk):
+        part = rows[start : start + size]
+        start += size
+        conn.exec_driver_sql(head + ", ".join([row_sql] * size) + conflict, tuple(chain.from_iterable(part)))
 
 
 def _driver_binders(conn: Connection, table: sa.Table, columns: Sequence[str]) -> list[Any] | None:
@@ -266,10 +371,14 @@ def json_binder(bind: Connection | sa.Engine) -> Callable[[Any], Any]:
     return _json_text
 
 
-def _chunks(n: int) -> list[int]:
-    sizes = [INSERT_CHUNK] * (n // INSERT_CHUNK)
-    rest = n % INSERT_CHUNK
-    bit = INSERT_CHUNK
+def _chunks(n: int, chunk: int = INSERT_CHUNK) -> list[int]:
+    """`n` split into full chunks plus power-of-two remainders (few distinct statement texts)."""
+    sizes = [chunk] * (n // chunk)
+    rest = n % chunk
+    bit = 1 << (chunk.bit_length() - 1) if chunk & (chunk - 1) else chunk
+    if rest >= bit:
+        sizes.append(bit)
+        rest -= bit
     while rest:
         bit //= 2
         if rest >= bit:
@@ -289,7 +398,9 @@ def _pg_copy_insert(
 ) -> None:
     quote = conn.dialect.identifier_preparer.quote
     cols = ", ".join(quote(c) for c in columns)
-    stage = quote(f"oj_stage_{table.name}")
+    # one staging table per target and column list (callers may write different columns)
+    shape = hashlib.blake2b(",".join(columns).encode(), digest_size=4).hexdigest()
+    stage = quote(f"oj_stage_{table.name}_{shape}")
     # a temporary table of the target's column types plus the rows' ordinal, private to this
     # session and emptied at every commit (and after each append); IF NOT EXISTS because the
     # transaction that created it may have been rolled back
@@ -325,6 +436,8 @@ def insert_values_ignoring_conflicts(
 ) -> None:
     """INSERT rows with ON CONFLICT (keys) DO NOTHING; `values` holds them flat, row after row.
 
+    Without `index_elements` a plain INSERT (rows of a table keyed by a generated id).
+
     The values must be what the driver binds (`datetime_binder`, `json_binder`). Rows are
     inserted in the order given, so on both dialects ids follow that order. A row whose key
     is already stored, or repeated earlier in `values`, is skipped.
@@ -342,7 +455,7 @@ def insert_values_ignoring_conflicts(
         return
     quote = conn.dialect.identifier_preparer.quote
     head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
-    conflict = f" ON CONFLICT ({', '.join(quote(c) for c in index_elements)}) DO NOTHING"
+    conflict = f" ON CONFLICT ({', '.join(quote(c) for c in index_elements)}) DO NOTHING" if index_elements else ""
     if is_sqlite(conn):
         row_sql = "(" + ", ".join("?" for _ in columns) + ")"
     elif len(values) // width >= PG_COPY_MIN_ROWS:
@@ -371,10 +484,55 @@ def insert_rows_ignoring_conflicts(
         conn,
         table,
         columns,
-        [value for row in rows for value in row],
+        list(chain.from_iterable(rows)),
         index_elements,
         json_columns=json_columns,
     )
+
+
+class _InValues(ColumnElement[bool]):
+    """`column IN (the values of one bind parameter)`: one statement text whatever the count.
+
+    SQLAlchemy's `in_()` renders one placeholder per value at every execution (its
+    "expanding" parameters), which costs more than the lookup itself for a few thousand
+    keys. SQLite takes the values as one JSON array (`json_each`), PostgreSQL as an array
+    (`= ANY`); pass the value from `in_values_param`.
+    """
+
+    inherit_cache = True
+    type = sa.Boolean()
+    _is_implicitly_boolean = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("values", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: Any, values: Any) -> None:
+        self.column = column
+        self.values = values
+
+
+@compiles(_InValues)
+def _in_values_default(element: _InValues, compiler: Any, **kw: Any) -> str:
+    col = compiler.process(element.column, **kw)
+    return f"{col} IN (SELECT value FROM json_each({compiler.process(element.values, **kw)}))"
+
+
+@compiles(_InValues, "postgresql")
+def _in_values_pg(element: _InValues, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.values, **kw)})"
+
+
+def in_values(column: Any, name: str) -> ColumnElement[bool]:
+    """`column` is one of the values bound to parameter `name` (give it `in_values_param(conn, values)`)."""
+    return _InValues(column, sa.bindparam(name))
+
+
+def in_values_param(conn: Connection, values: Sequence[int] | Sequence[str]) -> Any:
+    """The bind value of an `in_values` parameter: JSON text on SQLite, a list on PostgreSQL."""
+    if is_sqlite(conn):
+        return json_serializer(list(values))
+    return list(values)
 
 
 def for_update_skip_locked(stmt: sa.Select[Any], conn: Connection) -> sa.Select[Any]:
