@@ -337,7 +337,7 @@ def identity_rebuild(
         task = progress.add_task("events", total=total)
         while True:
             with db.write(engine) as conn:
-                n = pipeline_service.process_step(conn=conn, handlers=handlers, limit=batch)
+                n = pipeline_service.process_step(conn=conn, handlers=handlers, limit=batch, rebuild=True)
             if n == 0:
                 break
             done += n

@@ -28,12 +28,15 @@ from omnijourney.store import db, dialect
 log = logging.getLogger(__name__)
 
 
-def run_until_idle(engine: sa.Engine, handlers: Sequence[Handler], *, batch: int = 2000) -> int:
-    """Process everything stored so far; returns the number of events processed."""
+def run_until_idle(engine: sa.Engine, handlers: Sequence[Handler], *, batch: int = 2000, rebuild: bool = False) -> int:
+    """Process everything stored so far; returns the number of events processed.
+
+    `rebuild`: this process replays the log after a reset, alone (see `service.process_step`).
+    """
     total = 0
     while True:
         with db.write(engine) as conn:
-            n = service.process_step(conn=conn, handlers=handlers, limit=batch)
+            n = service.process_step(conn=conn, handlers=handlers, limit=batch, rebuild=rebuild)
         if n == 0:
             return total
         total += n
