@@ -154,8 +154,12 @@ def _handlers(which: str) -> list[Any]:
 
 
 def _run(engine: Any, handlers: Any, batch: int, *, rebuild: bool = False) -> int:
+    import inspect
+
     from omnijourney.pipeline.worker import run_until_idle
 
+    if "rebuild" not in inspect.signature(run_until_idle).parameters:  # an older tree, for A/B runs
+        return run_until_idle(engine, handlers, batch=batch)
     return run_until_idle(engine, handlers, batch=batch, rebuild=rebuild)
 
 
