@@ -92,3 +92,44 @@ def _as_utc(value: Any) -> datetime:
 def utc_reader() -> Callable[[Any], datetime]:
     """Driver value of a UTCDateTime column -> the aware UTC datetime SQLAlchemy would give."""
     return _as_utc
+
+
+#: most rows per multi-row INSERT on SQLite; a group is split into full chunks plus power-of-two
+#: remainders, so only a handful of distinct statements are ever prepared (and cached)
+INSERT_CHUNK = 256
+
+
+def _chunk_sizes(n: int) -> list[int]:
+    sizes = [INSERT_CHUNK] * (n // INSERT_CHUNK)
+    rest, bit = n % INSERT_CHUNK, INSERT_CHUNK
+    while rest:
+        bit //= 2
+        if rest >= bit:
+            sizes.append(bit)
+            rest -= bit
+    return sizes
+
+
+def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain INSERT of driver-ready rows (`dialect.datetime_binder` for timestamps); a duplicate
+    key fails the statement as usual. SQLite: one multi-row statement per chunk; PostgreSQL: COPY."""
+    if not rows:
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    cols = ", ".join(quote(c) for c in columns)
+    if not dialect.is_sqlite(conn):
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {quote(table)} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
+        return
+    row_sql = "(" + ", ".join("?" for _ in columns) + ")"
+    head = f"INSERT INTO {quote(table)} ({cols}) VALUES "
+    start = 0
+    for size in _chunk_sizes(len(rows)):
+        part = rows[start : start + size]
+        conn.exec_driver_sql(head + ", ".join([row_sql] * size), tuple(v for r in part for v in r))
+        start += size

@@ -342,10 +342,14 @@ class GraphState:
     # ---- writing back ----------------------------------------------------------------------
     def flush(self, conn: Connection, events_by_id: dict[int, Any]) -> None:
         if self.new_profiles:
-            for p in self.new_profiles:
-                p["merged_into"] = self.parent[p["id"]]
-                p["canonical_id"] = self.root[p["id"]]
-            conn.execute(sa.insert(PROFILES), self.new_profiles)
+            when = dialect.datetime_binder(conn)
+            parent, root = self.parent, self.root
+            graph_sql.insert_rows(
+                conn,
+                "profiles",
+                ["id", "created_at", "merged_into", "canonical_id"],
+                [(p["id"], when(p["created_at"]), parent[p["id"]], root[p["id"]]) for p in self.new_profiles],
+            )
         created = {p["id"] for p in self.new_profiles}
         updates = [
             {"pid": m, "parent": self.parent[m], "canonical": self.root[m]} for m in self.reparented if m not in created
