@@ -12,8 +12,9 @@ from omnijourney.identity.resolver import GraphState, resolve_batch
 from omnijourney.identity.rules import IdentityRules
 
 #: a rebuild drops its in-memory graph beyond this many links and reads from the database
-#: again (about 400 bytes of memory per link with its cluster bookkeeping)
-KEEP_MAX_LINKS = 3_000_000
+#: again: up to about 800 bytes per link with its profile and cluster bookkeeping (tracemalloc,
+#: one profile per 1.3 links), so at most about 0.8 GB
+KEEP_MAX_LINKS = 1_000_000
 
 
 class IdentityHandler:
