@@ -51,3 +51,26 @@ def test_a_rolled_back_rebuild_step_drops_the_kept_graph(engine: sa.Engine) -> N
     assert identity._kept is not None and ("email", "x@example.org") in identity._kept.links
     run_until_idle(engine, [*handlers, boom], batch=2, rebuild=True)
     assert graph_rows(engine) == expected
+
+
+def test_a_rebuild_beyond_the_memory_bound_reads_the_graph_back_and_ends_the_same(engine: sa.Engine) -> None:
+    from omnijourney.identity.handler import IdentityHandler
+
+    pos = source(engine, "pos", "store", trusted=True)
+    append(
+        engine,
+        pos,
+        "store",
+        [{"type": "identify", "anonymousId": f"d{i}", "traits": {"email": f"p{i % 3}@example.org"}} for i in range(9)],
+    )
+    handlers = pipeline.default_handlers()
+    run_until_idle(engine, handlers, batch=2)
+    expected = graph_rows(engine)
+    at = next(i for i, h in enumerate(handlers) if h.name == "identity")
+    small = IdentityHandler(handlers[at].rules, keep_max_links=3)
+    handlers[at] = small
+    with db.write(engine) as conn:
+        pipeline.reset(conn=conn, handlers=handlers)
+    run_until_idle(engine, handlers, batch=2, rebuild=True)
+    assert small._kept is None  # 12 links: over the bound, dropped
+    assert graph_rows(engine) == expected
