@@ -87,7 +87,7 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     return msg
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(batch=st.lists(messages(), min_size=1, max_size=6))
 def test_fast_extraction_equals_the_definition(batch: list[dict[str, Any]]) -> None:
     # twice over the batch: the second pass is served from the memo

@@ -137,7 +137,7 @@ def test_incremental_equals_rebuild(engine: sa.Engine, events, batch, rebuild_ba
 
 
 @settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(
     events=event_streams(mixed=True),
