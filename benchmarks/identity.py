@@ -61,8 +61,13 @@ class BackendResult:
     reset_s: float = 0.0
     rebuild_n: int = 0
     rebuild_s: float = 0.0  # reset + replay
+    #: CPU seconds of this process (user + system): the figure to compare on a shared machine
+    incremental_cpu: float = 0.0
+    rebuild_cpu: float = 0.0
     stats: GraphStats | None = None
     rebuilt: GraphStats | None = None
+    digest: str = ""
+    rebuilt_digest: str = ""
     error: str | None = None
 
     @property
@@ -79,7 +84,12 @@ class BackendResult:
 
     @property
     def same_graph(self) -> bool:
-        return self.stats is not None and self.rebuilt is not None and self.stats.same_graph(self.rebuilt)
+        return (
+            self.stats is not None
+            and self.rebuilt is not None
+            and self.stats.same_graph(self.rebuilt)
+            and self.digest == self.rebuilt_digest
+        )
 
     @property
     def processing_met(self) -> bool:
@@ -97,6 +107,8 @@ class BackendResult:
         return (
             f"{self.backend} incremental={self.incremental_rate:.0f} ev/s rebuild={self.rebuild_s:.1f}s "
             f"({self.rebuild_rate:.0f} ev/s) rebuild_10M~{self.rebuild_10m_s:.0f}s events={self.incremental_n} "
+            f"cpu_incremental={self.incremental_cpu / max(1, self.incremental_n) * 1e6:.0f}us/ev "
+            f"cpu_rebuild={self.rebuild_cpu / max(1, self.rebuild_n) * 1e6:.0f}us/ev "
             f"customers={s.clusters} profiles={s.profiles} merges={s.merges} conflicts={s.conflict_total} "
             f"target_processing={'MET' if self.processing_met else 'NOT-MET'} "
             f"target_rebuild={'MET' if self.rebuild_met else 'NOT-MET'} "
@@ -104,13 +116,61 @@ class BackendResult:
         )
 
 
-def _timed_run(engine: Any, handlers: Any, batch: int, profile_top: int, say: Any) -> tuple[int, float]:
+def graph_digest(engine: Any) -> str:
+    """A hash of the whole graph's content (not only its counts): profiles with their parents and
+    roots, links with their owners, merges, conflicts and event memberships, in a stable order."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from omnijourney.store import db
+
+    queries = [
+        "SELECT id, created_at, merged_into, canonical_id FROM profiles ORDER BY id",
+        "SELECT id_type, value, profile_id, linked_at, event_id, source_id FROM identity_links ORDER BY id_type, value",
+        "SELECT survivor_id, merged_id, id_type, value, event_id, source_id, merged_at, unmerged_at FROM "
+        "identity_merges ORDER BY survivor_id, merged_id, event_id",
+        "SELECT kind, id_type, value, profile_id, other_profile_id, event_id, detail FROM identity_conflicts "
+        "ORDER BY event_id, kind, id_type, value, profile_id",
+        "SELECT event_id, profile_id, timestamp, channel, event FROM profile_events ORDER BY event_id",
+        "SELECT profile_a, profile_b FROM identity_blocks ORDER BY profile_a, profile_b",
+    ]
+    h = hashlib.blake2b(digest_size=16)
+    with db.read(engine) as conn:
+        for sql in queries:
+            for row in conn.execute(sa.text(sql)):
+                h.update(repr(tuple(row)).encode())
+            h.update(b"|")
+    return h.hexdigest()
+
+
+def _handlers(which: str) -> list[Any]:
+    from omnijourney.pipeline import service as pipeline
+
+    handlers = pipeline.default_handlers()
+    if which == "identity":  # the identity stage alone (plus the log's daily counts)
+        handlers = [h for h in handlers if h.name in ("daily_counts", "identity")]
+    return handlers
+
+
+def _run(engine: Any, handlers: Any, batch: int, *, rebuild: bool = False) -> int:
+    import inspect
+
     from omnijourney.pipeline.worker import run_until_idle
 
+    if "rebuild" not in inspect.signature(run_until_idle).parameters:  # an older tree, for A/B runs
+        return run_until_idle(engine, handlers, batch=batch)
+    return run_until_idle(engine, handlers, batch=batch, rebuild=rebuild)
+
+
+def _timed_run(
+    engine: Any, handlers: Any, batch: int, profile_top: int, say: Any, *, rebuild: bool = False
+) -> tuple[int, float, float]:
+    """Events processed, wall seconds, CPU seconds of this process."""
     if not profile_top:
-        t0 = time.perf_counter()
-        n = run_until_idle(engine, handlers, batch=batch)
-        return n, time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = _run(engine, handlers, batch, rebuild=rebuild)
+        return n, time.perf_counter() - t0, time.process_time() - c0
     import cProfile
     import io
     import pstats
@@ -118,17 +178,30 @@ def _timed_run(engine: Any, handlers: Any, batch: int, profile_top: int, say: An
     from rich.markup import escape
 
     prof = cProfile.Profile()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     prof.enable()
-    n = run_until_idle(engine, handlers, batch=batch)
+    n = _run(engine, handlers, batch, rebuild=rebuild)
     prof.disable()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("cumulative").print_stats(profile_top)
     stats.sort_stats("tottime").print_stats(profile_top)
-    say(f"cProfile of the incremental run (figures under the profiler are slower):\n{escape(out.getvalue())}")
-    return n, elapsed
+    identity = [
+        (func, st[3])
+        for func, st in stats.stats.items()
+        if func[2] == "apply" and func[0].endswith("identity/handler.py")
+    ]
+    share = (
+        f"; IdentityHandler.apply cumulative {identity[0][1]:.2f}s = {identity[0][1] / n * 1e6:.0f}us/ev"
+        if identity and n
+        else ""
+    )
+    say(
+        f"cProfile of the {'rebuild' if rebuild else 'incremental'} run (figures under the profiler are slower){share}:\n"
+        f"{escape(out.getvalue())}"
+    )
+    return n, elapsed, cpu
 
 
 def run_backend(backend: str, args: argparse.Namespace, say: Any) -> BackendResult:
@@ -165,27 +238,34 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> BackendResu
         result.load_s = time.perf_counter() - t0
         say(f"loaded {result.loaded:,} events in {result.load_s:.1f}s; incremental processing, batch {args.batch}")
 
-        handlers = pipeline.default_handlers()
-        result.incremental_n, result.incremental_s = _timed_run(engine, handlers, args.batch, args.cprofile, say)
+        handlers = _handlers(args.handlers)
+        result.incremental_n, result.incremental_s, result.incremental_cpu = _timed_run(
+            engine, handlers, args.batch, 0 if args.cprofile_rebuild else args.cprofile, say
+        )
         result.stats = graph_stats(engine)
+        result.digest = graph_digest(engine)
         say(
             f"incremental: {result.incremental_n:,} events in {result.incremental_s:.1f}s "
-            f"({result.incremental_rate:,.0f} ev/s); rebuilding"
+            f"({result.incremental_rate:,.0f} ev/s, CPU {result.incremental_cpu:.1f}s); rebuilding"
         )
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with db.write(engine) as conn:
             pipeline.reset(conn=conn, handlers=handlers)
         result.reset_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        from omnijourney.pipeline.worker import run_until_idle
-
-        result.rebuild_n = run_until_idle(engine, handlers, batch=args.batch)
-        result.rebuild_s = result.reset_s + (time.perf_counter() - t1)
+        reset_cpu = time.process_time() - c0
+        rebuild_batch = args.rebuild_batch or args.batch
+        result.rebuild_n, replay_s, replay_cpu = _timed_run(
+            engine, handlers, rebuild_batch, args.cprofile if args.cprofile_rebuild else 0, say, rebuild=True
+        )
+        result.rebuild_s = result.reset_s + replay_s
+        result.rebuild_cpu = reset_cpu + replay_cpu
         result.rebuilt = graph_stats(engine)
+        result.rebuilt_digest = graph_digest(engine)
         say(
-            f"rebuild: reset {result.reset_s:.1f}s + replay of {result.rebuild_n:,} events = {result.rebuild_s:.1f}s "
-            f"({result.rebuild_rate:,.0f} ev/s); graph {'same' if result.same_graph else 'DIFFERENT'}"
+            f"rebuild (batch {rebuild_batch}): reset {result.reset_s:.1f}s + replay of {result.rebuild_n:,} events = "
+            f"{result.rebuild_s:.1f}s ({result.rebuild_rate:,.0f} ev/s, CPU {result.rebuild_cpu:.1f}s); "
+            f"graph {'same' if result.same_graph else 'DIFFERENT'}"
         )
         if not result.same_graph:
             say(f"  incremental {result.stats}\n  rebuilt     {result.rebuilt}")
@@ -217,6 +297,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="events in the log (default 1000000; the issue's full size is 10000000)",
     )
     p.add_argument("--batch", type=int, default=5000, help="events per processing step (default 5000)")
+    p.add_argument(
+        "--rebuild-batch",
+        type=int,
+        default=0,
+        help="events per step of the rebuild (default: what `omnijourney identity rebuild` uses)",
+    )
+    p.add_argument(
+        "--handlers",
+        choices=("all", "identity"),
+        default="all",
+        help="all: every handler of the processing stage (default); identity: daily counts and identity only",
+    )
     p.add_argument("--seed", type=int, default=1, help="workload seed (same seed, same events)")
     p.add_argument(
         "--pg-url",
@@ -239,6 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile the incremental run with cProfile and print the top N functions by cumulative time\n"
         "(the timed figure is then inflated by the profiler)",
     )
+    p.add_argument("--cprofile-rebuild", action="store_true", help="with --cprofile: profile the rebuild instead")
     args = p.parse_args(argv)
     if args.profiles < 1 or args.events < 1 or args.batch < 1:
         p.error("--profiles, --events and --batch must be positive")

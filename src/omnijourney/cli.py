@@ -323,6 +323,7 @@ def identity_rebuild(
 
     from omnijourney.ingest.models import Event
     from omnijourney.pipeline import service as pipeline_service
+    from omnijourney.pipeline.worker import fewer_collections
 
     engine = _engine(_settings(database_url, data_dir))
     handlers = pipeline_service.default_handlers()
@@ -331,13 +332,20 @@ def identity_rebuild(
     with db.write(engine) as conn:
         pipeline_service.reset(conn=conn, handlers=handlers)
     done = 0
-    with Progress(
-        TextColumn("[bold]rebuilding[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
+    with (
+        fewer_collections(),
+        Progress(
+            TextColumn("[bold]rebuilding[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
         task = progress.add_task("events", total=total)
         while True:
             with db.write(engine) as conn:
-                n = pipeline_service.process_step(conn=conn, handlers=handlers, limit=batch)
+                n = pipeline_service.process_step(conn=conn, handlers=handlers, limit=batch, rebuild=True)
             if n == 0:
                 break
             done += n

@@ -91,3 +91,32 @@ def conflicts(engine: sa.Engine) -> list[tuple[str, str, str]]:
         return [
             tuple(r) for r in conn.execute(sa.text("SELECT kind, id_type, value FROM identity_conflicts ORDER BY id"))
         ]
+
+
+def rebuild(engine: sa.Engine, batch: int = 5000) -> int:
+    """What `omnijourney identity rebuild` does: reset, then replay the log with the rebuild fast path."""
+    with db.write(engine) as conn:
+        pipeline.reset(conn=conn, handlers=_HANDLERS)
+    return run_until_idle(engine, _HANDLERS, batch=batch, rebuild=True)
+
+
+def identity_handler() -> Any:
+    return next(h for h in _HANDLERS if h.name == "identity")
+
+
+def graph_rows(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every stored row of the identity graph, ids and profile ids included; only wall-clock
+    stamps (conflict and unmerge times) and who unmerged are left out: a replay cannot know them."""
+    queries = {
+        "profiles": "SELECT id, created_at, merged_into, canonical_id FROM profiles ORDER BY id",
+        "links": "SELECT id_type, value, profile_id, linked_at, event_id, source_id FROM identity_links "
+        "ORDER BY id_type, value",
+        "merges": "SELECT survivor_id, merged_id, id_type, value, event_id, source_id, merged_at, "
+        "unmerged_at IS NULL FROM identity_merges ORDER BY survivor_id, merged_id, event_id",
+        "conflicts": "SELECT kind, id_type, value, profile_id, other_profile_id, event_id, source_id, detail "
+        "FROM identity_conflicts ORDER BY event_id, kind, id_type, value, profile_id",
+        "profile_events": "SELECT event_id, profile_id, timestamp, channel, event FROM profile_events ORDER BY event_id",
+        "blocks": "SELECT profile_a, profile_b FROM identity_blocks ORDER BY profile_a, profile_b",
+    }
+    with db.read(engine) as conn:
+        return {name: [tuple(r) for r in conn.execute(sa.text(sql))] for name, sql in queries.items()}

@@ -1,6 +1,8 @@
 """Property-based tests (hypothesis) of identity resolution.
 
-- incremental resolution, in any batch sizes, equals a full rebuild from the log;
+- incremental resolution, in any batch sizes, equals a full rebuild from the log (the rebuild's
+  fast path, which keeps the graph in memory across steps, in any batch sizes too), also
+  with unmerges made between the steps;
 - without conflicts the result does not depend on arrival order: clusters are exactly the
   connected components of identifiers seen together;
 - a veto is never broken, whatever the stream;
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 
 from omnijourney.pipeline import service as pipeline
 from omnijourney.store import db
-from tests.identity.helpers import append, process, snapshot, source
+from tests.identity.helpers import append, graph_rows, identity_handler, process, rebuild, snapshot, source
 
 PEOPLE = 4
 HANDLERS = pipeline.default_handlers()
@@ -118,18 +120,58 @@ def components(events: list[dict[str, Any]]) -> set[frozenset]:
 
 
 @SETTINGS
-@given(events=event_streams(mixed=True), batch=st.integers(1, 7))
-def test_incremental_equals_rebuild(engine: sa.Engine, events, batch) -> None:
+@given(events=event_streams(mixed=True), batch=st.integers(1, 7), rebuild_batch=st.sampled_from([1, 3, 1000]))
+def test_incremental_equals_rebuild(engine: sa.Engine, events, batch, rebuild_batch) -> None:
     wipe(engine)
     load(engine, events[: len(events) // 2])
     process(engine, batch=batch)
     load(engine, events[len(events) // 2 :])
     process(engine, batch=batch)
-    incremental = snapshot(engine)
-    with db.write(engine) as conn:
-        pipeline.reset(conn=conn, handlers=HANDLERS)
-    process(engine, batch=1000)
+    incremental, rows = snapshot(engine), graph_rows(engine)
+    rebuild(engine, batch=rebuild_batch)
+    assert graph_rows(engine) == rows
     assert snapshot(engine) == incremental
+    # honest: the rebuild kept its graph, which it built from empty and never read back
+    kept = identity_handler()._kept
+    assert kept is not None and kept.complete
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    events=event_streams(mixed=True),
+    cuts=st.lists(st.integers(0, 25), min_size=1, max_size=3),
+    batch=st.integers(1, 5),
+    rebuild_batch=st.sampled_from([1, 2, 1000]),
+)
+def test_rebuild_with_unmerges_between_steps_equals_incremental(
+    engine: sa.Engine, events, cuts, batch, rebuild_batch
+) -> None:
+    """Unmerges recorded between incremental steps replay at their positions; the rebuild drops
+    its in-memory graph when one is applied and reads the graph back from the database."""
+    wipe(engine)
+    start = 0
+    unmerged = 0
+    for cut in [*sorted(set(cuts)), len(events)]:
+        load(engine, events[start:cut])
+        start = max(start, cut)
+        process(engine, batch=batch)
+        with db.read(engine) as conn:
+            merged = conn.execute(
+                sa.text("SELECT merged_id FROM identity_merges WHERE unmerged_at IS NULL ORDER BY id DESC")
+            ).first()
+        if merged is not None:
+            with db.write(engine) as conn:
+                pipeline.unmerge(conn=conn, profile_id=merged[0], merged_id=None, actor="test")
+            unmerged += 1
+    process(engine, batch=batch)  # the unmerge events
+    incremental, rows = snapshot(engine), graph_rows(engine)
+    rebuild(engine, batch=rebuild_batch)
+    assert graph_rows(engine) == rows
+    assert snapshot(engine) == incremental
+    kept = identity_handler()._kept
+    assert kept is not None and kept.complete == (unmerged == 0)
 
 
 @SETTINGS

@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from omnijourney.identity import graph_sql
 from omnijourney.identity.models import (
     IdentityBlock,
     IdentityConflict,
@@ -49,7 +50,12 @@ BLOCKS = IdentityBlock.__table__
 PROFILE_EVENTS = ProfileEvent.__table__
 
 Key = tuple[str, str]
-CHUNK = 500
+
+_MOVE_LINK = (
+    sa.update(LINKS)
+    .where(LINKS.c.id_type == sa.bindparam("t"), LINKS.c.value == sa.bindparam("v"))
+    .values(profile_id=sa.bindparam("owner"))
+)
 
 
 @dataclass(slots=True)
@@ -83,71 +89,81 @@ class GraphState:
     #: members whose root changed in this batch
     reparented: set[int] = field(default_factory=set)
     touched_roots: set[int] = field(default_factory=set)
+    #: links created (in creation order) and existing links moved to another member in this batch
+    new_keys: list[Key] = field(default_factory=list)
+    moved_keys: list[Key] = field(default_factory=list)
+    #: the state holds the whole graph (built from empty by a rebuild): nothing to load
+    complete: bool = False
 
     # ---- loading -------------------------------------------------------------------------
     def load(self, conn: Connection, keys: Iterable[Key]) -> None:
-        by_type: dict[str, list[str]] = defaultdict(list)
-        for t, v in set(keys):
-            if (t, v) not in self.links:
-                by_type[t].append(v)
-        owners: set[int] = set()
-        for t, values in by_type.items():
-            for i in range(0, len(values), CHUNK):
-                rows = conn.execute(
-                    sa.select(LINKS.c.value, LINKS.c.profile_id, LINKS.c.linked_at).where(
-                        LINKS.c.id_type == t, LINKS.c.value.in_(values[i : i + CHUNK])
-                    )
-                )
-                for value, pid, at in rows:
-                    self.links[(t, value)] = _Link(pid, at)
-                    owners.add(pid)
-        self._load_clusters(conn, owners - set(self.root))
+        """Load the stored links among `keys` and the whole clusters they belong to.
 
-    def _load_clusters(self, conn: Connection, pids: set[int]) -> None:
-        if not pids:
+        Invariant (what makes a state reusable across batches): for every cluster in memory,
+        all its members, their links and their blocks are in memory too. A `complete` state
+        holds the whole graph, so there is nothing to load.
+        """
+        if self.complete:
             return
+        sql = graph_sql.reader(conn)
+        when = graph_sql.utc_reader()
+        links, root = self.links, self.root
+        by_type: dict[str, set[str]] = defaultdict(set)
+        for key in keys:
+            if key not in links:
+                by_type[key[0]].add(key[1])
         roots: set[int] = set()
-        pid_list = list(pids)
-        for i in range(0, len(pid_list), CHUNK):
-            for (canonical,) in conn.execute(
-                sa.select(PROFILES.c.canonical_id).where(PROFILES.c.id.in_(pid_list[i : i + CHUNK]))
-            ):
-                roots.add(canonical)
-        roots -= set(self.members)
+        loaded: list[Key] = []
+        for t, values in by_type.items():
+            for value, pid, at, canonical in sql.links_by_values(conn, t, values):
+                key = (t, value)
+                links[key] = _Link(pid, when(at))
+                loaded.append(key)
+                if pid not in root:
+                    roots.add(canonical)
+        self._load_clusters(conn, [r for r in roots if r not in self.members])
+        # links loaded by value whose cluster was already in memory (not the case while the
+        # invariant holds, kept for safety)
+        for key in loaded:
+            owner = links[key].owner
+            if owner in root:
+                self.owned[owner].add(key)
+
+    def _load_clusters(self, conn: Connection, roots: list[int]) -> None:
         if not roots:
             return
-        root_list = list(roots)
+        sql = graph_sql.reader(conn)
+        when = graph_sql.utc_reader()
         new_members: list[int] = []
-        for i in range(0, len(root_list), CHUNK):
-            for pid, parent, canonical in conn.execute(
-                sa.select(PROFILES.c.id, PROFILES.c.merged_into, PROFILES.c.canonical_id).where(
-                    PROFILES.c.canonical_id.in_(root_list[i : i + CHUNK])
-                )
-            ):
-                self.parent[pid] = parent
-                self.root[pid] = canonical
-                self.members.setdefault(canonical, set()).add(pid)
-                new_members.append(pid)
-        for i in range(0, len(new_members), CHUNK):
-            chunk = new_members[i : i + CHUNK]
-            for t, value, pid, at in conn.execute(
-                sa.select(LINKS.c.id_type, LINKS.c.value, LINKS.c.profile_id, LINKS.c.linked_at).where(
-                    LINKS.c.profile_id.in_(chunk)
-                )
-            ):
-                self.links.setdefault((t, value), _Link(pid, at))
-                self.owned[pid].add((t, value))
-            for a, b in conn.execute(
-                sa.select(BLOCKS.c.profile_a, BLOCKS.c.profile_b).where(
-                    sa.or_(BLOCKS.c.profile_a.in_(chunk), BLOCKS.c.profile_b.in_(chunk))
-                )
-            ):
-                self.blocks.add((a, b))
-                self.blocks.add((b, a))
-        # links loaded by value may belong to members loaded only now
-        for key, link in self.links.items():
-            if link.owner in self.root:
-                self.owned[link.owner].add(key)
+        for pid, parent, canonical in sql.members(conn, roots):
+            self.parent[pid] = parent
+            self.root[pid] = canonical
+            self.members.setdefault(canonical, set()).add(pid)
+            new_members.append(pid)
+        if not new_members:
+            return
+        links, owned = self.links, self.owned
+        for t, value, pid, at in sql.links_of(conn, new_members):
+            key = (t, value)
+            if key not in links:
+                links[key] = _Link(pid, when(at))
+            owned[pid].add(key)
+        for a, b in sql.blocks_of(conn, new_members):
+            self.blocks.add((a, b))
+            self.blocks.add((b, a))
+
+    def next_batch(self, trusted_sources: frozenset[int]) -> None:
+        """Forget the previous batch's changes (already written) before resolving another one."""
+        self.trusted_sources = trusted_sources
+        self.new_profiles = []
+        self.new_merges = []
+        self.conflicts = []
+        self.profile_events = []
+        self.event_member = {}
+        self.reparented = set()
+        self.touched_roots = set()
+        self.new_keys = []
+        self.moved_keys = []
 
     # ---- queries on the in-memory graph ----------------------------------------------------
     def cluster_keys(self, root: int) -> list[Key]:
@@ -206,12 +222,15 @@ class GraphState:
     def attach(self, key: Key, member: int, at: datetime, event: Any) -> None:
         self.links[key] = _Link(member, at, new=True, event_id=event.id, source_id=event.source_id)
         self.owned[member].add(key)
+        self.new_keys.append(key)
 
     def move(self, key: Key, member: int, event: Any, reason_other: int) -> None:
         link = self.links[key]
         old = link.owner
         self.owned[old].discard(key)
         link.owner = member
+        if not link.new and not link.moved:
+            self.moved_keys.append(key)
         link.moved = True
         self.owned[member].add(key)
         self.conflict(
@@ -323,10 +342,14 @@ class GraphState:
     # ---- writing back ----------------------------------------------------------------------
     def flush(self, conn: Connection, events_by_id: dict[int, Any]) -> None:
         if self.new_profiles:
-            for p in self.new_profiles:
-                p["merged_into"] = self.parent[p["id"]]
-                p["canonical_id"] = self.root[p["id"]]
-            conn.execute(sa.insert(PROFILES), self.new_profiles)
+            when = dialect.datetime_binder(conn)
+            parent, root = self.parent, self.root
+            graph_sql.insert_rows(
+                conn,
+                "profiles",
+                ["id", "created_at", "merged_into", "canonical_id"],
+                [(p["id"], when(p["created_at"]), parent[p["id"]], root[p["id"]]) for p in self.new_profiles],
+            )
         created = {p["id"] for p in self.new_profiles}
         updates = [
             {"pid": m, "parent": self.parent[m], "canonical": self.root[m]} for m in self.reparented if m not in created
@@ -338,41 +361,22 @@ class GraphState:
                 .values(merged_into=sa.bindparam("parent"), canonical_id=sa.bindparam("canonical")),
                 updates,
             )
-        new_links, moved = [], []
-        for (t, v), link in self.links.items():
-            if link.new:
-                new_links.append(
-                    {
-                        "id_type": t,
-                        "value": v,
-                        "profile_id": link.owner,
-                        "linked_at": link.linked_at,
-                        "event_id": link.event_id,
-                        "source_id": link.source_id,
-                    }
-                )
-            elif link.moved:
-                moved.append({"t": t, "v": v, "owner": link.owner})
-        if new_links:
+        links = self.links
+        if self.new_keys:
             when = dialect.datetime_binder(conn)
             cols = ["id_type", "value", "profile_id", "linked_at", "event_id", "source_id"]
-            dialect.insert_rows_ignoring_conflicts(
-                conn,
-                LINKS,
-                cols,
-                [
-                    (r["id_type"], r["value"], r["profile_id"], when(r["linked_at"]), r["event_id"], r["source_id"])
-                    for r in new_links
-                ],
-                ["id_type", "value"],
-            )
+            rows = []
+            for key in self.new_keys:
+                link = links[key]
+                rows.append((key[0], key[1], link.owner, when(link.linked_at), link.event_id, link.source_id))
+            dialect.insert_rows_ignoring_conflicts(conn, LINKS, cols, rows, ["id_type", "value"])
+        moved = [{"t": t, "v": v, "owner": links[(t, v)].owner} for t, v in self.moved_keys]
         if moved:
-            conn.execute(
-                sa.update(LINKS)
-                .where(LINKS.c.id_type == sa.bindparam("t"), LINKS.c.value == sa.bindparam("v"))
-                .values(profile_id=sa.bindparam("owner")),
-                moved,
-            )
+            conn.execute(_MOVE_LINK, moved)
+        for key in self.new_keys:
+            links[key].new = links[key].moved = False
+        for key in self.moved_keys:
+            links[key].moved = False
         if self.new_merges:
             conn.execute(sa.insert(MERGES), self.new_merges)
         if self.conflicts:
@@ -394,9 +398,19 @@ def load_trusted_sources(conn: Connection) -> frozenset[int]:
     return frozenset(r[0] for r in conn.execute(sa.select(src.c.id).where(src.c.trusted)))
 
 
-def resolve_batch(conn: Connection, events: Sequence[Any], rules: IdentityRules) -> GraphState:
-    """Resolve a batch in log order; returns the state (event -> member) after writing it back."""
-    state = GraphState(rules=rules, trusted_sources=load_trusted_sources(conn))
+def resolve_batch(
+    conn: Connection, events: Sequence[Any], rules: IdentityRules, state: GraphState | None = None
+) -> GraphState:
+    """Resolve a batch in log order; returns the state (event -> member) after writing it back.
+
+    `state` is a graph kept from the previous batch (a rebuild keeps it in memory across its
+    steps); the caller vouches that nothing else has written the graph since.
+    """
+    trusted = load_trusted_sources(conn)
+    if state is None:
+        state = GraphState(rules=rules, trusted_sources=trusted)
+    else:
+        state.next_batch(trusted)
     extracted: list[list[Key]] = []
     for e in events:
         payload = e.payload if isinstance(e.payload, dict) else {}

@@ -41,6 +41,16 @@ class IdentifierType(BaseModel):
         return v
 
 
+class ExtractionNode:
+    """A field name's sub-fields, and the identifier types (with their place in the plan) found there."""
+
+    __slots__ = ("children", "leaves")
+
+    def __init__(self) -> None:
+        self.children: dict[str, ExtractionNode] = {}
+        self.leaves: list[tuple[int, str, IdentifierType]] = []
+
+
 class IdentityRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,6 +86,34 @@ class IdentityRules(BaseModel):
     @cached_property
     def blocked_res(self) -> list[re.Pattern[str]]:
         return [re.compile(p, re.IGNORECASE) for p in self.blocked_patterns]
+
+    @cached_property
+    def blocked_match(self) -> list[re.Pattern[str]]:
+        """`blocked_res` with every pattern free of groups joined into one alternation (one search
+        instead of one per pattern); patterns with groups (back-references) stay on their own."""
+        alone = [p for p in self.blocked_patterns if re.compile(p).groups]
+        joinable = [p for p in self.blocked_patterns if not re.compile(p).groups]
+        out = [re.compile(p, re.IGNORECASE) for p in alone]
+        if joinable:
+            try:
+                out.insert(0, re.compile("|".join(f"(?:{p})" for p in joinable), re.IGNORECASE))
+            except re.error:  # an inline global flag, say: keep them apart
+                out[:0] = [re.compile(p, re.IGNORECASE) for p in joinable]
+        return out
+
+    @cached_property
+    def extraction_tree(self) -> ExtractionNode:
+        """`extraction_plan` as a tree of field names: each key is looked up once per message."""
+        root = ExtractionNode()
+        order = 0
+        for name, id_type, paths in self.extraction_plan:
+            for path in paths:
+                node = root
+                for part in path:
+                    node = node.children.setdefault(part, ExtractionNode())
+                node.leaves.append((order, name, id_type))
+                order += 1
+        return root
 
     @cached_property
     def extraction_plan(self) -> list[tuple[str, IdentifierType, list[tuple[str, ...]]]]:

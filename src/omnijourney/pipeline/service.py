@@ -137,10 +137,20 @@ def _apply_due_actions(conn: Connection, position: int, action_seq: int, name: s
     return action_seq, barrier
 
 
-def process_step(*, conn: Connection, handlers: Sequence[Handler], limit: int = 2000, name: str = MAIN) -> int:
-    """Apply the next `limit` events to every handler; returns how many were processed."""
+def process_step(
+    *, conn: Connection, handlers: Sequence[Handler], limit: int = 2000, name: str = MAIN, rebuild: bool = False
+) -> int:
+    """Apply the next `limit` events to every handler; returns how many were processed.
+
+    `rebuild` says this process is replaying the log after a `reset`, alone: handlers may
+    keep state in memory across steps. They get the checkpoint the step started from
+    (`ctx["checkpoint"]`: position, action sequence), the action sequence after it
+    (`ctx["action_seq"]`) and whether identity actions were applied first
+    (`ctx["actions_applied"]`), to tell whether what they kept is still valid.
+    """
     row = checkpoint_row(conn=conn, name=name, lock=True)
     position, action_seq = int(row.position), int(row.action_seq)
+    start = (position, action_seq)
     barrier = None
     if conn.execute(sa.select(ACTIONS.c.id).where(ACTIONS.c.id > action_seq).limit(1)).first() is not None:
         action_seq, barrier = _apply_due_actions(conn, position, action_seq, name)
@@ -150,7 +160,12 @@ def process_step(*, conn: Connection, handlers: Sequence[Handler], limit: int = 
     events = conn.execute(stmt).all()
     if not events:
         return 0
-    ctx: dict[str, Any] = {}
+    ctx: dict[str, Any] = {
+        "rebuild": rebuild,
+        "checkpoint": start,
+        "action_seq": action_seq,
+        "actions_applied": action_seq != start[1],
+    }
     for handler in handlers:
         handler.apply(conn, events, ctx)
     conn.execute(
