@@ -4,11 +4,8 @@ Each batch reads the links and clusters its identifiers touch with "column IN <l
 queries. Built with SQLAlchemy, an expanding IN list is re-rendered into SQL text on every
 execution and every value goes through the column type's result processor; for the
 processing stage that cost more CPU than the queries themselves. Here each query is one
-fixed SQL text whose whole list is a single parameter, so the driver's statement cache
-serves it: on SQLite a JSON array read with `json_each` (built into SQLite), on PostgreSQL
-an array compared with `= ANY`. Both are served by the same indexes as `IN (...)`.
-
-This is a dialect difference kept beside its only user; `store/dialect.py` may absorb it.
+fixed SQL text whose whole list is a single parameter (`dialect.driver_any`), so the
+driver's statement cache serves it.
 """
 
 from __future__ import annotations
@@ -17,26 +14,20 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy.engine import Connection
 
 from omnijourney.store import dialect
+from omnijourney.store.registry import metadata
 
 
 class GraphReader:
     """The resolver's read queries for one connection's dialect (built once per dialect)."""
 
-    def __init__(self, sqlite: bool) -> None:
-        self.sqlite = sqlite
-        if sqlite:
-            self._param = "?"
-            self._texts = "IN (SELECT value FROM json_each(?))"
-            self._ints = self._texts
-        else:
-            self._param = "%s"
-            self._texts = "= ANY(%s::text[])"
-            self._ints = "= ANY(%s::bigint[])"
-        p = self._param
+    def __init__(self, conn: Connection) -> None:
+        self.sqlite = dialect.is_sqlite(conn)
+        p = dialect.driver_param(conn)
+        self._texts = dialect.driver_any(conn, "text")
+        self._ints = dialect.driver_any(conn, "bigint")
         self.links_by_value = (
             "SELECT l.value, l.profile_id, l.linked_at, p.canonical_id FROM identity_links l "
             f"JOIN profiles p ON p.id = l.profile_id WHERE l.id_type = {p} AND l.value {self._texts}"
@@ -49,11 +40,9 @@ class GraphReader:
             f"SELECT profile_a, profile_b FROM identity_blocks WHERE profile_a {self._ints} OR profile_b {self._ints}"
         )
 
-    def _list(self, values: Sequence[Any]) -> Any:
-        return orjson.dumps(list(values)).decode() if self.sqlite else list(values)
-
     def rows(self, conn: Connection, sql: str, *params: Any) -> list[Any]:
-        bound = tuple(self._list(p) if isinstance(p, list | tuple | set | frozenset) else p for p in params)
+        bound = tuple(dialect.in_values_param(conn, list(p)) if isinstance(p, list | tuple | set | frozenset) else p
+                      for p in params)  # fmt: skip
         return conn.exec_driver_sql(sql, bound).all()
 
     def links_by_values(self, conn: Connection, id_type: str, values: Iterable[str]) -> list[Any]:
@@ -78,7 +67,7 @@ def reader(conn: Connection) -> GraphReader:
     sqlite = dialect.is_sqlite(conn)
     found = _READERS.get(sqlite)
     if found is None:
-        found = _READERS[sqlite] = GraphReader(sqlite)
+        found = _READERS[sqlite] = GraphReader(conn)
     return found
 
 
@@ -94,42 +83,9 @@ def utc_reader() -> Callable[[Any], datetime]:
     return _as_utc
 
 
-#: most rows per multi-row INSERT on SQLite; a group is split into full chunks plus power-of-two
-#: remainders, so only a handful of distinct statements are ever prepared (and cached)
-INSERT_CHUNK = 256
-
-
-def _chunk_sizes(n: int) -> list[int]:
-    sizes = [INSERT_CHUNK] * (n // INSERT_CHUNK)
-    rest, bit = n % INSERT_CHUNK, INSERT_CHUNK
-    while rest:
-        bit //= 2
-        if rest >= bit:
-            sizes.append(bit)
-            rest -= bit
-    return sizes
-
-
 def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain INSERT of driver-ready rows (`dialect.datetime_binder` for timestamps); a duplicate
-    key fails the statement as usual. SQLite: one multi-row statement per chunk; PostgreSQL: COPY."""
-    if not rows:
-        return
-    quote = conn.dialect.identifier_preparer.quote
-    cols = ", ".join(quote(c) for c in columns)
-    if not dialect.is_sqlite(conn):
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with cursor.copy(f"COPY {quote(table)} ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        finally:
-            cursor.close()
-        return
-    row_sql = "(" + ", ".join("?" for _ in columns) + ")"
-    head = f"INSERT INTO {quote(table)} ({cols}) VALUES "
-    start = 0
-    for size in _chunk_sizes(len(rows)):
-        part = rows[start : start + size]
-        conn.exec_driver_sql(head + ", ".join([row_sql] * size), tuple(v for r in part for v in r))
-        start += size
+    key fails the statement as usual (multi-row statements on SQLite, COPY on PostgreSQL)."""
+    if rows:
+        flat = [v for r in rows for v in r]
+        dialect.insert_values_ignoring_conflicts(conn, metadata.tables[table], columns, flat, ())

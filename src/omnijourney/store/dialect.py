@@ -535,6 +535,22 @@ def in_values_param(conn: Connection, values: Sequence[int] | Sequence[str]) -> 
     return list(values)
 
 
+def driver_any(conn: Connection, array_type: str) -> str:
+    """For hand-written driver-level SQL: `<column> ` + this tests membership in one list parameter
+    (bind `in_values_param(conn, values)`), with one statement text whatever the list's length.
+
+    SQLite reads the JSON text with `json_each`; PostgreSQL compares with `= ANY` of an array of
+    `array_type` (`text`, `bigint`). Both are served by the same indexes as `IN (...)`."""
+    if is_sqlite(conn):
+        return "IN (SELECT value FROM json_each(?))"
+    return f"= ANY(%s::{array_type}[])"
+
+
+def driver_param(conn: Connection) -> str:
+    """The driver's placeholder for one positional parameter (`exec_driver_sql`)."""
+    return "?" if is_sqlite(conn) else "%s"
+
+
 def for_update_skip_locked(stmt: sa.Select[Any], conn: Connection) -> sa.Select[Any]:
     """Lock rows nobody else holds and skip the rest (PostgreSQL); SQLite's write transaction is exclusive."""
     return stmt if is_sqlite(conn) else stmt.with_for_update(skip_locked=True)
