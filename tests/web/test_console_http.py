@@ -14,8 +14,11 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from omnijourney.app import create_app
+from omnijourney.engage import service as engage
+from omnijourney.engage.schemas import SegmentIn
 from omnijourney.store import db
-from omnijourney.web import service, workspace
+from omnijourney.store.base import utcnow
+from omnijourney.web import segments, service, workspace
 from omnijourney.web import views as web_views
 from tests.commerce.helpers import bearer
 from tests.conftest import LiveServer, World, wait_for
@@ -186,6 +189,8 @@ GET_ROUTES = {
     "/console/workspace": ("admin", "agent"),
     "/console/workspace/": ("admin", "agent"),
     "/console/workspace/{conversation_id}": ("admin", "agent"),
+    "/console/segments": ("admin", "marketer"),
+    "/console/segments/{key}/export.csv": ("admin", "marketer"),
 }
 POST_ROUTES = {
     "/console/logout": ("admin", "marketer", "agent", "store_staff"),
@@ -201,6 +206,7 @@ POST_ROUTES = {
     "/console/workspace/{conversation_id}/assign": ("admin", "agent"),
     "/console/workspace/{conversation_id}/resolve": ("admin", "agent"),
     "/console/workspace/calls": ("admin", "agent"),
+    "/console/segments": ("admin", "marketer"),
 }
 #: open to anyone: the login form and the stylesheet/script
 PUBLIC = {"/console/login", "/console/static/{name}"}
@@ -208,7 +214,7 @@ STREAM = "/console/customers/{profile_id}/stream"
 
 
 def test_the_role_table_covers_every_console_route() -> None:
-    routes = [*web_views.router.routes, *workspace.router.routes]
+    routes = [*web_views.router.routes, *workspace.router.routes, *segments.router.routes]
     declared = {(r.path, m) for r in routes for m in r.methods}  # type: ignore[attr-defined]
     covered = {(p, "GET") for p in GET_ROUTES} | {(p, "POST") for p in POST_ROUTES} | {(STREAM, "GET")}
     covered |= {(p, m) for p in PUBLIC for m in ("GET", "POST")}
@@ -224,6 +230,9 @@ def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser
         headers=bearer(world.agent_token),
     )
     assert made.status_code == 201, made.text
+    with db.write(engine) as conn:
+        everyone = SegmentIn(key="everyone", name="Everyone", rule={"trait": {"key": "email", "op": "exists"}})
+        engage.create_segment(conn=conn, segment=everyone, actor="test", now=utcnow())
     with db.read(engine) as conn:
         uid = service.user_by_name(conn=conn, username="mark").id
         sid = conn.execute(sa.text("SELECT min(id) FROM sources")).scalar_one()
@@ -234,6 +243,7 @@ def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser
         "{source_id}": str(sid),
         "{conversation_id}": str(made.json()["id"]),
         "{task_id}": "999999",  # none: allowed roles get a 404 after the role and CSRF checks
+        "{key}": "everyone",
     }
 
     def url(path: str) -> str:

@@ -191,6 +191,9 @@ def install(app: FastAPI) -> None:
     from omnijourney.web import journeys  # the journeys page (its own module and router)
 
     app.include_router(journeys.router)
+    from omnijourney.web import segments  # the segments page (its own module and router)
+
+    app.include_router(segments.router)
 
 
 def _render(
