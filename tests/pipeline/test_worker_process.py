@@ -136,7 +136,7 @@ def test_serve_runs_the_processing_stage_in_a_child_process(engine: sa.Engine, d
 
 
 def test_ingest_first_yields_only_in_bursts_and_less_as_the_lag_nears_its_bound() -> None:
-    policy = IngestFirst(min_share=0.25, max_lag=10_000, catch_up_seconds=1.0)
+    policy = IngestFirst(min_share=0.25, max_lag=10_000, catch_up_seconds=1.0, full_share_seconds=100.0)
     # keeping up (the backlog clears within a second): full speed, for freshness
     assert policy.share(0, 0.001) == 1.0
     assert policy.share(1000, 0.001) == 1.0
@@ -145,6 +145,11 @@ def test_ingest_first_yields_only_in_bursts_and_less_as_the_lag_nears_its_bound(
     assert policy.share(5000, 0.001) == pytest.approx(0.625)
     assert policy.share(10_000, 0.001) == 1.0
     assert policy.share(10**9, 0.001) == 1.0
+    # far from the event bound, a backlog worth many seconds of processing still earns the lock
+    # (a stage at 25 % of the lock below the arrival rate would fall behind for ever)
+    steady = IngestFirst(min_share=0.25, max_lag=2_000_000, catch_up_seconds=1.0, full_share_seconds=10.0)
+    assert steady.share(4_000, 0.0005) == pytest.approx(0.25 + 0.75 * 0.2)  # 2 s of backlog
+    assert steady.share(20_000, 0.0005) == 1.0  # 10 s of backlog, 1 % of max_lag
 
 
 def test_paced_worker_keeps_up_exactly_once_while_events_keep_arriving(engine: sa.Engine) -> None:
