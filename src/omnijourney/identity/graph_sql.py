@@ -24,7 +24,6 @@ class GraphReader:
     """The resolver's read queries for one connection's dialect (built once per dialect)."""
 
     def __init__(self, conn: Connection) -> None:
-        self.sqlite = dialect.is_sqlite(conn)
         p = dialect.driver_param(conn)
         self._texts = dialect.driver_any(conn, "text")
         self._ints = dialect.driver_any(conn, "bigint")

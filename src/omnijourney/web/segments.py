@@ -22,7 +22,6 @@ from omnijourney.engage import service
 from omnijourney.engage.config import default_config
 from omnijourney.engage.schemas import SegmentIn
 from omnijourney.engage.service import SegmentError
-from omnijourney.profiles.config import load_profile_config
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
 from omnijourney.web.service import Session
@@ -88,7 +87,7 @@ async def create_segment(
             message = exc.message if isinstance(exc, SegmentError) else str(exc)
             return _page(request, session, form, message, status=400)
         service.refresh_all(
-            engine=engine, config=default_config(), profile_config=load_profile_config(), keys=[segment.key]
+            engine=engine, config=default_config(), profile_config=request.app.state.profile_config, keys=[segment.key]
         )
         return RedirectResponse(f"/console/segments#s-{segment.key}", status_code=303)
 
@@ -111,7 +110,7 @@ async def export_segment(key: str, request: Request, _: Session = Depends(page(*
     if missing is not None:
         return Response(orjson.dumps({"error": missing.code, "message": missing.message}), status_code=404,
                         media_type="application/json")  # fmt: skip
-    config = load_profile_config()
+    config = request.app.state.profile_config
 
     def lines() -> Iterator[str]:
         with db.read(engine) as conn:
