@@ -150,6 +150,12 @@ def load(engine: sa.Engine, n_events: int, n_profiles: int, seed: int) -> int:
     return int(last)
 
 
+def events_sql(lake_path: Path) -> str:
+    """The lake's event files to read (committed, not superseded by compaction) as a DuckDB scan."""
+    files = ", ".join(f"'{f}'" for f in lake.event_files(lake_path))
+    return f"read_parquet([{files}])"
+
+
 def timed(fn):  # type: ignore[no-untyped-def]
     """Wall time and result; prints the CPU time of this process (all DuckDB threads) and the load average."""
     t, c = time.perf_counter(), time.process_time()
@@ -162,7 +168,7 @@ def timed(fn):  # type: ignore[no-untyped-def]
 MARKOV_SQL = """
 WITH ev AS (
   SELECT e.*, coalesce(m.canonical_id, e.profile_id) AS unit
-  FROM read_parquet('{lake}/events/*/*.parquet') e
+  FROM {events} e
   LEFT JOIN read_parquet('{lake}/dimensions/identity_map.parquet') m USING (profile_id)),
 conv AS (
   SELECT unit, ts_ms AS c_ts, event_id AS c_id FROM (
@@ -205,7 +211,7 @@ def markov_benchmark(data_dir: Path) -> None:
         return counts, attr.markov_removal_effects(counts, channels)[1]
 
     def sql_markov() -> tuple[dict[tuple[str, str], int], dict[str, float]]:
-        rows = duckdb.sql(MARKOV_SQL.format(lake=data_dir / "lake")).fetchall()
+        rows = duckdb.sql(MARKOV_SQL.format(lake=data_dir / "lake", events=events_sql(data_dir / "lake"))).fetchall()
         counts = {(a, b): int(n) for a, b, n in rows}
         channels = sorted({t for _, t in counts} - {attr.CONV, attr.NULL})
         return counts, attr.markov_removal_effects(counts, channels)[1]
@@ -235,7 +241,7 @@ def markov_benchmark(data_dir: Path) -> None:
 RETENTION_SQL = """
 WITH e AS (
   SELECT coalesce(m.canonical_id, e.profile_id) AS unit, (e.ts_ms // 86400000 + 3) // 7 AS w
-  FROM read_parquet('{lake}/events/*/*.parquet') e
+  FROM {events} e
   LEFT JOIN read_parquet('{lake}/dimensions/identity_map.parquet') m USING (profile_id)
   WHERE e.profile_id IS NOT NULL AND e.event = 'Order Completed'),
 c AS (SELECT unit, min(w) AS cohort FROM e GROUP BY unit),
@@ -258,7 +264,7 @@ def bench_retention(tmp: Path, as_of: int) -> None:
         return service.run(data_dir=tmp, analysis="retention", filters=flt.Filters(), as_of_ms=as_of, options=spec)
 
     def sql_run() -> list:
-        return duckdb.sql(RETENTION_SQL.format(lake=tmp / "lake")).fetchall()
+        return duckdb.sql(RETENTION_SQL.format(lake=tmp / "lake", events=events_sql(tmp / "lake"))).fetchall()
 
     cold, out = timed(ibis_run)
     warm, _ = timed(ibis_run)
@@ -283,6 +289,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--lake", type=Path, help="retention only, over a data dir kept with --keep")
+    ap.add_argument(
+        "--no-compact", dest="compact", action="store_false", help="query the export's small files as written"
+    )
     ap.add_argument("--reuse", type=Path, help="a data dir kept with --keep: skip loading, export and query again")
     args = ap.parse_args()
     os.environ[result_cache.ENV] = "0"  # time the engines, not the result cache (measured once, separately)
@@ -306,13 +315,23 @@ def main() -> None:
                 f"loaded {n:,} events for {args.profiles:,} customers into SQLite in {t_load:.1f} s (not timed below)"
             )
 
-        t_export, res = timed(lambda: lake.export(engine=engine, data_dir=tmp, batch=args.batch))
+        t_export, res = timed(lambda: lake.export(engine=engine, data_dir=tmp, batch=args.batch, compact=False))
         assert res.rows == n
         size = sum(f.stat().st_size for f in (tmp / "lake").rglob("*.parquet"))
         print(
             f"export: {res.rows:,} rows in {t_export:.1f} s = {res.rows / t_export:,.0f} rows/s "
             f"({res.files} files, {size / 1e6:.1f} MB)"
         )
+        if args.compact:
+            t_compact, comp = timed(lambda: lake.compact(data_dir=tmp, grace_seconds=0))
+            _, comp2 = timed(lambda: lake.compact(data_dir=tmp, grace_seconds=0))
+            live = lake.event_files(tmp / "lake")
+            size = sum(f.stat().st_size for f in live)
+            print(
+                f"compaction: {comp.merged:,} files into {comp.written} in {t_compact:.1f} s "
+                f"= {res.rows / t_compact:,.0f} rows/s; {comp2.pruned:,} superseded files deleted; "
+                f"{len(live)} files, {size / 1e6:.1f} MB"
+            )
 
         as_of = flt.to_ms(START + timedelta(days=40))
         spec = FunnelSpec(
@@ -343,7 +362,7 @@ def main() -> None:
         import duckdb
 
         sql = f"""
-        WITH e AS (SELECT * FROM read_parquet('{tmp}/lake/events/*/*.parquet')),
+        WITH e AS (SELECT * FROM {events_sql(tmp / "lake")}),
         f AS (SELECT profile_id, channel, row_number() OVER (PARTITION BY profile_id ORDER BY ts_ms, event_id) rn FROM e),
         p AS (SELECT profile_id, channel, row_number() OVER (PARTITION BY profile_id ORDER BY ts_ms, event_id) rn
               FROM e WHERE event = 'Order Completed')

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -279,11 +280,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _tmp_name(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final.parent / f".{final.name}.tmp"
+
+
 def write_atomic(table: pa.Table, final: Path) -> None:
     """Write to a hidden temporary name, fsync, rename into place, fsync the directory."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp"
+    tmp = _tmp_name(final)
     pq.write_table(table, tmp, compression="zstd")
+    _publish(tmp, final)
+
+
+def _publish(tmp: Path, final: Path) -> None:
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -297,16 +306,46 @@ def part_name(first: int, last: int) -> str:
     return f"part-{first:020d}-{last:020d}.parquet"
 
 
+def _part_range(f: Path) -> tuple[int, int] | None:
+    m = PART_RE.match(f.name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _live_and_superseded(files: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """Split one partition's files into those to read and (file, compacted file covering it) pairs.
+
+    Batches cover disjoint position ranges and a compacted file covers exactly the files it
+    merged, so two ranges either nest or are disjoint: sorted by (first, -last), a file whose
+    range starts at or before the end of the last file kept lies inside that wider one.
+    """
+    ranged = sorted(((r, f) for f in files if (r := _part_range(f)) is not None), key=lambda x: (x[0][0], -x[0][1]))
+    live: list[Path] = []
+    superseded: list[tuple[Path, Path]] = []
+    reach = -1
+    for (first, last), f in ranged:
+        if first <= reach:
+            superseded.append((f, live[-1]))
+        else:
+            live.append(f)
+            reach = last
+    return live, superseded
+
+
+def _partitions(lake: Path) -> list[Path]:
+    events = lake / "events"
+    return sorted(d for d in events.glob("date=*") if d.is_dir()) if events.exists() else []
+
+
 def event_files(lake: Path, position: int | None = None) -> list[Path]:
-    """The committed event files (those wholly at or below `position`, the export checkpoint)."""
+    """The files to read: committed (wholly at or below `position`, the export checkpoint) and not
+    superseded by a compacted file covering their range."""
     if position is None:
         position = committed_position(lake)
     out = []
-    for f in sorted((lake / "events").glob("date=*/part-*.parquet")):
-        m = PART_RE.match(f.name)
-        if m and int(m.group(2)) <= position:
-            out.append(f)
-    return out
+    for part in _partitions(lake):
+        committed = [f for f in part.glob("part-*.parquet") if (r := _part_range(f)) and r[1] <= position]
+        out.extend(_live_and_superseded(committed)[0])
+    return sorted(out)
 
 
 def committed_position(lake: Path) -> int:
@@ -600,6 +639,7 @@ class ExportResult:
     position: int
     dimensions: dict[str, int]
     removed: int
+    compacted: CompactResult | None = None
 
 
 #: fault-injection point for the crash tests: called after a batch's files are in place,
@@ -614,8 +654,10 @@ def export(
     batch: int = 50_000,
     progress: Callable[[int, int], None] | None = None,
     dimensions: bool = True,
+    compact: bool = True,
 ) -> ExportResult:
-    """Export every processed event not yet in the lake, then refresh the dimension snapshots."""
+    """Export every processed event not yet in the lake, compact the day partitions that now hold
+    several files, then refresh the dimension snapshots."""
     lake = lake_dir(data_dir)
     with _exclusive(lake):
         with db.write(engine) as conn:
@@ -631,8 +673,20 @@ def export(
             rows, files, position = _export_batches(engine, lake, con, position, batch, total, progress)
         finally:
             con.close()
+        compacted = (
+            _compact(
+                lake,
+                max_rows=COMPACT_MAX_ROWS,
+                min_files=EXPORT_COMPACT_MIN_FILES,
+                grace_seconds=SUPERSEDED_GRACE_SECONDS,
+            )
+            if compact
+            else None
+        )
         dims = snapshot_dimensions(engine, lake) if dimensions else {}
-    return ExportResult(rows=rows, files=files, position=position, dimensions=dims, removed=removed)
+    return ExportResult(
+        rows=rows, files=files, position=position, dimensions=dims, removed=removed, compacted=compacted
+    )
 
 
 def _export_batches(
@@ -678,6 +732,110 @@ def _export_batches(
         if progress:
             progress(rows, total)
     return rows, files, position
+
+
+# --------------------------------------------------------------------------- compaction
+
+#: a compacted file holds at most this many rows (one day's partition may get several)
+COMPACT_MAX_ROWS = 1_000_000
+#: rows per Parquet row group in a compacted file (DuckDB and Spark split scans by row group)
+COMPACT_ROW_GROUP = 128 * 1024
+#: an export compacts a run of a day's files once it has this many (bounds how often a busy day
+#: is rewritten; `omnijourney analytics compact` merges any two)
+EXPORT_COMPACT_MIN_FILES = 4
+#: superseded files stay this long after the file that replaced them appeared, so a query that
+#: listed the lake before the compaction can still read every file on its list
+SUPERSEDED_GRACE_SECONDS = 600.0
+
+
+@dataclass
+class CompactResult:
+    merged: int  # small files now superseded
+    written: int  # compacted files written
+    pruned: int  # superseded files deleted (older than the grace period)
+
+
+def compact(
+    *,
+    data_dir: Path,
+    max_rows: int = COMPACT_MAX_ROWS,
+    min_files: int = 2,
+    grace_seconds: float = SUPERSEDED_GRACE_SECONDS,
+) -> CompactResult:
+    """Merge each day's small export files into few large ones (`omnijourney analytics compact`).
+
+    Every export batch writes one file per day it touches, so a lake fed often holds thousands
+    of small files and every query pays for opening each. A compacted file is named after the
+    position range it covers, which contains the ranges of the files it merged: readers
+    (`event_files`) skip covered files from the moment it is renamed into place, so a crash at any
+    point leaves the lake readable with no row twice. Covered files are deleted after
+    `grace_seconds`, by a later compaction or export.
+    """
+    lake = lake_dir(data_dir)
+    with _exclusive(lake):
+        return _compact(lake, max_rows=max_rows, min_files=min_files, grace_seconds=grace_seconds)
+
+
+def _compact(lake: Path, *, max_rows: int, min_files: int, grace_seconds: float) -> CompactResult:
+    position = committed_position(lake)
+    pruned = _prune_superseded(lake, position, grace_seconds)
+    merged = written = 0
+    for part in _partitions(lake):
+        committed = [f for f in part.glob("part-*.parquet") if (r := _part_range(f)) and r[1] <= position]
+        for run in _runs(_live_and_superseded(committed)[0], max_rows):
+            if len(run) >= max(2, min_files):
+                _merge(run)
+                merged += len(run)
+                written += 1
+    return CompactResult(merged=merged, written=written, pruned=pruned)
+
+
+def _runs(files: list[Path], max_rows: int) -> list[list[Path]]:
+    """Consecutive files (in position order) grouped greedily up to `max_rows` rows per group."""
+    runs: list[list[Path]] = []
+    rows = 0
+    for f in files:
+        n = pq.read_metadata(f).num_rows
+        if runs and rows + n <= max_rows:
+            runs[-1].append(f)
+            rows += n
+        else:
+            runs.append([f])
+            rows = n
+    return runs
+
+
+def _merge(run: list[Path]) -> Path:
+    """Write `run`'s rows, in position order, to one file covering their whole range."""
+    first, last = _part_range(run[0])[0], _part_range(run[-1])[1]  # type: ignore[index]
+    final = run[0].parent / part_name(first, last)
+    tmp = _tmp_name(final)
+    pending_tables: list[pa.Table] = []
+    buffered = 0
+    with pq.ParquetWriter(tmp, EVENT_SCHEMA, compression="zstd") as writer:
+        for f in run:  # one input file in memory at a time, plus at most one row group
+            table = pq.read_table(f, schema=EVENT_SCHEMA)
+            pending_tables.append(table)
+            buffered += table.num_rows
+            if buffered >= COMPACT_ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending_tables), row_group_size=COMPACT_ROW_GROUP)
+                pending_tables, buffered = [], 0
+        if pending_tables:
+            writer.write_table(pa.concat_tables(pending_tables), row_group_size=COMPACT_ROW_GROUP)
+    _publish(tmp, final)
+    return final
+
+
+def _prune_superseded(lake: Path, position: int, grace_seconds: float) -> int:
+    now = time.time()
+    pruned = 0
+    for part in _partitions(lake):
+        committed = [f for f in part.glob("part-*.parquet") if (r := _part_range(f)) and r[1] <= position]
+        for f, cover in _live_and_superseded(committed)[1]:
+            if now - cover.stat().st_mtime >= grace_seconds:
+                f.unlink()
+                pruned += 1
+    return pruned
 
 
 def status(*, engine: sa.Engine, data_dir: Path) -> dict[str, Any]:
