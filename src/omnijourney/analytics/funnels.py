@@ -30,6 +30,7 @@ from typing import Any, Literal
 import ibis
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from omnijourney.analytics import filters as flt
 from omnijourney.analytics.engine import LakeTables, materialise
@@ -394,11 +395,12 @@ def run_funnel(lt: LakeTables, spec: FunnelSpec, f: flt.Filters, as_of_ms: int) 
     times_tbl: pa.Table = lt.execute(times_expr)
     n = len(spec.steps)
     tcols = _time_cols(spec)
-    bd = np.array(times_tbl.column("breakdown").to_pylist(), dtype=object)
-    steps = np.array(times_tbl.column("steps").to_pylist(), dtype=np.int64)
+    # column-wise to NumPy (one row per unit past step 1: up to a million rows at the size)
+    bd = np.asarray(times_tbl.column("breakdown").cast(pa.string()).to_numpy(), dtype=object)
+    steps = np.asarray(times_tbl.column("steps").cast(pa.int64()).to_numpy(), dtype=np.int64)
     if times_tbl.num_rows:
         mat = np.column_stack(
-            [np.array(times_tbl.column(c).to_pylist(), dtype=np.float64) for c in tcols]  # None -> nan
+            [pc.fill_null(times_tbl.column(c).cast(pa.float64()), np.nan).to_numpy() for c in tcols]  # null -> nan
         )
         if spec.order == "any":  # steps done in any order: their times in completion order
             mat = np.sort(mat, axis=1)  # NaN sorts last
