@@ -61,6 +61,8 @@ def test_compaction_merges_each_day_into_one_file_and_readers_see_the_same_rows(
     assert set(_live_per_day(tmp_path).values()) == {1}
     # the replaced files stay for queries that listed them, but no reader sees their rows twice
     assert set(files_before) <= set(_on_disk(tmp_path)) and result.pruned == 0
+    status = lake.status(engine=engine, data_dir=tmp_path)
+    assert status["files"] == result.written and status["superseded_files"] == len(files_before)
     assert _rows(tmp_path) == before
     lt = open_lake(tmp_path, "duckdb")
     assert sorted(lt.execute(lt.events.select("event_id")).column("event_id").to_pylist()) == [

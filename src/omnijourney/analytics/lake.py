@@ -850,4 +850,7 @@ def status(*, engine: sa.Engine, data_dir: Path) -> dict[str, Any]:
         "updated_at": row.updated_at.isoformat() if row else None,
         "pending": waiting,
         "files": len(event_files(lake)),
+        "superseded_files": sum(
+            len(_live_and_superseded(list(p.glob("part-*.parquet")))[1]) for p in _partitions(lake)
+        ),
     }
