@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -30,6 +31,7 @@ from omnijourney.profiles.service import ProfileError
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
 from omnijourney.web import service
+from omnijourney.web.rendering import ConsoleEnvironment
 from omnijourney.web.service import ConsoleError, Session
 
 HERE = Path(__file__).parent
@@ -41,10 +43,13 @@ STREAM_POLL_SECONDS = 0.5
 STREAM_SESSION_CHECK_SECONDS = 5.0
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-templates = Jinja2Templates(directory=HERE / "templates")
-# templates ship with the package and do not change while the server runs: without this, every
-# {% include %} (one per timeline entry) stats its file to see whether it changed
-templates.env.auto_reload = False
+# templates ship with the package and do not change while the server runs: without auto_reload
+# off, every {% include %} stats its file to see whether it changed
+templates = Jinja2Templates(
+    env=ConsoleEnvironment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=jinja2.select_autoescape(), auto_reload=False
+    )
+)
 
 ALL = ROLES
 READERS = ("admin", "marketer", "agent", "store_staff")
