@@ -166,7 +166,7 @@ class PageAccess:
 def page_read(access: PageAccess) -> Iterator[tuple[Connection, Session]]:
     """A read transaction that first checks the page's session and role (raising like `page`)."""
     request = access.request
-    with db.read(request.app.state.engine) as conn:
+    with db.read_statements(request.app.state.engine) as conn:  # the pages only read
         yield conn, _require(request, _session_in(request, conn), access.allowed)
 
 
