@@ -265,6 +265,74 @@ def measure_cpu(server: Server, emails: list[str], count: int) -> dict[str, floa
     return out
 
 
+def compare_cpu(url: str, workdir: Path, emails: list[str], args: argparse.Namespace, say: Any) -> None:
+    """Server CPU per request of this checkout against `--compare-src`, interleaved.
+
+    On a shared machine the CPU per request of the same code moves with the load (by 2x within
+    minutes here), so two runs one after the other do not compare. Both servers are started on
+    the same database; one session each gets the same e-mails in alternating blocks, so both see
+    the same load, and only the pair is compared."""
+    import httpx
+
+    servers: dict[str, Server] = {}
+    clients: dict[str, Any] = {}
+    cpu = {name: {"search": 0.0, "page": 0.0} for name in ("compared", "this")}
+    try:
+        for name, src in (("compared", args.compare_src), ("this", None)):
+            before = os.environ.get("PYTHONPATH")
+            if src:  # the other checkout's package first on the server's path
+                os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (str(Path(src).resolve()), before) if x)
+            try:
+                (workdir / name).mkdir(exist_ok=True)
+                servers[name] = Server(url, workdir / name, synchronous=args.sqlite_synchronous, pipeline=False)
+            finally:
+                if before is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = before
+        for name, server in servers.items():
+            server.wait_healthy()
+            clients[name] = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60)
+            _log_in(clients[name])
+        rng = random.Random(4242)
+
+        def block(name: str, picked: list[str], record: bool) -> None:
+            client, pid = clients[name], servers[name].proc.pid
+            start, ids = tree_cpu_seconds(pid), []
+            for email in picked:
+                found = _HREF.search(client.get("/console/search", params={"q": email}).text)
+                if found is None:
+                    raise RuntimeError(f"search {email}: no customer link")
+                ids.append(found.group(1))
+            searched = tree_cpu_seconds(pid)
+            for profile_id in ids:
+                if client.get(f"/console/customers/{profile_id}").status_code != 200:
+                    raise RuntimeError(f"360 page {profile_id} failed")
+            if record:
+                cpu[name]["search"] += searched - start
+                cpu[name]["page"] += tree_cpu_seconds(pid) - searched
+
+        warm = [rng.choice(emails) for _ in range(30)]
+        for name in servers:
+            block(name, warm, record=False)
+        size, done = 40, 0
+        while done < args.cpu_requests:
+            picked = [rng.choice(emails) for _ in range(min(size, args.cpu_requests - done))]
+            for name in servers if (done // size) % 2 == 0 else list(servers)[::-1]:
+                block(name, picked, record=True)
+            done += len(picked)
+        for name, label in (("compared", f"--compare-src {args.compare_src}"), ("this", "this checkout")):
+            say(
+                f"server CPU per request, interleaved ({done} each), {label}: "
+                f"search {1000 * cpu[name]['search'] / done:.2f} ms, 360 page {1000 * cpu[name]['page'] / done:.2f} ms"
+            )
+    finally:
+        for client in clients.values():
+            client.close()
+        for server in servers.values():
+            server.stop()
+
+
 def graph_stats_of(url: str) -> Any:
     from omnijourney.store import db
 
@@ -325,6 +393,9 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
         result.customers, result.events = stats.clusters, stats.events
         _console_user(url)
         emails = known_emails(url, args.sample, args.seed)
+        if args.compare_src:
+            compare_cpu(url, workdir, emails, args, say)
+            return result
         server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=False, workers=args.workers)
         server.wait_healthy()
         cpu = measure_cpu(server, emails, args.cpu_requests) if args.cpu_requests else {}
@@ -403,6 +474,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the role needs CREATEDB (fresh databases are created and dropped)",
     )
     p.add_argument(
+        "--compare-src",
+        default=None,
+        metavar="DIR",
+        help="instead of the concurrent run: the server CPU per request of this checkout and of the omnijourney\n"
+        "package in DIR (e.g. another worktree's src), measured interleaved (--cpu-requests of each page)",
+    )
+    p.add_argument(
         "--sqlite-synchronous",
         default=os.environ.get("OMNIJOURNEY_SQLITE_SYNCHRONOUS", "FULL").upper(),
         type=str.upper,
@@ -414,6 +492,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("sizes, --readers, --requests, --client-procs and --sample must be positive")
     if args.database_url and args.backend == "both":
         p.error("--database-url measures one database: choose its --backend")
+    if args.compare_src and not (Path(args.compare_src) / "omnijourney").is_dir():
+        p.error("--compare-src needs a directory holding the omnijourney package (a checkout's src)")
     if args.warmup < 0 or args.cpu_requests < 0 or not 1 <= args.timeline_limit <= 500:
         p.error("--warmup must be >= 0 and --timeline-limit 1..500")
     return args
@@ -434,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         console.rule(backend)
         results.append(run_backend(backend, args, lambda m, b=backend: console.print(f"[dim]{b}:[/dim] {m}")))
+    if args.compare_src:  # only the interleaved CPU figures, printed above
+        return 0 if all(not r.error for r in results) else 1
 
     table = Table(
         title=f"Staff console: {args.readers} concurrent sessions (targets: search p99 < 100 ms, 360 page < 150 ms)"

@@ -13,6 +13,9 @@ import sqlalchemy as sa
 from segment.analytics.client import Client as SegmentClient
 
 from omnijourney.access import service as access
+from omnijourney.commerce import service as commerce
+from omnijourney.identity import service as identity
+from omnijourney.profiles import service as profiles
 from omnijourney.store import db
 from tests.conftest import World, wait_for
 
@@ -164,6 +167,35 @@ def test_seed_journey_resolves_to_one_profile_with_one_timeline(live_server, cli
         "results"
     ]
     assert [p["id"] for p in by_phone] == [pid]
+
+    # the console's set-based reads answer what the one-at-a-time reads answer
+    rules = live_server.app.state.identity_rules
+    asked = [
+        ("email", "JANA@example.com"),
+        ("phone", "601 123 456"),
+        ("loyalty_card", "LC 9999"),
+        ("email", "nobody@example.com"),
+        ("phone", "not a phone"),
+    ]
+    with db.read(engine) as conn:
+        cluster = identity.cluster(conn=conn, profile_id=pid)
+        assert cluster is not None
+        one_each = [identity.lookup_cluster(conn=conn, rules=rules, id_type=t, value=v) for t, v in asked]
+        assert identity.lookup_clusters(conn=conn, rules=rules, identifiers=asked) == one_each
+        assert one_each[:2] == [cluster, cluster] and one_each[2:] == [None, None, None]
+        names = ["Product Added", "Cart Viewed", "Order Completed"]
+        entries, _ = profiles.timeline(conn=conn, member_ids=cluster.members, limit=100, events=names)
+        props = profiles.recent_properties(conn=conn, member_ids=cluster.members, events=names, limit=100)
+        assert props == [e["properties"] for e in entries] and len(props) == 3
+        assert profiles.recent_properties(conn=conn, member_ids=cluster.members, events=names, limit=1) == props[:1]
+        carts = commerce.active_carts(conn=conn, member_ids=cluster.members)
+        now = T0 + timedelta(days=1)
+        assert commerce.current_cart(
+            conn=conn, profile_id=pid, members=cluster.members, carts=carts
+        ) == commerce.current_cart(conn=conn, profile_id=pid, members=cluster.members)
+        assert commerce.active_cart_signal(
+            conn=conn, member_ids=cluster.members, now=now, carts=carts
+        ) == commerce.active_cart_signal(conn=conn, member_ids=cluster.members, now=now)
 
 
 def test_profile_api_needs_a_reader_role_and_validates(client, world: World) -> None:

@@ -134,3 +134,22 @@ def test_summaries_combine_each_cluster_in_a_few_statements(graph: sa.Engine) ->
     )
     assert jana["last_seen"] == T and cards[2]["last_seen"] is None
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 4
+
+
+def test_identifier_prefixes_are_one_statement_and_known_clusters_skip_a_read(graph: sa.Engine) -> None:
+    statements: list[str] = []
+
+    def count(*a: object) -> None:
+        if str(a[2]).lstrip().upper().startswith("SELECT"):
+            statements.append(str(a[2]))
+
+    sa.event.listen(graph, "before_cursor_execute", count)
+    assert search(graph, "601 123") == [1]  # e-mail, user id, card and two phone prefixes: one statement
+    assert len(statements) == 1
+    statements.clear()
+    config = load_profile_config()
+    with db.read(graph) as conn:
+        cards = profiles.summaries(conn=conn, root_ids=[3, 1], config=config, clusters={1: [1, 2], 3: [3]})
+        assert len(statements) == 3  # the members are known: traits, identifiers, stats
+        assert cards == profiles.summaries(conn=conn, root_ids=[3, 1], config=config)
+    assert cards[1]["name"] == "Jana Nováková" and cards[1]["phone"] == "+420601123456"

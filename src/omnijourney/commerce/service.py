@@ -3197,10 +3197,13 @@ def related_products(
     return out
 
 
-def current_cart(*, conn: Connection, profile_id: int, members: list[int] | None = None) -> dict[str, Any] | None:
+def current_cart(
+    *, conn: Connection, profile_id: int, members: list[int] | None = None, carts: list[Any] | None = None
+) -> dict[str, Any] | None:
     """The profile's active cart as `resolve_cart` would pick it, without merging (a read-only view).
 
-    Pass the cluster's `members` (in id order, `profile_id` its survivor) when the caller has them."""
+    Pass the cluster's `members` (in id order, `profile_id` its survivor) when the caller has them,
+    and its `active_carts` when it read them already."""
     if members is None:
         root = identity.canonical_id(conn=conn, profile_id=profile_id)
         if root is None:
@@ -3208,7 +3211,10 @@ def current_cart(*, conn: Connection, profile_id: int, members: list[int] | None
         members = identity.members(conn=conn, root=root)
     else:
         root = profile_id
-    carts = conn.execute(_ACTIVE_CARTS_OF, {"members": members}).all()
+    if carts is None:
+        carts = conn.execute(_ACTIVE_CARTS_OF, {"members": members}).all()
+    else:  # the same carts, in the order the choice below relies on
+        carts = sorted(carts, key=lambda c: c.id)
     if not carts:
         return None
     target = next(
@@ -3267,16 +3273,25 @@ _ACTIVE_CART_SIGNAL = (
 )
 
 
-def active_cart_signal(*, conn: Connection, member_ids: list[int], now: datetime) -> dict[str, Any] | None:
+def active_carts(*, conn: Connection, member_ids: list[int]) -> list[Any]:
+    """The cluster's active carts (bound to a member or held by a linked anonymous id) with their
+    item counts, most recently changed first: what `active_cart_signal` and `current_cart` choose
+    from, read once when a page needs both."""
+    return conn.execute(_ACTIVE_CART_SIGNAL, {"members": member_ids}).all() if member_ids else []
+
+
+def active_cart_signal(
+    *, conn: Connection, member_ids: list[int], now: datetime, carts: list[Any] | None = None
+) -> dict[str, Any] | None:
     """The abandoned-cart signal of a profile: its active cart's last change time, value and items.
 
     The cart is the one bound to a member of the cluster, or else one still held by an anonymous id
     linked to it (merged into the profile's cart the next time the cart is resolved); the most
-    recently changed one with items wins.
+    recently changed one with items wins. `carts`: the cluster's `active_carts`, when already read.
     """
     if not member_ids:
         return None
-    row = conn.execute(_ACTIVE_CART_SIGNAL, {"members": member_ids}).all()
+    row = carts if carts is not None else active_carts(conn=conn, member_ids=member_ids)
     with_items = [r for r in row if r.item_count]
     return _cart_signal(with_items[0], now) if with_items else None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -117,6 +119,46 @@ def lookup(*, conn: Connection, rules: IdentityRules, id_type: str, value: str) 
     """Find the surviving profile holding an identifier, normalising the value as ingestion does."""
     found = lookup_cluster(conn=conn, rules=rules, id_type=id_type, value=value)
     return found.root if found else None
+
+
+@lru_cache(maxsize=8)
+def _clusters_of_identifiers(n: int) -> sa.CompoundSelect:
+    """`_CLUSTER_OF_IDENTIFIER` for n identifiers at once: (i, member id, root) rows, one UNION ALL
+    branch per identifier (each an index lookup), built once per n."""
+    branches = []
+    for i in range(n):
+        owner = sa.select(LINKS.c.profile_id).where(
+            LINKS.c.id_type == sa.bindparam(f"t{i}"), LINKS.c.value == sa.bindparam(f"v{i}")
+        )
+        root = sa.select(PROFILES.c.canonical_id).where(PROFILES.c.id == owner.scalar_subquery())
+        branches.append(
+            sa.select(sa.literal(i, sa.Integer).label("i"), PROFILES.c.id, PROFILES.c.canonical_id).where(
+                PROFILES.c.canonical_id == root.scalar_subquery()
+            )
+        )
+    return sa.union_all(*branches).order_by(sa.column("i"), sa.column("id"))
+
+
+def lookup_clusters(
+    *, conn: Connection, rules: IdentityRules, identifiers: Sequence[tuple[str, str]]
+) -> list[Cluster | None]:
+    """The cluster holding each (type, value) identifier, normalised as ingestion does, in one
+    statement (what `lookup_cluster` answers for each; None where a value does not normalise or
+    nobody holds it). An unknown type raises IdentityError, as `lookup_cluster` does."""
+    normal = [_normalised(rules, id_type, value) for id_type, value in identifiers]
+    asked = [(i, identifiers[i][0], v) for i, v in enumerate(normal) if v is not None]
+    out: list[Cluster | None] = [None] * len(identifiers)
+    if not asked:
+        return out
+    params: dict[str, Any] = {}
+    for n, (_, id_type, value) in enumerate(asked):
+        params[f"t{n}"], params[f"v{n}"] = id_type, value
+    rows: dict[int, list[Any]] = {}
+    for r in conn.execute(_clusters_of_identifiers(len(asked)), params):
+        rows.setdefault(r.i, []).append((r.id, r.canonical_id))
+    for n, (i, _, _) in enumerate(asked):
+        out[i] = _as_cluster(rows.get(n, []))
+    return out
 
 
 def identifiers(*, conn: Connection, member_ids: list[int]) -> list[dict[str, Any]]:

@@ -192,9 +192,15 @@ def lifecycle_stage(stats: dict[str, Any] | None, config: ProfileConfig) -> str 
 
 
 def profile_360(
-    *, conn: Connection, profile_id: int, config: ProfileConfig, cluster: identity.Cluster | None = None
+    *,
+    conn: Connection,
+    profile_id: int,
+    config: ProfileConfig,
+    cluster: identity.Cluster | None = None,
+    active_carts: list[Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The combined view of `profile_id`'s cluster (pass `cluster` when the caller has resolved it already)."""
+    """The combined view of `profile_id`'s cluster (pass `cluster` when the caller has resolved it
+    already, and the cluster's `commerce.active_carts` when it read them)."""
     cluster = cluster or identity.cluster(conn=conn, profile_id=profile_id)
     if cluster is None:
         return None
@@ -211,7 +217,9 @@ def profile_360(
     computed["preferred_store"] = counters["store"][0]["key"] if counters.get("store") else None
     computed["channel_usage"] = counters.get("channel", [])
     # commerce: the abandoned-cart signal (active cart's last change, value, items) and loyalty
-    computed["active_cart"] = commerce.active_cart_signal(conn=conn, member_ids=member_ids, now=utcnow())
+    computed["active_cart"] = commerce.active_cart_signal(
+        conn=conn, member_ids=member_ids, now=utcnow(), carts=active_carts
+    )
     computed["loyalty"] = commerce.loyalty_summary(conn=conn, member_ids=member_ids)
     return {
         "id": root,
@@ -336,6 +344,29 @@ def timeline(
     return items, next_cursor
 
 
+_RECENT_PAYLOADS = (
+    sa.select(EVENTS.c.payload)
+    .select_from(PROFILE_EVENTS.join(EVENTS, EVENTS.c.id == PROFILE_EVENTS.c.event_id))
+    .where(
+        PROFILE_EVENTS.c.profile_id.in_(sa.bindparam("ids", expanding=True)),
+        PROFILE_EVENTS.c.event.in_(sa.bindparam("events", expanding=True)),
+    )
+    .order_by(PROFILE_EVENTS.c.timestamp.desc(), PROFILE_EVENTS.c.event_id.desc())
+    .limit(sa.bindparam("n"))
+)
+
+
+def recent_properties(
+    *, conn: Connection, member_ids: list[int], events: list[str], limit: int
+) -> list[dict[str, Any]]:
+    """The properties of the cluster's `limit` newest events named `events`, newest first: the
+    `properties` of `timeline(events=...)`'s entries, without reading and building the rest."""
+    out = []
+    for (payload,) in conn.execute(_RECENT_PAYLOADS, {"ids": member_ids, "events": events, "n": limit}):
+        out.append((payload.get("properties") if isinstance(payload, dict) else None) or {})
+    return out
+
+
 # ------------------------------------------------------------------ search
 #
 # Every branch is an index range on a normalised column (identity_links (id_type, value), the
@@ -348,15 +379,26 @@ PREFIX_TYPES = ("email", "user_id", "loyalty_card", "phone")
 MAX_NAME_TOKENS = 4
 _PHONE_LIKE = re.compile(r"^\+?[\d\s().\-/]+$")
 
-_LINK_PREFIX = (
-    sa.select(PROFILES.c.canonical_id)
-    .join(LINKS, LINKS.c.profile_id == PROFILES.c.id)
-    .where(
-        LINKS.c.id_type == sa.bindparam("t"),
-        dialect.prefix_match(LINKS.c.value, sa.bindparam("lo"), sa.bindparam("hi")),
-    )
-    .limit(sa.bindparam("n"))
-)
+
+@lru_cache(maxsize=8)
+def _link_prefixes_stmt(branches: int) -> sa.CompoundSelect:
+    """Surviving profiles with an identifier of type t{i} starting with a prefix, for several (type,
+    prefix) pairs in one statement: (branch, root) rows, each branch its own index range on
+    identity_links (id_type, value) with its own limit (a subquery), built once per branch count."""
+    selects = []
+    for i in range(branches):
+        sub = (
+            sa.select(PROFILES.c.canonical_id)
+            .join(LINKS, LINKS.c.profile_id == PROFILES.c.id)
+            .where(
+                LINKS.c.id_type == sa.bindparam(f"t{i}"),
+                dialect.prefix_match(LINKS.c.value, sa.bindparam(f"lo{i}"), sa.bindparam(f"hi{i}")),
+            )
+            .limit(sa.bindparam("n"))
+            .subquery(f"b{i}")
+        )
+        selects.append(sa.select(sa.literal(i, sa.Integer).label("branch"), sub.c.canonical_id))
+    return sa.union_all(*selects)
 
 
 @lru_cache(maxsize=MAX_NAME_TOKENS)
@@ -418,18 +460,24 @@ def search(*, conn: Connection, query: str, limit: int = 20, phone_country_code:
             if root not in out:
                 out.append(root)
 
-    for id_type, prefix in prefixes:
-        if len(out) >= limit or not prefix:
-            continue
-        lo, hi = dialect.prefix_bounds(prefix)
-        add(conn.execute(_LINK_PREFIX, {"t": id_type, "lo": lo, "hi": hi, "n": limit}))
+    prefixes = [(id_type, prefix) for id_type, prefix in prefixes if prefix]
+    params: dict[str, Any] = {"n": limit}
+    for i, (id_type, prefix) in enumerate(prefixes):
+        params[f"t{i}"] = id_type
+        params[f"lo{i}"], params[f"hi{i}"] = dialect.prefix_bounds(prefix)
+    by_branch: dict[int, list[Any]] = defaultdict(list)
+    if prefixes:
+        for branch, root in conn.execute(_link_prefixes_stmt(len(prefixes)), params):
+            by_branch[branch].append((root,))
+    for i in range(len(prefixes)):  # in the order of `prefixes`, as one statement each would
+        add(by_branch[i])
     tokens = sorted({t for t in re.split(r"[\s,.;]+", fold(q)) if t}, key=lambda t: (-len(t), t))
     if tokens and "@" not in q and any(ch.isalpha() for ch in q) and len(out) < limit:  # names have letters
         tokens = tokens[:MAX_NAME_TOKENS]
-        params: dict[str, Any] = {"n": limit * 5}
+        names: dict[str, Any] = {"n": limit * 5}
         for i, t in enumerate(tokens):
-            params[f"lo{i}"], params[f"hi{i}"] = dialect.prefix_bounds(t[:100])
-        add(conn.execute(_name_stmt(len(tokens)), params))
+            names[f"lo{i}"], names[f"hi{i}"] = dialect.prefix_bounds(t[:100])
+        add(conn.execute(_name_stmt(len(tokens)), names))
     return out[:limit]
 
 
@@ -448,14 +496,25 @@ _MEMBER_TRAITS = sa.select(
 ).where(TRAITS.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
 
 
-def summaries(*, conn: Connection, root_ids: list[int], config: ProfileConfig) -> list[dict[str, Any]]:
+def summaries(
+    *,
+    conn: Connection,
+    root_ids: list[int],
+    config: ProfileConfig,
+    clusters: dict[int, list[int]] | None = None,
+) -> list[dict[str, Any]]:
     """Short cards for search results: name, e-mail, phone, loyalty card, stage.
 
     Four statements whatever the number of results (members, traits, identifiers, stats of
-    every card's cluster at once), not four per card."""
+    every card's cluster at once), not four per card; three when the caller passes the members
+    of every card's cluster (`clusters`: root -> members, resolved in the same transaction)."""
     if not root_ids:
         return []
-    root_of = dict(conn.execute(_MEMBERS_OF, {"roots": list(dict.fromkeys(root_ids))}).all())
+    roots = list(dict.fromkeys(root_ids))
+    if clusters is not None and all(r in clusters for r in roots):
+        root_of = {m: r for r in roots for m in clusters[r]}
+    else:
+        root_of = dict(conn.execute(_MEMBERS_OF, {"roots": roots}).all())
     ids = sorted(root_of)
     by_root: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     links: dict[int, dict[str, str]] = defaultdict(dict)

@@ -338,13 +338,12 @@ def find_customers(
     result cards are built set-based (`profiles.summaries`)."""
     q = query.strip()
     ids: list[int] = []
-    for id_type in LOOKUP_TYPES:
-        try:
-            pid = identity.lookup(conn=conn, rules=rules, id_type=id_type, value=q)
-        except ValueError:  # IdentityError: a value that does not normalise as this type (a name as a phone)
-            pid = None
-        if pid is not None and pid not in ids:
-            ids.append(pid)
+    members: dict[int, list[int]] = {}
+    types = [t for t in LOOKUP_TYPES if t in rules.identifier_types]  # a configuration may lack one
+    for found in identity.lookup_clusters(conn=conn, rules=rules, identifiers=[(t, q) for t in types]):
+        if found is not None and found.root not in ids:
+            ids.append(found.root)
+            members[found.root] = found.members
     order_hit: dict[int, str] = {}
     if "@" not in q:  # an e-mail address is never an order number
         found = commerce.order_owner(conn=conn, ref=q)
@@ -359,7 +358,7 @@ def find_customers(
         for pid in profiles.search(conn=conn, query=q, limit=limit, phone_country_code=code):
             if pid not in ids:
                 ids.append(pid)
-    results = profiles.summaries(conn=conn, root_ids=ids[:limit], config=config)
+    results = profiles.summaries(conn=conn, root_ids=ids[:limit], config=config, clusters=members)
     for r in results:
         r["matched_order"] = order_hit.get(r["id"])
     return results
@@ -408,14 +407,18 @@ def customer_view(
     """Everything the 360 page shows, from the profile and commerce services.
 
     The cluster is resolved once and handed to every read (no service looks it up again), orders
-    come set-based, and the loyalty figures are the ones `profile_360` already summed."""
+    come set-based, the active carts are read once for the cart signal and the current cart, and
+    the loyalty figures are the ones `profile_360` already summed."""
     cluster = identity.cluster(conn=conn, profile_id=profile_id)
     if cluster is None:
         return None
-    view = profiles.profile_360(conn=conn, profile_id=profile_id, config=profile_config, cluster=cluster)
+    root, members = cluster.root, cluster.members
+    carts = commerce.active_carts(conn=conn, member_ids=members)  # for the cart signal and the cart
+    view = profiles.profile_360(
+        conn=conn, profile_id=profile_id, config=profile_config, cluster=cluster, active_carts=carts
+    )
     if view is None:
         return None
-    root, members = cluster.root, cluster.members
     items, next_cursor = profiles.timeline(conn=conn, member_ids=members, limit=timeline_limit, cursor=cursor)
     orders = commerce.orders_of_profile(conn=conn, profile_id=root, limit=10, members=members)
     summary = view["computed"].get("loyalty") or {"balance": 0, "lifetime_earned": 0}
@@ -425,12 +428,14 @@ def customer_view(
         "lifetime_earned": summary["lifetime_earned"],
         "tier": commerce_config.loyalty.tier_for(summary["lifetime_earned"]),
     }
-    cart = commerce.current_cart(conn=conn, profile_id=root, members=members)
+    cart = commerce.current_cart(conn=conn, profile_id=root, members=members, carts=carts)
     bought = {line["sku"] for o in orders for line in o["lines"]}
     browsed: list[str] = []
-    recent, _ = profiles.timeline(conn=conn, member_ids=members, limit=100, events=["Product Viewed", "Product Added"])
-    for item in recent + [{"properties": {"sku": line["sku"]}} for line in (cart or {}).get("lines", [])]:
-        for sku in _skus_of(item["properties"]):
+    recent = profiles.recent_properties(
+        conn=conn, member_ids=members, events=["Product Viewed", "Product Added"], limit=100
+    )
+    for props in recent + [{"sku": line["sku"]} for line in (cart or {}).get("lines", [])]:
+        for sku in _skus_of(props):
             if sku not in browsed and sku not in bought:
                 browsed.append(sku)
     traits = view["traits"]

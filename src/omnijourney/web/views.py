@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.engine import Connection
 
 from omnijourney.access import service as access
 from omnijourney.access.service import ROLES, AccessError
@@ -30,6 +33,7 @@ from omnijourney.profiles.service import ProfileError
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
 from omnijourney.web import service
+from omnijourney.web.rendering import ConsoleEnvironment
 from omnijourney.web.service import ConsoleError, Session
 
 HERE = Path(__file__).parent
@@ -41,10 +45,13 @@ STREAM_POLL_SECONDS = 0.5
 STREAM_SESSION_CHECK_SECONDS = 5.0
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-templates = Jinja2Templates(directory=HERE / "templates")
-# templates ship with the package and do not change while the server runs: without this, every
-# {% include %} (one per timeline entry) stats its file to see whether it changed
-templates.env.auto_reload = False
+# templates ship with the package and do not change while the server runs: without auto_reload
+# off, every {% include %} stats its file to see whether it changed
+templates = Jinja2Templates(
+    env=ConsoleEnvironment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=jinja2.select_autoescape(), auto_reload=False
+    )
+)
 
 ALL = ROLES
 READERS = ("admin", "marketer", "agent", "store_staff")
@@ -117,29 +124,69 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _load_session(request: Request) -> Session | None:
+def _session_in(request: Request, conn: Connection) -> Session | None:
     token = request.cookies.get(COOKIE)
     if not token or len(token) > 128:
         return None
+    return service.session_for_token(conn=conn, token=token, now=utcnow())
+
+
+def _load_session(request: Request) -> Session | None:
+    if not request.cookies.get(COOKIE):
+        return None
     with db.read(request.app.state.engine) as conn:
-        return service.session_for_token(conn=conn, token=token, now=utcnow())
+        return _session_in(request, conn)
 
 
-def page(*roles: str) -> Callable[..., Any]:
-    """A page (GET) these roles may open; anyone else gets 403, anonymous visitors the login page."""
+def _require(request: Request, session: Session | None, allowed: set[str]) -> Session:
+    """The role check of every page: anonymous visitors to the login page, other roles a 403."""
+    if session is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise NotLoggedIn(target)
+    if session.user.role not in allowed:
+        raise Forbidden(f"the role {session.user.role!r} may not open this page", session)
+    return session
+
+
+class PageAccess:
+    """The session and role check of a page that makes it in its own read transaction (`page_read`).
+
+    The busiest pages (search, the customer 360, its timeline) read the session in the same
+    transaction as the page, in the same worker thread: one pooled connection, one BEGIN/COMMIT
+    (on PostgreSQL also one pre-ping) and one thread hand-off per request instead of two each."""
+
+    __slots__ = ("allowed", "request")
+
+    def __init__(self, request: Request, allowed: set[str]) -> None:
+        self.request = request
+        self.allowed = allowed
+
+
+@contextmanager
+def page_read(access: PageAccess) -> Iterator[tuple[Connection, Session]]:
+    """A read transaction that first checks the page's session and role (raising like `page`)."""
+    request = access.request
+    with db.read_statements(request.app.state.engine) as conn:  # the pages only read
+        yield conn, _require(request, _session_in(request, conn), access.allowed)
+
+
+def page(*roles: str, in_page_read: bool = False) -> Callable[..., Any]:
+    """A page (GET) these roles may open; anyone else gets 403, anonymous visitors the login page.
+
+    With `in_page_read` the dependency answers a `PageAccess` and the page itself must open
+    `page_read(access)` before doing anything else: the check is the same, made in the page's
+    transaction."""
     allowed = set(roles)
 
     async def check(request: Request) -> Session:
-        session = await run_in_threadpool(_load_session, request)
-        if session is None:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise NotLoggedIn(target)
-        if session.user.role not in allowed:
-            raise Forbidden(f"the role {session.user.role!r} may not open this page", session)
-        return session
+        return _require(request, await run_in_threadpool(_load_session, request), allowed)
 
-    check.roles = allowed  # type: ignore[attr-defined]
-    return check
+    async def deferred(request: Request) -> PageAccess:
+        return PageAccess(request, allowed)
+
+    dependency = deferred if in_page_read else check
+    dependency.roles = allowed  # type: ignore[attr-defined]
+    return dependency
 
 
 def _same_origin(request: Request) -> bool:
@@ -342,26 +389,26 @@ def home(session: Session = Depends(page(*ALL))) -> Response:
 def search(
     request: Request,
     q: str = Query("", max_length=200),
-    session: Session = Depends(page(*READERS)),
+    access: PageAccess = Depends(page(*READERS, in_page_read=True)),
 ) -> Response:
     results: list[dict[str, Any]] = []
     error = None
-    if q.strip():
-        try:
-            with db.read(request.app.state.engine) as conn:
+    with page_read(access) as (conn, session):
+        if q.strip():
+            try:
                 results = service.find_customers(
                     conn=conn, query=q, rules=request.app.state.identity_rules, config=request.app.state.profile_config
                 )
-        except ProfileError as exc:
-            error = str(exc)
+            except ProfileError as exc:  # raised before any statement: the transaction is intact
+                error = str(exc)
     return _render(request, "search.html", session, {"q": q, "results": results, "error": error})
 
 
-def _customer_page(request: Request, session: Session, profile_id: int, cursor: str | None) -> Response:
-    """The 360 page: everything read in one transaction, then rendered."""
+def _customer_page(request: Request, access: PageAccess, profile_id: int, cursor: str | None) -> Response:
+    """The 360 page: the session and everything shown read in one transaction, then rendered."""
     from omnijourney.web import workspace
 
-    with db.read(request.app.state.engine) as conn:
+    with page_read(access) as (conn, session):
         view = service.customer_view(
             conn=conn,
             profile_id=profile_id,
@@ -382,12 +429,12 @@ def customer(
     profile_id: int,
     request: Request,
     cursor: str | None = Query(None, max_length=200),
-    session: Session = Depends(page(*READERS)),
+    access: PageAccess = Depends(page(*READERS, in_page_read=True)),
 ) -> Response:
     try:
-        return _customer_page(request, session, profile_id, cursor)
+        return _customer_page(request, access, profile_id, cursor)
     except ProfileError:  # a broken cursor: the first page
-        return _customer_page(request, session, profile_id, None)
+        return _customer_page(request, access, profile_id, None)
 
 
 @router.get("/customers/{profile_id:int}/timeline")
@@ -395,11 +442,11 @@ def timeline(
     profile_id: int,
     request: Request,
     cursor: str | None = Query(None, max_length=200),
-    session: Session = Depends(page(*READERS)),
+    access: PageAccess = Depends(page(*READERS, in_page_read=True)),
 ) -> Response:
     """The next page of the timeline, as list items (the page's script appends them)."""
     try:
-        with db.read(request.app.state.engine) as conn:
+        with page_read(access) as (conn, session):
             found = service.timeline_page(conn=conn, profile_id=profile_id, cursor=cursor)
     except ProfileError:
         return HTMLResponse("<li class='error'>invalid cursor</li>", status_code=400)
