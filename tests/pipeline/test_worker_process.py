@@ -150,6 +150,11 @@ def test_ingest_first_yields_only_in_bursts_and_less_as_the_lag_nears_its_bound(
     steady = IngestFirst(min_share=0.25, max_lag=2_000_000, catch_up_seconds=1.0, full_share_seconds=10.0)
     assert steady.share(4_000, 0.0005) == pytest.approx(0.25 + 0.75 * 0.2)  # 2 s of backlog
     assert steady.share(20_000, 0.0005) == 1.0  # 10 s of backlog, 1 % of max_lag
+    # never paced below the arrival rate: 2,000 events/s at 0.3 ms each needs 60 % of the lock
+    assert steady.share(4_000, 0.0003, 2_000.0) == pytest.approx(1.25 * 0.6)
+    assert steady.share(4_000, 0.0005, 2_000.0) == 1.0  # needs all of it (and a margin)
+    assert steady.share(4_000, 0.0005, 100.0) == pytest.approx(0.25 + 0.75 * 0.2)  # a trickle: the paced share
+    assert steady.share(1_000, 0.0005, 10**6) == 1.0  # keeping up: full speed anyway
 
 
 def test_paced_worker_keeps_up_exactly_once_while_events_keep_arriving(engine: sa.Engine) -> None:

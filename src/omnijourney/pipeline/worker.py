@@ -77,13 +77,20 @@ class IngestFirst:
     * otherwise (a burst it cannot keep up with) pauses after each step so that it holds
       the lock for `min_share` of the time, rising linearly to all of it as the backlog
       approaches `full_share_seconds` of processing or the lag approaches `max_lag` (where
-      ingestion starts answering 503 anyway), whichever comes first.
+      ingestion starts answering 503 anyway), whichever comes first;
+    * but never less than `keep_up_margin` times the share it needs to keep up with the rate
+      events arrive at: pacing may slow the catching up on a backlog, never let it grow.
 
     The backlog in seconds matters for freshness: with the share rising only towards
     `max_lag` (2 M events), a steady 2,000 events/s against a stage that processes ~7,000/s
     flat out left it at ~26 % of the lock, below the arrival rate, and the timeline fell
     ever further behind (`benchmarks/freshness.py --rate 2000`: p50 17 s; with the backlog
     bound of 3 s, p50 2.6 s, and at 1,000 events/s p99 0.38 s).
+
+    The keep-up floor closes a trap the shares alone leave: at a steady 2,000 events/s a slow
+    step could push the backlog past `catch_up_seconds`, where the share fell to about half,
+    below what the arrival rate needed; the backlog then settled at one to two seconds for good
+    (`freshness.py --rate 2000`: p50 2.6 s, p99 9 s).
 
     Processing stays ordered and exactly-once; only its pace changes.
     """
@@ -93,15 +100,32 @@ class IngestFirst:
     min_share: float = 0.25
     max_lag: int = 2_000_000
     full_share_seconds: float = 3.0
+    keep_up_margin: float = 1.25
     min_batch: int = 20
 
-    def share(self, lag: int, seconds_per_event: float) -> float:
-        """The share of time the stage may hold the write lock while events keep arriving."""
+    @classmethod
+    def from_env(cls, *, max_lag: int) -> IngestFirst:
+        """The defaults, each overridable by OMNIJOURNEY_PROCESSING_<FIELD> (e.g. ..._FULL_SHARE_SECONDS)."""
+        values: dict[str, Any] = {"max_lag": max_lag}
+        for name in ("step_seconds", "catch_up_seconds", "min_share", "full_share_seconds", "keep_up_margin"):
+            raw = os.environ.get(f"{ENV_PREFIX}PROCESSING_{name.upper()}", "").strip()
+            if raw:
+                try:
+                    values[name] = float(raw)
+                except ValueError as exc:  # fail at start-up, not in the middle of a step
+                    raise ValueError(f"{ENV_PREFIX}PROCESSING_{name.upper()} must be a number, got {raw!r}") from exc
+        return cls(**values)
+
+    def share(self, lag: int, seconds_per_event: float, arrival_per_second: float = 0.0) -> float:
+        """The share of time the stage may hold the write lock while events keep arriving
+        (`arrival_per_second` of them, as measured between steps)."""
         backlog = lag * seconds_per_event
         if backlog <= self.catch_up_seconds or self.max_lag <= 0:
             return 1.0
         pressure = max(lag / self.max_lag, backlog / self.full_share_seconds if self.full_share_seconds > 0 else 1.0)
-        return self.min_share + (1.0 - self.min_share) * min(1.0, pressure)
+        paced = self.min_share + (1.0 - self.min_share) * min(1.0, pressure)
+        keep_up = self.keep_up_margin * arrival_per_second * seconds_per_event
+        return min(1.0, max(paced, keep_up))
 
 
 class PipelineWorker:
@@ -136,6 +160,7 @@ class PipelineWorker:
         self._ingest_first = ingest_first
         self._limit = batch if ingest_first is None else max(ingest_first.min_batch, min(batch, 100))
         self._last_seen = -1
+        self._last_seen_at = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="omnijourney-pipeline", daemon=True)
@@ -201,10 +226,12 @@ class PipelineWorker:
                 lag = service.lag(conn=conn)
         except Exception:  # the next step will fail and log too
             return
+        now = time.monotonic()
         arriving = self._last_seen >= 0 and last > self._last_seen
-        self._last_seen = last
+        rate = (last - self._last_seen) / (now - self._last_seen_at) if arriving and now > self._last_seen_at else 0.0
+        self._last_seen, self._last_seen_at = last, now
         if arriving:
-            share = policy.share(lag, per_event)
+            share = policy.share(lag, per_event, rate)
             if share < 1.0:
                 self._stop.wait(seconds * (1.0 - share) / share)
 
@@ -233,7 +260,7 @@ def run_worker(
     """
     ingest_first = None
     if dialect.single_writer(engine):
-        ingest_first = IngestFirst(max_lag=max_lag)
+        ingest_first = IngestFirst.from_env(max_lag=max_lag)
     else:
         with contextlib.suppress(OSError, AttributeError):
             os.nice(10)
