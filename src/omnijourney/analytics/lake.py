@@ -336,6 +336,11 @@ def _partitions(lake: Path) -> list[Path]:
     return sorted(d for d in events.glob("date=*") if d.is_dir()) if events.exists() else []
 
 
+def _committed(part: Path, position: int) -> list[Path]:
+    """A partition's files wholly at or below `position`, the export checkpoint."""
+    return [f for f in part.glob("part-*.parquet") if (r := _part_range(f)) and r[1] <= position]
+
+
 def event_files(lake: Path, position: int | None = None) -> list[Path]:
     """The files to read: committed (wholly at or below `position`, the export checkpoint) and not
     superseded by a compacted file covering their range."""
@@ -343,8 +348,7 @@ def event_files(lake: Path, position: int | None = None) -> list[Path]:
         position = committed_position(lake)
     out = []
     for part in _partitions(lake):
-        committed = [f for f in part.glob("part-*.parquet") if (r := _part_range(f)) and r[1] <= position]
-        out.extend(_live_and_superseded(committed)[0])
+        out.extend(_live_and_superseded(_committed(part, position))[0])
     return sorted(out)
 
 
@@ -781,8 +785,10 @@ def _compact(lake: Path, *, max_rows: int, min_files: int, grace_seconds: float)
     pruned = _prune_superseded(lake, position, grace_seconds)
     merged = written = 0
     for part in _partitions(lake):
-        committed = [f for f in part.glob("part-*.parquet") if (r := _part_range(f)) and r[1] <= position]
-        for run in _runs(_live_and_superseded(committed)[0], max_rows):
+        live = _live_and_superseded(_committed(part, position))[0]
+        if len(live) < max(2, min_files):  # nothing to merge: no file metadata read
+            continue
+        for run in _runs(live, max_rows):
             if len(run) >= max(2, min_files):
                 _merge(run)
                 merged += len(run)
@@ -830,8 +836,7 @@ def _prune_superseded(lake: Path, position: int, grace_seconds: float) -> int:
     now = time.time()
     pruned = 0
     for part in _partitions(lake):
-        committed = [f for f in part.glob("part-*.parquet") if (r := _part_range(f)) and r[1] <= position]
-        for f, cover in _live_and_superseded(committed)[1]:
+        for f, cover in _live_and_superseded(_committed(part, position))[1]:
             if now - cover.stat().st_mtime >= grace_seconds:
                 f.unlink()
                 pruned += 1
