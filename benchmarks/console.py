@@ -9,7 +9,8 @@ For each backend this script
 3. starts `omnijourney serve --no-pipeline` as a subprocess on a free loopback port (the
    log is fully processed, so only reads are measured);
 4. runs --readers concurrent sessions (threads spread over --client-procs processes, one
-   keep-alive httpx client each with its own cookie jar, closed loop, no think time). Each
+   keep-alive HTTP connection each (`_common.HttpClient`) with its own cookie jar; a closed loop without pauses, or with
+   `--think-ms`, a pause of that mean before each page, as people at a console work). Each
    session logs in through the login form (not timed), then repeats the agent's sequence:
    GET /console/search?q=<e-mail> (the results page), then GET /console/customers/{id} (the
    whole 360 page: profile, identifiers, consents, loyalty, orders, cart, suggestions and the
@@ -50,10 +51,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (
+    HttpClient,
+    Pauses,
     PgServer,
     Server,
+    add_think_argument,
     drive_readers,
-    graph_stats,
+    graph_stats_of,
     known_emails,
     make_console,
     percentile,
@@ -89,12 +93,12 @@ def _reader_process(
     timeline_limit: int,
     warmup: int,
     seed: int,
+    think_ms: float,
     barrier: Any,
     results: Any,
 ) -> None:
-    """`threads` readers sharing this process's `sequences`; results go to the queue as one dict."""
-    import httpx
-
+    """`threads` readers sharing this process's `sequences`; results go to the queue as one dict.
+    With `think_ms`, each session pauses before each page, outside the timed requests."""
     rng = random.Random(seed * 7919 + index)
     plan = [rng.choice(emails) for _ in range(sequences)]
     warm = [rng.choice(emails) for _ in range(warmup * threads)]
@@ -106,30 +110,30 @@ def _reader_process(
     ready = threading.Barrier(threads + 1)
     go = threading.Event()
 
-    def one(client: httpx.Client, email: str, record: bool) -> None:
+    def one(client: HttpClient, email: str, record: bool, pause: Pauses) -> None:
+        pause()
         t0 = time.perf_counter()
         r = client.get("/console/search", params={"q": email})
-        t1 = time.perf_counter()
+        search = time.perf_counter() - t0
         found = _HREF.search(r.text) if r.status_code == 200 else None
         if found is None:
             raise RuntimeError(f"search {email}: HTTP {r.status_code}, no customer link")
         pid = found.group(1)
+        pause()
+        t0 = time.perf_counter()
         r = client.get(f"/console/customers/{pid}")
-        t2 = time.perf_counter()
+        page = time.perf_counter() - t0
         if r.status_code != 200 or 'data-testid="timeline"' not in r.text:
             raise RuntimeError(f"360 page {pid}: HTTP {r.status_code} {r.text[:200]}")
         if record:
             with lock:
-                lat["search"].append(t1 - t0)
-                lat["page"].append(t2 - t1)
-                lat["sequence"].append(t2 - t0)
+                lat["search"].append(search)
+                lat["page"].append(page)
+                lat["sequence"].append(search + page)  # time waited, without the pauses
 
     def reader(n: int) -> None:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=60,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        ) as client:
+        pause = Pauses(think_ms, seed * 104_729 + index * 1000 + n)
+        with HttpClient(port) as client:
             try:
                 _log_in(client)
             except Exception as exc:
@@ -138,7 +142,7 @@ def _reader_process(
                     errors.append(f"login: {exc!r}")
             for email in warm[n * warmup : (n + 1) * warmup]:
                 try:
-                    one(client, email, record=False)
+                    one(client, email, record=False, pause=Pauses(0, 0))
                 except Exception as exc:
                     with lock:
                         failed[0] += 1
@@ -153,7 +157,7 @@ def _reader_process(
                 if k >= len(plan):
                     return
                 try:
-                    one(client, plan[k], record=True)
+                    one(client, plan[k], record=True, pause=pause)
                 except Exception as exc:
                     with lock:
                         failed[0] += 1
@@ -238,12 +242,10 @@ def _log_in(client: Any) -> None:
 
 def measure_cpu(server: Server, emails: list[str], count: int) -> dict[str, float]:
     """Server CPU ms per search page and per 360 page: `count` of each, one at a time, one session."""
-    import httpx
-
     rng = random.Random(4242)
     picked = [rng.choice(emails) for _ in range(count)]
     out: dict[str, float] = {}
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as client:
+    with HttpClient(server.port) as client:
         _log_in(client)
         ids = []
         for email in picked[: min(20, count)]:  # warm-up (imports, caches), not counted
@@ -272,8 +274,6 @@ def compare_cpu(url: str, workdir: Path, emails: list[str], args: argparse.Names
     minutes here), so two runs one after the other do not compare. Both servers are started on
     the same database; one session each gets the same e-mails in alternating blocks, so both see
     the same load, and only the pair is compared."""
-    import httpx
-
     servers: dict[str, Server] = {}
     clients: dict[str, Any] = {}
     cpu = {name: {"search": 0.0, "page": 0.0} for name in ("compared", "this")}
@@ -292,7 +292,7 @@ def compare_cpu(url: str, workdir: Path, emails: list[str], args: argparse.Names
                     os.environ["PYTHONPATH"] = before
         for name, server in servers.items():
             server.wait_healthy()
-            clients[name] = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60)
+            clients[name] = HttpClient(server.port)
             _log_in(clients[name])
         rng = random.Random(4242)
 
@@ -331,16 +331,6 @@ def compare_cpu(url: str, workdir: Path, emails: list[str], args: argparse.Names
             client.close()
         for server in servers.values():
             server.stop()
-
-
-def graph_stats_of(url: str) -> Any:
-    from omnijourney.store import db
-
-    engine = db.create_engine(url)
-    try:
-        return graph_stats(engine)
-    finally:
-        engine.dispose()
 
 
 def _console_user(url: str) -> None:
@@ -462,6 +452,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure this already prepared and processed database instead (SQLite or PostgreSQL;\n"
         "nothing is dropped; --profiles/--events are then only labels; use with --backend)",
     )
+    add_think_argument(p)
     p.add_argument("--timeline-limit", type=int, default=30, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")
     p.add_argument("--sample", type=int, default=20_000, help="distinct e-mail addresses looked up (default 20000)")
@@ -494,6 +485,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--database-url measures one database: choose its --backend")
     if args.compare_src and not (Path(args.compare_src) / "omnijourney").is_dir():
         p.error("--compare-src needs a directory holding the omnijourney package (a checkout's src)")
+    if args.think_ms < 0:
+        p.error("--think-ms must be >= 0")
     if args.warmup < 0 or args.cpu_requests < 0 or not 1 <= args.timeline_limit <= 500:
         p.error("--warmup must be >= 0 and --timeline-limit 1..500")
     return args
@@ -508,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"[bold]staff console benchmark[/bold]: {args.profiles:,} people, {args.events:,} events, "
         f"{args.readers} sessions, {args.requests:,} sequences, "
+        f"think time {args.think_ms:g} ms (0: closed loop), "
         f"seed {args.seed}, {os.cpu_count()} CPUs"
     )
     results = []

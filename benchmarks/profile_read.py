@@ -9,7 +9,8 @@ For each backend this script
 3. starts `omnijourney serve --no-pipeline` as a subprocess on a free loopback port (the
    log is fully processed, so only reads are measured);
 4. runs --readers concurrent readers (threads spread over --client-procs processes, one
-   keep-alive httpx client each, closed loop, no think time). Each reader repeats the agent's
+   keep-alive HTTP connection each (`_common.HttpClient`); a closed loop without pauses, or with `--think-ms`, a pause of
+   that mean before each request). Each reader repeats the agent's
    sequence: GET /api/profiles/lookup?type=email&value=..., GET /api/profiles/{id},
    GET /api/profiles/{id}/timeline?limit=50, --requests sequences in total;
 5. prints p50/p99/max latency and requests/s for each call and for the whole sequence,
@@ -36,13 +37,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (
+    HttpClient,
+    Pauses,
     PgServer,
     Server,
+    add_think_argument,
     drive_readers,
+    graph_stats_of,
     known_emails,
     make_console,
     percentile,
     prepare_processed,
+    prepared_sqlite,
     tree_cpu_seconds,
 )
 
@@ -69,12 +75,12 @@ def _reader_process(
     timeline_limit: int,
     warmup: int,
     seed: int,
+    think_ms: float,
     barrier: Any,
     results: Any,
 ) -> None:
-    """`threads` readers sharing this process's `sequences`; results go to the queue as one dict."""
-    import httpx
-
+    """`threads` readers sharing this process's `sequences`; results go to the queue as one dict.
+    With `think_ms`, each reader pauses before each request, outside the timed calls."""
     rng = random.Random(seed * 7919 + index)
     plan = [rng.choice(emails) for _ in range(sequences)]
     warm = [rng.choice(emails) for _ in range(warmup * threads)]
@@ -86,38 +92,39 @@ def _reader_process(
     ready = threading.Barrier(threads + 1)
     go = threading.Event()
 
-    def one(client: httpx.Client, email: str, record: bool) -> None:
+    def one(client: HttpClient, email: str, record: bool, pause: Pauses) -> None:
+        pause()
         t0 = time.perf_counter()
         r = client.get("/api/profiles/lookup", params={"type": "email", "value": email})
-        t1 = time.perf_counter()
+        lookup = time.perf_counter() - t0
         if r.status_code != 200:
             raise RuntimeError(f"lookup {email}: HTTP {r.status_code} {r.text[:200]}")
         pid = r.json()["id"]
+        pause()
+        t0 = time.perf_counter()
         r = client.get(f"/api/profiles/{pid}")
-        t2 = time.perf_counter()
+        profile = time.perf_counter() - t0
         if r.status_code != 200:
             raise RuntimeError(f"360 {pid}: HTTP {r.status_code} {r.text[:200]}")
+        pause()
+        t0 = time.perf_counter()
         r = client.get(f"/api/profiles/{pid}/timeline", params={"limit": timeline_limit})
-        t3 = time.perf_counter()
+        timeline = time.perf_counter() - t0
         if r.status_code != 200 or not isinstance(r.json().get("events"), list):
             raise RuntimeError(f"timeline {pid}: HTTP {r.status_code} {r.text[:200]}")
         if record:
             with lock:
-                lat["lookup"].append(t1 - t0)
-                lat["profile"].append(t2 - t1)
-                lat["timeline"].append(t3 - t2)
-                lat["sequence"].append(t3 - t0)
+                lat["lookup"].append(lookup)
+                lat["profile"].append(profile)
+                lat["timeline"].append(timeline)
+                lat["sequence"].append(lookup + profile + timeline)  # time waited, without the pauses
 
     def reader(n: int) -> None:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        ) as client:
+        pause = Pauses(think_ms, seed * 104_729 + index * 1000 + n)
+        with HttpClient(port, {"Authorization": f"Bearer {token}"}) as client:
             for email in warm[n * warmup : (n + 1) * warmup]:
                 try:
-                    one(client, email, record=False)
+                    one(client, email, record=False, pause=Pauses(0, 0))
                 except Exception as exc:
                     with lock:
                         failed[0] += 1
@@ -132,7 +139,7 @@ def _reader_process(
                 if k >= len(plan):
                     return
                 try:
-                    one(client, plan[k], record=True)
+                    one(client, plan[k], record=True, pause=pause)
                 except Exception as exc:
                     with lock:
                         failed[0] += 1
@@ -216,10 +223,11 @@ def drive(port: int, token: str, emails: list[str], args: argparse.Namespace) ->
 
 def _token_and_emails(url: str, sample: int, seed: int) -> tuple[str, list[str]]:
     from omnijourney.access.service import create_token
-    from omnijourney.store import db
+    from omnijourney.store import db, migrate
 
     engine = db.create_engine(url)
     try:
+        migrate.upgrade(engine)  # a kept world may predate newer migrations
         with db.write(engine) as conn:
             token = create_token(conn=conn, role="agent", name="bench-profile-read")
     finally:
@@ -235,16 +243,30 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
     pg: PgServer | None = None
     server: Server | None = None
     try:
-        if backend == "sqlite":
-            url = f"sqlite:///{workdir / 'read.db'}"
+        if args.database_url:
+            url = args.database_url
+            say("measuring the processed database at --database-url (kept; migrated to the current head)")
+            stats = graph_stats_of(url)
+        elif backend == "sqlite" and args.keep_dir:
+            url, stats = prepared_sqlite(
+                Path(args.keep_dir),
+                profiles=args.profiles,
+                events=args.events,
+                seed=args.seed,
+                batch=args.batch,
+                say=say,
+            )
         else:
-            say("starting PostgreSQL" if not args.pg_url else "using the PostgreSQL server at --pg-url")
-            pg = PgServer(args.pg_url)
-            url = pg.fresh_database("oj_bench_read")
-        say(f"preparing {args.events:,} events for {args.profiles:,} people (load and process; not timed)")
-        _, stats, _ = prepare_processed(
-            url, profiles=args.profiles, events=args.events, seed=args.seed, batch=args.batch, say=say
-        )
+            if backend == "sqlite":
+                url = f"sqlite:///{workdir / 'read.db'}"
+            else:
+                say("starting PostgreSQL" if not args.pg_url else "using the PostgreSQL server at --pg-url")
+                pg = PgServer(args.pg_url)
+                url = pg.fresh_database("oj_bench_read")
+            say(f"preparing {args.events:,} events for {args.profiles:,} people (load and process; not timed)")
+            _, stats, _ = prepare_processed(
+                url, profiles=args.profiles, events=args.events, seed=args.seed, batch=args.batch, say=say
+            )
         result.customers, result.events = stats.clusters, stats.events
         token, emails = _token_and_emails(url, args.sample, args.seed)
         server = Server(url, workdir, synchronous=args.sqlite_synchronous, pipeline=False, workers=args.workers)
@@ -294,6 +316,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--client-procs", type=int, default=2, help="processes the reader threads are spread over (default 2)"
     )
     p.add_argument("--workers", type=int, default=1, help="API server processes (serve --workers; default 1)")
+    p.add_argument(
+        "--keep-dir",
+        default=None,
+        help="keep the prepared SQLite world in this directory and reuse it in later runs\n"
+        "of the same --profiles, --events and --seed (shared with console.py)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="measure this already prepared and processed database instead (SQLite or PostgreSQL;\n"
+        "nothing is dropped; --profiles/--events are then only labels; use with --backend)",
+    )
+    add_think_argument(p)
     p.add_argument("--timeline-limit", type=int, default=50, help="timeline page size (default 50, the API's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")
     p.add_argument("--sample", type=int, default=20_000, help="distinct e-mail addresses looked up (default 20000)")
@@ -315,6 +350,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.profiles, args.events, args.readers, args.requests, args.client_procs, args.sample) < 1:
         p.error("sizes, --readers, --requests, --client-procs and --sample must be positive")
+    if args.database_url and args.backend == "both":
+        p.error("--database-url measures one database: choose its --backend")
+    if args.think_ms < 0:
+        p.error("--think-ms must be >= 0")
     if args.warmup < 0 or not 1 <= args.timeline_limit <= 500:
         p.error("--warmup must be >= 0 and --timeline-limit 1..500")
     return args
@@ -329,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"[bold]profile read benchmark[/bold]: {args.profiles:,} people, {args.events:,} events, "
         f"{args.readers} readers, {args.requests:,} sequences, timeline limit {args.timeline_limit}, "
+        f"think time {args.think_ms:g} ms (0: closed loop), "
         f"seed {args.seed}, {os.cpu_count()} CPUs"
     )
     results = []
