@@ -150,6 +150,8 @@ def test_redeemed_points_discount_the_order_and_come_back_pro_rata_on_returns(en
         ).scalar_one()
     assert o["refunded"] == o["total"] == "2385.00"
     assert restored == 3000
+    # every redeemed point back, every earned point taken back: where the customer started
+    assert balance(engine, pid) == 5000
 
 
 def test_redemption_is_capped_at_the_total_and_a_cancel_gives_the_points_back(engine) -> None:

@@ -3178,14 +3178,19 @@ def _reverse_points(
     conn: Connection, o: Any, refund_minor: int, key: str, config: CommerceConfig, now: datetime
 ) -> None:
     """Take back points earned on the refunded share of an order (never below zero), and give back
-    points redeemed on a cancelled order."""
+    points redeemed on a cancelled order. `o` is the order as it was before this refund. Cumulative:
+    the points earned x everything refunded so far / total, minus what earlier refunds took back,
+    so a full refund in several returns takes back every earned point (no rounding left over)."""
     root = identity.canonical_id(conn=conn, profile_id=o.profile_id) or o.profile_id
-    earned = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0)).where(
-            LEDGER.c.order_id == o.id, LEDGER.c.kind == "earn"
-        )
-    ).scalar_one()
-    share = int(earned) * refund_minor // o.total_minor if o.total_minor else 0
+    sums = conn.execute(
+        sa.select(LEDGER.c.kind, sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0))
+        .where(LEDGER.c.order_id == o.id, LEDGER.c.kind.in_(("earn", "reverse")))
+        .group_by(LEDGER.c.kind)
+    ).all()
+    earned = int(next((p for k, p in sums if k == "earn"), 0))
+    taken = -int(next((p for k, p in sums if k == "reverse"), 0))
+    refunded = min(o.total_minor, o.refunded_minor + refund_minor)
+    share = earned * refunded // o.total_minor - taken if o.total_minor else 0
     if share > 0 and _ledger(
         conn,
         profile_id=root,
