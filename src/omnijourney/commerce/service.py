@@ -2298,7 +2298,7 @@ def complete_checkout(
         },
     ).one()
     # the answer and the event are built from the rows just written (no re-read) before the hot stock
-    # rows are locked (a new order earns exactly `points_for` its total), so only the allocation, the
+    # rows are locked (a new order earns exactly `points_for` what is paid), so only the allocation, the
     # loyalty writes and the append hold them
     earned = config.loyalty.points_for(paid, co.currency) if profile_id is not None else 0
     view = _order_dict(order, lines, [history], [])
