@@ -14,7 +14,7 @@ from omnijourney.commerce.config import load_commerce_config
 from omnijourney.commerce.service import CommerceError
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
-from tests.commerce.helpers import bearer, count, set_stock, setup_catalog, stock
+from tests.commerce.helpers import bearer, count, seed_service, set_stock, setup_catalog, stock
 from tests.conftest import World
 from tests.identity.helpers import append, process, profile_of, source
 
@@ -143,3 +143,55 @@ def test_concurrent_redemptions_never_overdraw(engine) -> None:
         view = service.loyalty_view(conn=conn, profile_id=pid, config=config)
     assert view["balance"] == 10
     assert sum(h["points"] for h in view["history"]) == 10
+
+
+def test_concurrent_returns_with_one_key_answer_the_same_return(engine) -> None:
+    """A till retrying a return while the first attempt is still running: every attempt answers the
+    one return (none a 409), the units are restocked and refunded once."""
+    seed_service(engine)
+    config = load_commerce_config()
+    with db.write(engine) as conn:
+        oid = service.record_external_order(
+            conn=conn,
+            order_ref="POS-RACE-1",
+            profile_id=None,
+            anonymous_id="till",
+            source_id=1,
+            channel="store",
+            store_id="store-praha-1",
+            currency="CZK",
+            total_minor=39000,
+            lines=[{"sku": "SOCK-1", "name": "Merino socks", "quantity": 2, "unit_price_minor": 19500}],
+            event_id=1,
+            placed_at=utcnow(),
+            config=config,
+        )
+    assert oid is not None
+    answers: list[tuple[int, bool] | str] = []
+
+    def give_back(i: int) -> None:
+        try:
+            with db.write(engine) as conn:
+                ret, created = service.create_return(
+                    conn=conn,
+                    order_id=oid,
+                    location="store-brno-1",
+                    items=[{"sku": "SOCK-1", "quantity": 1, "condition": "sellable"}],
+                    reason="too big",
+                    refund_minor=None,
+                    idempotency_key="till-7:return:1",
+                    channel="store",
+                    actor=f"till-{i}",
+                    now=utcnow(),
+                    config=config,
+                )
+            answers.append((ret["id"], created))
+        except CommerceError as exc:
+            answers.append(exc.code)
+
+    run_threads(8, give_back)
+    assert all(isinstance(a, tuple) for a in answers), answers
+    assert len({a[0] for a in answers}) == 1 and sorted(a[1] for a in answers) == [False] * 7 + [True]
+    assert stock(engine, "SOCK-1", "store-brno-1")["on_hand"] == 1
+    assert count(engine, "SELECT count(*) FROM commerce_returns") == 1
+    assert count(engine, "SELECT refunded_minor FROM commerce_orders WHERE order_ref = 'POS-RACE-1'") == 19500

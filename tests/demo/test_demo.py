@@ -542,7 +542,15 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     with db.read(engine) as conn:
         origins = dict(conn.execute(sa.text("SELECT origin, count(*) FROM commerce_orders GROUP BY origin")).all())
         carts = conn.execute(sa.text("SELECT count(*) FROM commerce_carts")).scalar_one()
+        # the parcel-locker order: partly paid with points, returned by mail at the warehouse
+        by_mail = conn.execute(
+            sa.text("SELECT count(*) FROM commerce_returns WHERE channel = 'other' AND location = 'warehouse-1'")
+        ).scalar_one()
+        discounted = conn.execute(
+            sa.text("SELECT count(*) FROM commerce_orders WHERE origin = 'omnijourney' AND points_redeemed > 0")
+        ).scalar_one()
     assert origins["omnijourney"] == 3 + pickups_today and origins["event"] > 0 and carts > 0
+    assert by_mail == 1 and discounted == 1
     # engage: the model is trained, the demo segments exist and have members, entries are on timelines
     with db.read(engine) as conn:
         segments = {s["key"]: s["count"] for s in engage_service.list_segments(conn=conn)}

@@ -96,6 +96,16 @@ class LoyaltyRules(BaseModel):
         major = Decimal(total_minor).scaleb(-CURRENCY_EXPONENTS[currency])
         return int((major * rate).to_integral_value(rounding=ROUND_FLOOR))
 
+    def discount_for(self, points: int, total_minor: int, currency: str) -> tuple[int, int]:
+        """(points used, discount in minor units) when `points` are redeemed on an order of `total_minor`:
+        capped so the discount never exceeds the total (whole points: a remainder below one point's
+        value stays to pay); (0, 0) in a currency without a point value."""
+        value = self.point_value_minor.get(currency, 0)
+        if points <= 0 or value <= 0:
+            return 0, 0
+        used = min(points, total_minor // value)
+        return used, used * value
+
     def tier_for(self, lifetime_points: int) -> str:
         name = self.tiers[0].name
         for t in self.tiers:
@@ -111,6 +121,8 @@ class CommerceConfig(BaseModel):
     checkout_ttl_seconds: int = Field(default=900, ge=10, le=86_400)
     max_hold_seconds: int = Field(default=7 * 86_400, ge=60)
     loyalty: LoyaltyRules = Field(default_factory=LoyaltyRules)
+    #: where returns by mail are received when the request names no location (a warehouse's code)
+    returns_location: str | None = Field(default=None, min_length=1, max_length=64)
 
     @field_validator("default_currency")
     @classmethod

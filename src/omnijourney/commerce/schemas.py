@@ -213,13 +213,18 @@ class ReturnItemIn(Strict):
 
 
 class ReturnIn(Strict):
-    location: Code
+    #: "store": handed in at `location`; "mail": a parcel received at `location` (default: the
+    #: configured `returns_location`)
+    mode: Literal["store", "mail"] = "store"
+    location: Code | None = None
     items: list[ReturnItemIn] = Field(min_length=1, max_length=200)
     reason: str = Field(min_length=1, max_length=300)
-    #: major units; the returned lines' value when omitted
+    #: major units; the returned share of what was paid when omitted
     refund: Decimal | None = Field(default=None, ge=0, le=MAX_PRICE)
+    #: required (here or as the Idempotency-Key header): a retried return must never restock twice
     idempotency_key: Key | None = None
-    channel: Channel = "store"
+    #: the channel that took the return; "store" in a store, "other" by mail
+    channel: Channel | None = None
 
 
 class RedeemIn(Strict):

@@ -2240,6 +2240,11 @@ def complete_checkout(
         profile_id = identity.lookup(conn=conn, rules=rules, id_type="anonymous_id", value=cart.anonymous_id)
     if redeem_points and profile_id is None:
         raise CommerceError(409, "no_loyalty_account", "points can only be redeemed by a known customer")
+    # redeemed points are a discount on the order: never more than its total, whole points only
+    points, discount = config.loyalty.discount_for(redeem_points, co.total_minor, co.currency)
+    if redeem_points and not config.loyalty.point_value_minor.get(co.currency):
+        raise CommerceError(422, "points_not_redeemable", f"points cannot be redeemed in {co.currency}")
+    paid = co.total_minor - discount
     values = {
         "order_ref": f"OJ-{uuid.uuid4().hex[:12].upper()}",
         "profile_id": profile_id,
@@ -2256,9 +2261,9 @@ def complete_checkout(
         "ship_address": co.ship_address,
         "status": "placed",
         "currency": co.currency,
-        "total_minor": co.total_minor,
+        "total_minor": paid,
         "refunded_minor": 0,
-        "points_redeemed": 0,
+        "points_redeemed": points,
         "event_id": None,
         "placed_at": now,
         "updated_at": now,
@@ -2288,14 +2293,14 @@ def complete_checkout(
             "status": "placed",
             "location": co.pickup_location,
             "actor": actor[:100] if actor else None,
-            "detail": {},
+            "detail": {"subtotal": co.total_minor, "discount": discount, "points_redeemed": points} if points else {},
             "at": now,
         },
     ).one()
     # the answer and the event are built from the rows just written (no re-read) before the hot stock
-    # rows are locked (a new order earns exactly `points_for` its total), so only the allocation, the
+    # rows are locked (a new order earns exactly `points_for` what is paid), so only the allocation, the
     # loyalty writes and the append hold them
-    earned = config.loyalty.points_for(co.total_minor, co.currency) if profile_id is not None else 0
+    earned = config.loyalty.points_for(paid, co.currency) if profile_id is not None else 0
     view = _order_dict(order, lines, [history], [])
     event = _order_event(
         conn,
@@ -2303,7 +2308,8 @@ def complete_checkout(
         "placed",
         now,
         channel=channel or co.channel,
-        extra={"points_earned": earned, "points_redeemed": redeem_points},
+        extra={"points_earned": earned, "points_redeemed": points}
+        | ({"discount": _amount(discount, co.currency)} if discount else {}),
         order=order,
         lines=lines,
     )
@@ -2317,11 +2323,11 @@ def complete_checkout(
     if moved != len(moves):
         raise RuntimeError(f"checkout {co.id}: stock lost reserved units ({moved} of {len(moves)} rows moved)")
     if profile_id is not None:
-        if redeem_points:
+        if points:
             redeem_loyalty(
                 conn=conn,
                 profile_id=profile_id,
-                points=redeem_points,
+                points=points,
                 dedupe_key=f"redeem:order:{order_id}",
                 order_id=order_id,
                 channel=channel or co.channel,
@@ -2329,9 +2335,7 @@ def complete_checkout(
                 now=now,
                 config=config,
             )
-            conn.execute(sa.update(ORDERS).where(ORDERS.c.id == order_id).values(points_redeemed=redeem_points))
-            view["points_redeemed"] = redeem_points
-        _earn_for_order(conn, profile_id, order_id, co.total_minor, co.currency, config.loyalty, channel, now)
+        _earn_for_order(conn, profile_id, order_id, paid, co.currency, config.loyalty, channel, now)
     events.append(conn, [event])
     return view, True
 
@@ -2406,7 +2410,14 @@ def order_owner(*, conn: Connection, ref: str) -> tuple[str, int | None] | None:
     return (row.order_ref, row.canonical_id) if row is not None else None
 
 
+def _discount_of(history: Sequence[Any]) -> int:
+    """The loyalty discount of an order (minor units), recorded on its `placed` history entry."""
+    placed = next((h for h in history if h.status == "placed"), None)
+    return int((placed.detail or {}).get("discount", 0)) if placed is not None else 0
+
+
 def _order_dict(o: Any, lines: list[Any], history: list[Any], returns: list[Any]) -> dict[str, Any]:
+    discount = _discount_of(history)
     return {
         "id": o.id,
         "order_ref": o.order_ref,
@@ -2421,6 +2432,8 @@ def _order_dict(o: Any, lines: list[Any], history: list[Any], returns: list[Any]
         "currency": o.currency,
         "total": to_major(o.total_minor, o.currency),
         "total_minor": o.total_minor,
+        "discount": to_major(discount, o.currency),
+        "discount_minor": discount,
         "refunded": to_major(o.refunded_minor, o.currency),
         "points_redeemed": o.points_redeemed,
         "placed_at": o.placed_at,
@@ -2509,8 +2522,13 @@ def transition_order(
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not click & collect")
     if status in SHIP_ONLY and o.fulfilment != "ship":
         raise CommerceError(409, "invalid_transition", f"order {o.order_ref} is not shipped")
-    if status in PICKUP_ONLY and location is not None and location != o.pickup_location:
-        raise CommerceError(409, "wrong_store", f"order {o.order_ref} is collected at {o.pickup_location}")
+    if status in PICKUP_ONLY:  # only the pickup store (or the locker) acts on a pickup, and must say so
+        if location is None:
+            raise CommerceError(
+                422, "location_required", f"marking {status} needs the acting location ({o.pickup_location})"
+            )
+        if location != o.pickup_location:
+            raise CommerceError(409, "wrong_store", f"order {o.order_ref} is collected at {o.pickup_location}")
     lines = conn.execute(sa.select(ORDER_LINES).where(ORDER_LINES.c.order_id == order_id)).all()
     allocated = [r for r in lines if r.location is not None]
     # shipping or handing over consumes the allocation, once (a locker parcel was consumed when shipped)
@@ -2741,11 +2759,27 @@ def record_external_orders(
 # ============================================================================ returns
 
 
+_RETURN_BY_KEY = sa.select(RETURNS.c.id, RETURNS.c.order_id).where(RETURNS.c.idempotency_key == sa.bindparam("key"))
+_PLACED_DETAIL = sa.select(ORDER_HISTORY.c.detail).where(
+    ORDER_HISTORY.c.order_id == sa.bindparam("order"), ORDER_HISTORY.c.status == "placed"
+)
+
+
+def _same_return(conn: Connection, key: str, order_id: int) -> dict[str, Any] | None:
+    """The return made earlier with this idempotency key (None if none); a key used for another order is a 409."""
+    prev = conn.execute(_RETURN_BY_KEY, {"key": key}).first()
+    if prev is None:
+        return None
+    if prev.order_id != order_id:
+        raise CommerceError(409, "idempotency_key_reused", f"idempotency key {key!r} was used for another order")
+    return return_view(conn=conn, return_id=prev.id)
+
+
 def create_return(
     *,
     conn: Connection,
     order_id: int,
-    location: str,
+    location: str | None,
     items: Sequence[dict[str, Any]],
     reason: str,
     refund_minor: int | None,
@@ -2754,18 +2788,35 @@ def create_return(
     actor: str | None,
     now: datetime,
     config: CommerceConfig,
+    mode: str = "store",
 ) -> tuple[dict[str, Any], bool]:
     """Take items back at any location: sellable units are restocked there, damaged ones recorded
-    apart; the refund is recorded and the order becomes partially returned or returned."""
+    apart; the refund is recorded and the order becomes partially returned or returned.
+
+    `mode="mail"`: a parcel received at `location`, or at the configured `returns_location`.
+    The refund defaults to the returned share of what was paid: with a loyalty discount, the lines'
+    value * paid / subtotal (rounded down; the last return refunds what is left), and the points
+    redeemed on the order come back in the same share. The same idempotency key answers the same
+    return, also when two requests race (the order's row lock serialises them; the key is read again
+    under it)."""
     if idempotency_key:
-        prev = conn.execute(sa.select(RETURNS).where(RETURNS.c.idempotency_key == idempotency_key)).first()
+        prev = _same_return(conn, idempotency_key, order_id)
         if prev is not None:
-            return return_view(conn=conn, return_id=prev.id), False
+            return prev, False
     o = conn.execute(dialect.for_update(sa.select(ORDERS).where(ORDERS.c.id == order_id), conn)).first()
     if o is None:
         raise _not_found(f"no order {order_id}")
+    if idempotency_key:  # a concurrent return with this key may have committed while we waited for the lock
+        prev = _same_return(conn, idempotency_key, order_id)
+        if prev is not None:
+            return prev, False
     if o.status not in RETURNABLE:
         raise CommerceError(409, "not_returnable", f"order {o.order_ref} is {o.status}; nothing to return yet")
+    if mode not in ("store", "mail"):
+        raise CommerceError(422, "invalid_mode", "a return's mode is 'store' or 'mail'")
+    location = location or (config.returns_location if mode == "mail" else None)
+    if not location:
+        raise CommerceError(422, "location_required", "a return needs the location that receives it")
     loc = get_location(conn=conn, code=location)
     if loc is None or not loc["active"]:
         raise CommerceError(422, "unknown_location", f"unknown location {location!r}")
@@ -2793,9 +2844,38 @@ def create_return(
             raise CommerceError(
                 422, "not_in_order", f"order {o.order_ref} has fewer returnable units of {item['sku']} than requested"
             )
-    refund = value if refund_minor is None else refund_minor
-    if refund > o.total_minor - o.refunded_minor:
+    everything = all(v == 0 for v in left.values())
+    remaining = o.total_minor - o.refunded_minor
+    subtotal = sum(r.quantity * r.unit_price_minor for r in lines)
+    placed = conn.execute(_PLACED_DETAIL, {"order": order_id}).first()
+    discount = int(((placed.detail if placed else None) or {}).get("discount", 0))
+    if refund_minor is not None:
+        refund = refund_minor
+    elif discount and subtotal:  # the returned share of what was paid
+        refund = remaining if everything else min(remaining, value * o.total_minor // subtotal)
+    else:
+        refund = value
+    if refund > remaining:
         raise CommerceError(422, "refund_too_large", "the refund exceeds what is left to refund on the order")
+    rid = conn.execute(
+        dialect.insert_ignoring_conflicts(conn, RETURNS, ["idempotency_key"]).returning(RETURNS.c.id),
+        {
+            "order_id": order_id,
+            "location": location,
+            "channel": channel,
+            "reason": reason,
+            "refund_minor": refund,
+            "currency": o.currency,
+            "idempotency_key": idempotency_key,
+            "actor": actor[:100] if actor else None,
+            "created_at": now,
+        },
+    ).scalar_one_or_none()
+    if rid is None:  # the key was taken meanwhile by a return of another order (this one is locked)
+        prev = _same_return(conn, str(idempotency_key), order_id)
+        if prev is None:
+            raise CommerceError(409, "conflict", "the return could not be recorded; retry")
+        return prev, False
     for line_no, q in taken.items():
         conn.execute(
             sa.update(ORDER_LINES)
@@ -2814,21 +2894,6 @@ def create_return(
             .where(STOCK.c.sku == sku, STOCK.c.location == location)
             .values(on_hand=STOCK.c.on_hand + sellable, damaged=STOCK.c.damaged + damaged, updated_at=now)
         )
-    rid = conn.execute(
-        sa.insert(RETURNS)
-        .values(
-            order_id=order_id,
-            location=location,
-            channel=channel,
-            reason=reason,
-            refund_minor=refund,
-            currency=o.currency,
-            idempotency_key=idempotency_key,
-            actor=actor[:100] if actor else None,
-            created_at=now,
-        )
-        .returning(RETURNS.c.id)
-    ).scalar_one()
     conn.execute(
         sa.insert(RETURN_LINES),
         [
@@ -2836,16 +2901,21 @@ def create_return(
             for n, i in enumerate(items, start=1)
         ],
     )
-    everything = all(v == 0 for v in left.values())
     status = "returned" if everything else "partially_returned"
     conn.execute(
         sa.update(ORDERS)
         .where(ORDERS.c.id == order_id)
         .values(status=status, refunded_minor=ORDERS.c.refunded_minor + refund, updated_at=now)
     )
-    _history(conn, order_id, status, now, actor=actor, location=location, detail={"return_id": rid, "refund": refund})
-    if o.profile_id is not None and refund:
-        _reverse_points(conn, o, refund, f"return:{rid}", config, now)
+    detail: dict[str, Any] = {"return_id": rid, "refund": refund, **({"mode": mode} if mode != "store" else {})}
+    _history(conn, order_id, status, now, actor=actor, location=location, detail=detail)
+    restored = 0
+    if o.profile_id is not None:
+        if refund:
+            _reverse_points(conn, o, refund, f"return:{rid}", config, now)
+        if o.points_redeemed:
+            returned = sum((r.returned_quantity + taken.get(r.line_no, 0)) * r.unit_price_minor for r in lines)
+            restored = _restore_redeemed(conn, o, rid, returned, subtotal, everything, now)
     events.emit(
         conn,
         message_id=f"oj:return:{rid}",
@@ -2857,10 +2927,12 @@ def create_return(
             "order_id": o.order_ref,
             "return_id": str(rid),
             "status": status,
+            "mode": mode,
             "location_id": location,
             "reason": reason,
             "currency": o.currency,
             "total": _amount(refund, o.currency),
+            **({"points_restored": restored} if restored else {}),
             "products": [
                 {"product_id": i["sku"], "sku": i["sku"], "quantity": i["quantity"], "condition": i["condition"]}
                 for i in items
@@ -2869,6 +2941,33 @@ def create_return(
         now=now,
     )
     return return_view(conn=conn, return_id=rid), True
+
+
+def _restore_redeemed(
+    conn: Connection, o: Any, rid: int, returned: int, subtotal: int, everything: bool, now: datetime
+) -> int:
+    """Give back the points redeemed on an order in the share of its value returned so far (rounded
+    down; a full return gives back all of them), minus what earlier returns gave back. Returns the points."""
+    target = o.points_redeemed if everything or not subtotal else o.points_redeemed * returned // subtotal
+    given = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0)).where(
+            LEDGER.c.order_id == o.id, LEDGER.c.kind == "adjust", LEDGER.c.dedupe_key.like("refund_points:return:%")
+        )
+    ).scalar_one()
+    points = max(0, target - int(given))
+    root = identity.canonical_id(conn=conn, profile_id=o.profile_id) or o.profile_id
+    done = _credit(
+        conn,
+        profile_id=root,
+        points=points,
+        kind="adjust",
+        order_id=o.id,
+        dedupe_key=f"refund_points:return:{rid}",
+        channel=None,
+        actor=None,
+        now=now,
+    )
+    return points if done else 0
 
 
 def return_view(*, conn: Connection, return_id: int) -> dict[str, Any]:
@@ -3079,14 +3178,19 @@ def _reverse_points(
     conn: Connection, o: Any, refund_minor: int, key: str, config: CommerceConfig, now: datetime
 ) -> None:
     """Take back points earned on the refunded share of an order (never below zero), and give back
-    points redeemed on a cancelled order."""
+    points redeemed on a cancelled order. `o` is the order as it was before this refund. Cumulative:
+    the points earned x everything refunded so far / total, minus what earlier refunds took back,
+    so a full refund in several returns takes back every earned point (no rounding left over)."""
     root = identity.canonical_id(conn=conn, profile_id=o.profile_id) or o.profile_id
-    earned = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0)).where(
-            LEDGER.c.order_id == o.id, LEDGER.c.kind == "earn"
-        )
-    ).scalar_one()
-    share = int(earned) * refund_minor // o.total_minor if o.total_minor else 0
+    sums = conn.execute(
+        sa.select(LEDGER.c.kind, sa.func.coalesce(sa.func.sum(LEDGER.c.points), 0))
+        .where(LEDGER.c.order_id == o.id, LEDGER.c.kind.in_(("earn", "reverse")))
+        .group_by(LEDGER.c.kind)
+    ).all()
+    earned = int(next((p for k, p in sums if k == "earn"), 0))
+    taken = -int(next((p for k, p in sums if k == "reverse"), 0))
+    refunded = min(o.total_minor, o.refunded_minor + refund_minor)
+    share = earned * refunded // o.total_minor - taken if o.total_minor else 0
     if share > 0 and _ledger(
         conn,
         profile_id=root,

@@ -39,6 +39,7 @@ from omnijourney.commerce.schemas import (
 from omnijourney.commerce.service import CommerceError
 from omnijourney.errors import ApiError
 from omnijourney.identity.service import IdentityError
+from omnijourney.ingest.spec import CHANNELS
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
 
@@ -411,15 +412,26 @@ def set_item(
 
 
 @router.delete("/carts/{cart_id:int}/items/{sku}")
-def remove_item(cart_id: int, sku: str, request: Request, principal: Principal = Depends(staff)) -> dict[str, Any]:
+def remove_item(
+    cart_id: int,
+    sku: str,
+    request: Request,
+    channel: str = Query("web", min_length=1, max_length=32),
+    device: str | None = Query(None, max_length=128),
+    principal: Principal = Depends(staff),
+) -> dict[str, Any]:
+    """Remove a line; `?channel=&device=` name who removed it (a store or call-centre agent), as the
+    add route's body does, so the timeline shows it."""
+    if channel not in CHANNELS:
+        raise ApiError(422, "invalid_request", f"unknown channel {channel!r}; one of {sorted(CHANNELS)}")
     with _errors(), db.write(_engine(request)) as conn:
         target = service.set_cart_quantity(
             conn=conn,
             cart_id=cart_id,
             sku=sku,
             quantity=0,
-            channel="web",
-            device=None,
+            channel=channel,
+            device=device,
             actor=_actor(principal),
             now=utcnow(),
         )
@@ -550,8 +562,20 @@ def set_order_status(
 
 @router.post("/orders/{ref}/returns")
 def create_return(
-    ref: str, body: ReturnIn, request: Request, response: Response, principal: Principal = Depends(staff)
+    ref: str,
+    body: ReturnIn,
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = Header(None, max_length=128),
+    principal: Principal = Depends(staff),
 ) -> dict[str, Any]:
+    """Record a return (201; a repeat with the same idempotency key answers 200 with the same return).
+    The key is required: a retried return must never restock or refund twice."""
+    key = body.idempotency_key or (idempotency_key.strip() if idempotency_key else None)
+    if not key:
+        raise ApiError(
+            400, "idempotency_key_required", "a return needs an idempotency_key (body) or Idempotency-Key header"
+        )
     with _errors(), db.write(_engine(request)) as conn:
         order_id = _order_id(conn, ref)
         currency = service.order_view(conn=conn, order_id=order_id)["currency"]
@@ -566,11 +590,12 @@ def create_return(
             items=[i.model_dump() for i in body.items],
             reason=body.reason,
             refund_minor=refund,
-            idempotency_key=body.idempotency_key,
-            channel=body.channel,
+            idempotency_key=key,
+            channel=body.channel or ("other" if body.mode == "mail" else "store"),
             actor=_actor(principal),
             now=utcnow(),
             config=_cfg(),
+            mode=body.mode,
         )
     response.status_code = 201 if created else 200
     return result

@@ -150,7 +150,9 @@ def place_orders(client: httpx.Client, world: DemoWorld, tokens: dict[str, str],
 
     1. the hero: click & collect at her preferred store (shoe + accessory added on the phone),
        the store marks it ready and handed over, the accessory comes back in another store;
-    2. parcel-locker delivery: shipped from the warehouse, waiting in the locker, picked up;
+    2. parcel-locker delivery paid partly with loyalty points (a discount): shipped from the
+       warehouse, waiting in the locker, picked up, then sent back by mail to the warehouse (the
+       refund is the share paid, the points come back);
     3. an order cancelled before it left (stock and points given back);
     4. an abandoned cart: two items added in the app, never checked out.
     """
@@ -186,10 +188,14 @@ def place_orders(client: httpx.Client, world: DemoWorld, tokens: dict[str, str],
             )
         return int(cart["id"])
 
-    def order(cart: int, key: str, **checkout: Any) -> dict[str, Any]:
+    def order(cart: int, key: str, redeem: int = 0, **checkout: Any) -> dict[str, Any]:
         co = _ok(client.post("/api/commerce/checkouts", json={"cart_id": cart, **checkout}, headers=agent))
         return _ok(
-            client.post(f"/api/commerce/checkouts/{co['id']}/complete", headers={**agent, "Idempotency-Key": key})
+            client.post(
+                f"/api/commerce/checkouts/{co['id']}/complete",
+                json={"redeem_points": redeem},
+                headers={**agent, "Idempotency-Key": key},
+            )
         )
 
     def step(ref: str, status: str, location: str | None) -> None:
@@ -236,11 +242,13 @@ def place_orders(client: httpx.Client, world: DemoWorld, tokens: dict[str, str],
                     headers=store,
                 )
             )
-    # 2. a parcel locker
+    # 2. a parcel locker, partly paid with points, returned by mail
     jacket = next(p for p in world.catalog if p.category == "Jackets")
+    points = _ok(client.get(f"/api/commerce/profiles/{pids[1]}/loyalty?history=0", headers=agent))["balance"]
     o = order(
         cart_of(pids[1], [(jacket.sku, 1)], "web", "desktop"),
         "demo:locker:1",
+        redeem=min(int(points), 200),
         fulfilment="parcel_locker",
         pickup_location=LOCKER,
         ship_address={"name": known[1].name},
@@ -249,6 +257,19 @@ def place_orders(client: httpx.Client, world: DemoWorld, tokens: dict[str, str],
     step(o["order_ref"], "ready_for_pickup", LOCKER)
     step(o["order_ref"], "picked_up", LOCKER)
     summary.orders.append(o["order_ref"])
+    _ok(
+        client.post(
+            f"/api/commerce/orders/{o['order_ref']}/returns",
+            json={
+                "mode": "mail",
+                "location": "warehouse-1",
+                "reason": "does not fit",
+                "idempotency_key": "demo:locker:return:1",
+                "items": [{"sku": jacket.sku, "quantity": 1, "condition": "sellable"}],
+            },
+            headers=agent,
+        )
+    )
     # 3. cancelled before it left the warehouse
     watch = next(p for p in world.catalog if p.category == "Sports Watches")
     o = order(
