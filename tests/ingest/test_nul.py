@@ -76,7 +76,9 @@ def test_single_message_with_a_nul_is_a_400_that_stores_nothing(client: httpx.Cl
     assert r.status_code == 401, r.text
     assert client.get("/v1/projects/k%00/settings").status_code == 404
     # the server keeps serving
-    assert client.post("/v1/track", json={"userId": "u", "event": "ok"}, headers=basic(world.web_key)).status_code == 200
+    assert (
+        client.post("/v1/track", json={"userId": "u", "event": "ok"}, headers=basic(world.web_key)).status_code == 200
+    )
 
 
 def test_batch_stores_the_valid_messages_and_dead_letters_each_nul(client: httpx.Client, world: World, engine) -> None:

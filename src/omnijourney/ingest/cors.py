@@ -88,7 +88,8 @@ class TrackingCors:
             await self.app(scope, receive, send_with_cors)
         except Exception:
             if not started:  # ServerErrorMiddleware sees the response started and only re-raises
-                await _respond(send, 500, cors, _INTERNAL_ERROR)
+                # the server closes the connection after an error it is re-raised to: say so to the client
+                await _respond(send, 500, [*cors, (b"connection", b"close")], _INTERNAL_ERROR)
             raise
 
 
