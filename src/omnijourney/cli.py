@@ -174,7 +174,11 @@ def import_file(
     if info is None:
         err.print(f"[red]error:[/red] no source named {source!r}; create it with `omnijourney sources create`")
         raise typer.Exit(2)
-    summary = importer.import_path(engine=engine, path=file, source=info, limits=settings.limits, console=console)
+    try:
+        summary = importer.import_path(engine=engine, path=file, source=info, limits=settings.limits, console=console)
+    except importer.ImportFileError as exc:
+        err.print(f"[red]error:[/red] {exc}; nothing was imported")
+        raise typer.Exit(2) from None
     console.print(
         f"[green]{summary.accepted}[/green] accepted, [red]{summary.rejected}[/red] rejected "
         f"(rejected rows are in the dead-letter table)"

@@ -13,11 +13,16 @@ from typer.testing import CliRunner
 
 from omnijourney.access import service as access
 from omnijourney.cli import app
-from omnijourney.ingest.importer import row_to_message
+from omnijourney.ingest.importer import CHUNK, row_to_message
 from omnijourney.store import db
 from tests.conftest import count
 
 runner = CliRunner()
+
+
+def flat(output: str) -> str:
+    """The CLI's output with Rich's line wrapping undone."""
+    return " ".join(output.split())
 
 
 def make_source(engine: sa.Engine) -> None:
@@ -128,4 +133,46 @@ def test_import_unknown_source_and_unsupported_file(engine, database_url, tmp_pa
     path.write_text('{"type":"page","anonymousId":"a"}\n')
     result = run_import(path, database_url, tmp_path)
     assert result.exit_code == 2 and "no source named" in result.output
-    assert count(engine, "events") == 0
+    make_source(engine)
+    sheet = tmp_path / "x.xlsx"
+    sheet.write_text("type,event,userId\ntrack,E,u\n")
+    result = run_import(sheet, database_url, tmp_path)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # a clear message, no traceback
+    assert "x.xlsx: unsupported file type '.xlsx'; use .csv, .jsonl/.ndjson or .parquet" in flat(result.output)
+    assert count(engine, "events") == 0 and count(engine, "dead_letters") == 0
+
+
+def test_csv_that_is_not_utf8_is_refused_before_anything_is_written(engine, database_url, tmp_path) -> None:
+    make_source(engine)
+    path = tmp_path / "latin1.csv"
+    rows = [f"track,Store Visited,u{i},lat-{i}" for i in range(CHUNK + 10)]  # more than one write chunk
+    rows[CHUNK + 5] = "track,Store Visited,Jos\u00e9,lat-x"
+    text = "type,event,userId,messageId\n" + "\n".join(rows) + "\n"
+    path.write_bytes(text.encode("latin-1"))
+    result = run_import(path, database_url, tmp_path)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"latin1.csv: line {CHUNK + 7} is not valid UTF-8" in flat(result.output)
+    assert "nothing was imported" in flat(result.output)
+    assert count(engine, "events") == 0 and count(engine, "dead_letters") == 0
+
+
+def test_imported_rows_with_a_nul_are_dead_lettered_on_their_own(engine, database_url, tmp_path) -> None:
+    make_source(engine)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(
+        b'{"type":"track","event":"E","userId":"u1"}\n'
+        b'{"type":"track","event":"E","userId":"u2","properties":{"note":"a\\u0000b"}}\n'
+        b'{"type":"track","event":"E\x00","userId":"u3"}\n'  # a raw NUL byte: not even JSON
+        b'{"type":"track","event":"E","userId":"u4"}\n'
+    )
+    result = run_import(path, database_url, tmp_path)
+    assert result.exit_code == 0, result.output
+    out = flat(result.output)
+    assert "2 accepted" in out and "2 rejected" in out
+    assert "row 2: properties.note: contains a NUL character (\\u0000), which cannot be stored" in out
+    with db.read(engine) as conn:
+        users = conn.execute(sa.text("SELECT user_id FROM events ORDER BY user_id")).scalars().all()
+    assert users == ["u1", "u4"]
+    assert count(engine, "dead_letters") == 2

@@ -24,6 +24,11 @@ def stored(engine: sa.Engine) -> list[dict]:
         return [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM events ORDER BY id"))]
 
 
+def as_json(value: object) -> dict:
+    """A JSON column read with plain SQL: text on SQLite, already decoded on PostgreSQL."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value  # type: ignore[return-value]
+
+
 def test_every_call_type_and_short_path_is_stored(client: httpx.Client, world: World, engine: sa.Engine) -> None:
     calls = {
         "identify": {"userId": "u1", "traits": {"email": "a@example.com"}},
@@ -53,7 +58,29 @@ def test_browser_sdk_shape_text_plain_with_write_key_in_body(client: httpx.Clien
     assert r.status_code == 200, r.text
     row = stored(engine)[0]
     assert row["event"] == "Cart Viewed" and row["anonymous_id"] == "anon-9"
-    assert "writeKey" not in orjson.loads(row["payload"]) if isinstance(row["payload"], str) else True
+    payload = as_json(row["payload"])
+    assert payload["event"] == "Cart Viewed" and "writeKey" not in payload
+
+
+def test_stored_event_records_its_context_and_the_connection_ip(client: httpx.Client, world: World, engine) -> None:
+    context = {
+        "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
+        "device": {"type": "mobile", "model": "iPhone15,2", "manufacturer": "Apple"},
+        "locale": "cs-CZ",
+        "campaign": {"source": "instagram", "medium": "social", "name": "autumn", "content": "reel-3"},
+        "library": {"name": "analytics.js", "version": "next-1.70.0"},
+    }
+    body = {"anonymousId": "a1", "event": "Product Viewed", "properties": {"sku": "S1"}, "context": context}
+    assert client.post("/v1/track", json=body, headers=basic(world.web_key)).status_code == 200
+    # an ip the client sends (a server-side SDK relaying its visitor's) is kept, not replaced
+    relayed = {"userId": "u1", "event": "E", "context": {"ip": "203.0.113.9"}}
+    assert client.post("/v1/track", json=relayed, headers=basic(world.pos_key)).status_code == 200
+    first, second = stored(engine)
+    assert as_json(first["context"]) == {**context, "ip": "127.0.0.1"}  # filled from the connection
+    payload = as_json(first["payload"])  # the original message, as sent
+    assert payload["context"] == context and payload["properties"] == {"sku": "S1"}
+    assert (first["channel"], first["source_id"]) == ("web", world.web_source_id)
+    assert as_json(second["context"]) == {"ip": "203.0.113.9"}
 
 
 def test_gzip_batch_with_basic_auth(client: httpx.Client, world: World, engine) -> None:

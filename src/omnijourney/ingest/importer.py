@@ -6,6 +6,10 @@ map to message fields, with dotted column names (`properties.revenue`,
 validated exactly as `/v1/batch` validates them and written in chunks, each chunk one
 transaction; a rerun of the same file stores nothing twice (messageId, or a content hash
 when the file has none).
+
+A file that cannot be read as a whole (an unsupported type, a CSV that is not UTF-8 or not
+CSV, a file that is not Parquet) raises `ImportFileError` before anything is written: the
+check is the pass that counts the rows for the progress bar anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from omnijourney.store import db
 from omnijourney.store.base import utcnow
 
 CHUNK = 5000
+SUPPORTED = "use .csv, .jsonl/.ndjson or .parquet"
+
+
+class ImportFileError(Exception):
+    """The file cannot be imported at all; the message says why and where. Nothing was written."""
 
 
 @dataclass
@@ -94,9 +103,36 @@ def _jsonl(path: Path) -> Iterator[Any]:
 
 
 def _csv(path: Path) -> Iterator[Any]:
-    with path.open("r", encoding="utf-8", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:  # a BOM (spreadsheet exports) is not a column
         for row in csv.DictReader(fh):
             yield row_to_message(row)
+
+
+def _decoded_lines(path: Path) -> Iterator[str]:
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ImportFileError(
+                    f"{path.name}: line {number} is not valid UTF-8 (byte {exc.start + 1} of the line, "
+                    f"{line[exc.start : exc.start + 1]!r}); save the file as UTF-8 and import it again"
+                ) from exc
+
+
+def count_csv_rows(path: Path) -> int:
+    """The number of CSV records (not lines: a quoted cell may span lines), after checking the whole file.
+
+    Every line is decoded as UTF-8 and every record parsed before the import writes a row.
+    """
+    reader = csv.reader(_decoded_lines(path))
+    records = 0
+    try:
+        for _ in reader:
+            records += 1
+    except csv.Error as exc:
+        raise ImportFileError(f"{path.name}: line {reader.line_num} is not valid CSV: {exc}") from exc
+    return max(records - 1, 0)  # the header
 
 
 def _parquet(path: Path) -> Iterator[Any]:
@@ -111,12 +147,17 @@ def _parquet(path: Path) -> Iterator[Any]:
 def count_rows(path: Path) -> int | None:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise ImportFileError(f"{path.name}: not a readable Parquet file: {exc}") from exc
+    if suffix == ".csv":
+        return count_csv_rows(path)
     with path.open("rb") as fh:
-        n = sum(1 for line in fh if line.strip())
-    return n - 1 if suffix == ".csv" else n
+        return sum(1 for line in fh if line.strip())
 
 
 @dataclass
@@ -133,7 +174,7 @@ def read_messages(path: Path) -> Iterator[Any]:
         return _csv(path)
     if suffix == ".parquet":
         return _parquet(path)
-    raise ValueError(f"unsupported file type {suffix!r}: use .csv, .jsonl/.ndjson or .parquet")
+    raise ImportFileError(f"{path.name}: unsupported file type {suffix or '(none)'!r}; {SUPPORTED}")
 
 
 def import_messages(
@@ -191,8 +232,8 @@ def import_messages(
 def import_path(
     *, engine: sa.Engine, path: Path, source: SourceInfo, limits: IngestLimits, console: Console | None = None
 ) -> ImportSummary:
-    messages = read_messages(path)
-    total = count_rows(path)
+    messages = read_messages(path)  # an unsupported type fails here
+    total = count_rows(path)  # and a file that cannot be read as a whole here, before any write
     with Progress(
         TextColumn("[bold]importing[/bold] {task.description}"),
         BarColumn(),

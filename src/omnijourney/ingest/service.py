@@ -156,7 +156,8 @@ def dead_letter_row(*, source_id: int, received_at: datetime, raw: Any, errors: 
     return {
         "source_id": source_id,
         "received_at": received_at,
-        "message_id": str(message_id)[:128] if message_id is not None else None,
+        # NUL cannot be stored in a PostgreSQL text column: the row keeps it escaped, as the payload does
+        "message_id": str(message_id).replace("\x00", "\\u0000")[:128] if message_id is not None else None,
         "errors": [e.as_dict() for e in errors],
         "payload": text[:MAX_DEAD_LETTER_PAYLOAD],
     }

@@ -9,6 +9,7 @@ import zlib
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -16,7 +17,7 @@ from fastapi.responses import Response
 from omnijourney.access.service import SourceInfo
 from omnijourney.errors import ApiError
 from omnijourney.ingest import service
-from omnijourney.ingest.schemas import ValidMessage, parse_time, validate_message
+from omnijourney.ingest.schemas import ValidMessage, has_nul_escape, parse_time, validate_message
 from omnijourney.ingest.spec import SHORT_PATHS
 from omnijourney.ingest.writer import Overloaded
 from omnijourney.store.base import utcnow
@@ -73,10 +74,33 @@ def _write_key(request: Request, body: Any) -> str:
     raise ApiError(401, "unauthorized", "no write key: send it as the Basic auth username or as writeKey")
 
 
-async def _source(request: Request, write_key: str) -> SourceInfo:
+#: what a database that cannot be reached raises (a connection refused or dropped, a file that cannot be
+#: opened, a pool with no connection to give)
+DATABASE_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+async def lookup_source(request: Request, write_key: str) -> SourceInfo | None:
+    """The source of a write key (cached), None when unknown; 503 + Retry-After when the database is down.
+
+    A 503 tells the SDKs to keep the events and retry; a 500 without CORS headers (what an
+    unhandled error gave) reads as a network failure to a browser and as a bug to an operator.
+    """
+    if "\x00" in write_key:  # no key holds one, and PostgreSQL cannot even be asked about it
+        return None
     cache = request.app.state.sources
     hit = cache.peek(write_key)
-    info = hit[0] if hit is not None else await run_in_threadpool(cache.get, write_key)
+    if hit is not None:
+        return hit[0]
+    try:
+        return await run_in_threadpool(cache.get, write_key)
+    except DATABASE_UNAVAILABLE as exc:
+        raise ApiError(
+            503, "storage_unavailable", "the database is unavailable; retry later", headers={"Retry-After": "5"}
+        ) from exc
+
+
+async def _source(request: Request, write_key: str) -> SourceInfo:
+    info = await lookup_source(request, write_key)
     if info is None or not info.enabled:
         raise ApiError(401, "unauthorized", "unknown or disabled write key")
     origin = request.headers.get("origin")
@@ -101,7 +125,8 @@ async def _ingest(request: Request, default_type: str | None) -> Response:
     state = request.app.state
     limits = state.settings.limits
     _check_overload(request)
-    body = _parse(_read_body(await request.body(), request.headers.get("content-encoding"), limits.max_batch_bytes))
+    raw_body = _read_body(await request.body(), request.headers.get("content-encoding"), limits.max_batch_bytes)
+    body = _parse(raw_body)
     source = await _source(request, _write_key(request, body))
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "request body must be a JSON object")
@@ -123,6 +148,9 @@ async def _ingest(request: Request, default_type: str | None) -> Response:
         body.pop("writeKey", None)
         messages = [body]
     batch_sent_at = parse_time(body.get("sentAt"))
+    # JSON can only carry a NUL character as this escape: one search of the request spares every
+    # message of the usual request its own
+    may_contain_nul = has_nul_escape(raw_body)
 
     valid: list[ValidMessage] = []
     dead: list[dict[str, Any]] = []
@@ -136,6 +164,7 @@ async def _ingest(request: Request, default_type: str | None) -> Response:
             batch_sent_at=batch_sent_at,
             client_ip=client_ip,
             limits=limits,
+            may_contain_nul=may_contain_nul,
         )
         if isinstance(result, ValidMessage):
             valid.append(result)
@@ -196,7 +225,7 @@ for _short, _kind in SHORT_PATHS.items():
 @router.get("/projects/{write_key}/settings")
 async def browser_settings(write_key: str, request: Request) -> Response:
     """What the browser SDK (analytics.js / analytics-next) loads before sending anything."""
-    info = await run_in_threadpool(request.app.state.sources.get, write_key)
+    info = await lookup_source(request, write_key)
     if info is None or not info.enabled:
         raise ApiError(404, "not_found", "unknown write key")
     host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
