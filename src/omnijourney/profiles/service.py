@@ -154,7 +154,9 @@ def consents(
     if not records:
         return []
     if merges is None:
-        merges = identity.merges(conn=conn, member_ids=member_ids) if len(member_ids) > 1 else []
+        # merges only matter when two members have records: one member's latest record is current anyway
+        several = len({r.profile_id for r in records}) > 1
+        merges = identity.merges(conn=conn, member_ids=member_ids) if several else []
     current = current_records(records, merges, member_ids)
     return [
         {
