@@ -23,7 +23,7 @@ from omnijourney.access import service as access
 from omnijourney.commerce import events as commerce_events
 from omnijourney.config import IngestLimits, Settings
 from omnijourney.demo import runner
-from omnijourney.demo.world import JUNK_EMAIL, JUNK_PHONE, DemoWorld, build_world
+from omnijourney.demo.world import JUNK_BIRTHDAY, JUNK_EMAIL, JUNK_PHONE, DemoWorld, build_world
 from omnijourney.engage import service as engage_service
 from omnijourney.ingest.schemas import ValidMessage, validate_message
 from omnijourney.ingest.spec import CHANNELS
@@ -351,6 +351,7 @@ def test_identity_edge_cases_shared_tablet_and_junk_identifiers(world: DemoWorld
     }
     assert len(junk_emails) >= 2  # different people, one placeholder address
     assert any(m["type"] == "identify" and m["traits"].get("phone") == JUNK_PHONE for m in world.messages["pos"])
+    assert any(m["type"] == "identify" and m["traits"].get("birthday") == JUNK_BIRTHDAY for m in world.messages["pos"])
 
 
 def test_drop_offs_and_single_versus_multichannel_customers(world: DemoWorld) -> None:
@@ -539,6 +540,9 @@ def test_run_demo_through_the_api_twice_stores_every_message_exactly_once(
     for step in ("Order Ready for Pickup", "Order Picked Up", "Order Shipped", "Order Cancelled", "Order Refunded"):
         assert step in {e for e, _ in ours}, step
     assert all(pid is not None for _, pid in ours)  # every one resolved to a profile
+    with db.read(engine) as conn:  # the cashier's placeholder birthday is refused by its type, and kept for review
+        refused = conn.execute(sa.text("SELECT key FROM profile_traits WHERE key LIKE '%birthday'")).scalars().all()
+    assert refused and set(refused) == {"$rejected:birthday"}
     with db.read(engine) as conn:
         origins = dict(conn.execute(sa.text("SELECT origin, count(*) FROM commerce_orders GROUP BY origin")).all())
         carts = conn.execute(sa.text("SELECT count(*) FROM commerce_carts")).scalar_one()

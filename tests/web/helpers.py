@@ -64,6 +64,7 @@ def build_shop(client: httpx.Client, world: World, engine: sa.Engine) -> Shop:
                 "first_name": "Jana",
                 "last_name": "Nováková",
                 "shoe_size": "38",
+                "birthday": "31.02.1990",  # not ISO 8601: refused by the trait's type
             },
         },
     )

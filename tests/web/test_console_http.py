@@ -329,6 +329,8 @@ def test_customer_360_shows_who_orders_cart_suggestions_and_timeline(shop: Shop,
         assert value in html
     assert "by pos" in html  # provenance: which source linked the identifier
     assert "Shoe size" in html and "38" in html
+    refused = html.split('data-testid="trait-rejections"')[1].split("</ul>")[0]
+    assert "birthday: <code>31.02.1990</code>" in refused and "is not a datetime" in refused
     assert shop.order_ref in html and "click and collect at store-praha-1" in html and "placed" in html
     # accessories of the bought shoe; the bought shoe itself is never suggested
     suggestions = html.split('data-testid="suggestions"')[1].split("</ul>")[0]

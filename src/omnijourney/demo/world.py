@@ -22,7 +22,8 @@ every stage so that funnels have something to show:
 Customers have personas (omnichannel, app-first, web-only, store-only, window shopper),
 so single- and multi-channel customers can be compared; a few share a family tablet and
 a few type junk identifiers (test@test.com, 0000000000), so identity resolution has
-something to guard against.
+something to guard against, and a cashier's placeholder birthday (00.00.0000) is refused by
+the trait's type (shown as a refused trait value on the 360).
 
 Every choice comes from `random.Random` seeded with the world seed (and, per customer,
 with the seed and the customer's index), and every message id is derived from them,
@@ -415,6 +416,7 @@ _SHOE = {"f": (36, 37, 38, 39, 40, 41), "m": (40, 41, 42, 43, 44, 45, 46)}
 
 JUNK_EMAIL = "test@test.com"
 JUNK_PHONE = "0000000000"
+JUNK_BIRTHDAY = "00.00.0000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1679,6 +1681,7 @@ class _Life:
             }
             if junk_phone:
                 traits["phone"] = JUNK_PHONE  # the cashier typed a placeholder
+                traits["birthday"] = JUNK_BIRTHDAY  # and skipped the birthday: a refused trait (type datetime)
             elif self.rng.random() < 0.7:
                 traits["phone"] = c.phone
             if not c.has_account and self.rng.random() < 0.4:

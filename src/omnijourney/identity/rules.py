@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
 
 
+def _compile(pattern: str, what: str) -> re.Pattern[str]:
+    """Compile a configured regular expression; a broken one is a validation error naming it
+    (re.error is no ValueError, so pydantic would let it through without the field's location)."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{what} {pattern!r} is not a valid regular expression: {exc}") from None
+
+
 class IdentifierType(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,7 +46,7 @@ class IdentifierType(BaseModel):
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
         if v is not None:
-            re.compile(v)
+            _compile(v, "pattern")
         return v
 
 
@@ -68,11 +77,15 @@ class IdentityRules(BaseModel):
         for name in self.identifier_types:
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
                 raise ValueError(f"identifier type name {name!r} must be lower_snake_case, at most 32 chars")
-        priorities = [t.priority for t in self.identifier_types.values()]
-        if len(set(priorities)) != len(priorities):
-            raise ValueError("identifier type priorities must be distinct (they order resolution)")
+        by_priority: dict[int, list[str]] = {}
+        for name, t in self.identifier_types.items():
+            by_priority.setdefault(t.priority, []).append(name)
+        shared = {p: names for p, names in by_priority.items() if len(names) > 1}
+        if shared:
+            which = "; ".join(f"{', '.join(names)} all have {p}" for p, names in sorted(shared.items()))
+            raise ValueError(f"identifier type priorities must be distinct (they order resolution): {which}")
         for p in self.blocked_patterns:
-            re.compile(p)
+            _compile(p, "blocked_patterns entry")
         return self
 
     @cached_property

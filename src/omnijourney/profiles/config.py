@@ -12,6 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_CONFIG = Path(__file__).with_name("profile.yaml")
 Strategy = Literal["last", "first", "max", "sum", "union"]
+TraitType = Literal["string", "number", "integer", "boolean", "datetime", "list"]
+#: the types each strategy can combine (an untyped trait takes whatever comes, as before)
+STRATEGY_TYPES: dict[str, set[str]] = {
+    "sum": {"number", "integer"},
+    "max": {"number", "integer", "datetime", "string"},
+    "union": {"list", "string", "number", "integer", "boolean"},
+}
+#: where a refused trait value is kept, per member, next to the traits (`profile_traits` key prefix)
+REJECTED_PREFIX = "$rejected:"
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 
 
@@ -20,6 +29,8 @@ class ProfileConfig(BaseModel):
 
     default_strategy: Strategy = "last"
     trait_strategies: dict[str, Strategy] = Field(default_factory=dict)
+    #: optional type per trait: a value that does not fit is refused (recorded, the old value kept)
+    trait_types: dict[str, TraitType] = Field(default_factory=dict)
     lifecycle: dict[str, list[str]]
     retention_min_orders: int = Field(default=2, ge=2)
     advocacy_min_nps: int = Field(default=9, ge=0, le=10)
@@ -29,6 +40,17 @@ class ProfileConfig(BaseModel):
         unknown = set(self.lifecycle) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown lifecycle stages {sorted(unknown)}; stages are {STAGES}")
+        for key, kind in self.trait_types.items():
+            if key.startswith(REJECTED_PREFIX) or len(key) > 100 - len(REJECTED_PREFIX):
+                raise ValueError(
+                    f"trait {key!r}: the prefix {REJECTED_PREFIX!r} is reserved and typed trait names"
+                    f" are at most {100 - len(REJECTED_PREFIX)} characters"
+                )
+            allowed = STRATEGY_TYPES.get(self.strategy(key))
+            if allowed is not None and kind not in allowed:
+                raise ValueError(
+                    f"trait {key!r}: type {kind} cannot use strategy {self.strategy(key)} (allowed: {sorted(allowed)})"
+                )
         return self
 
     def strategy(self, key: str) -> Strategy:

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from omnijourney.profiles.config import ProfileConfig
+from omnijourney.profiles.config import REJECTED_PREFIX, ProfileConfig
 from omnijourney.profiles.models import (
     ConsentRecord,
     ProfileChange,
@@ -28,7 +28,7 @@ from omnijourney.profiles.models import (
     ProfileStats,
     ProfileTrait,
 )
-from omnijourney.profiles.traits import combine_trait, search_terms
+from omnijourney.profiles.traits import accepts, combine_trait, search_terms
 from omnijourney.store import dialect
 from omnijourney.store.base import utcnow
 
@@ -135,7 +135,7 @@ class ProfileHandler:
         rank_of = self._rank
         stats: dict[int, list[Any]] = {}
         counter_deltas: dict[tuple[int, str, str], list[Any]] = {}
-        trait_events: list[tuple[int, datetime, dict[str, Any]]] = []
+        trait_events: list[tuple[int, int, datetime, dict[str, Any]]] = []
         consents: list[dict[str, Any]] = []
         terms: set[tuple[str, int]] = set()
         orders: dict[int, list[float]] = defaultdict(list)
@@ -214,7 +214,7 @@ class ProfileHandler:
                         d[1] = at
             traits = payload.get("traits") if etype == "identify" else (payload.get("context") or {}).get("traits")
             if isinstance(traits, dict) and traits:
-                trait_events.append((pid, timestamp, traits))
+                trait_events.append((pid, eid, timestamp, traits))
 
         trait_changes = self._traits(conn, trait_events, terms)
         stats_rows = self._stats_rows(conn, stats, orders)
@@ -269,19 +269,35 @@ class ProfileHandler:
     def _traits(
         self,
         conn: Connection,
-        trait_events: list[tuple[int, datetime, dict[str, Any]]],
+        trait_events: list[tuple[int, int, datetime, dict[str, Any]]],
         terms: set[tuple[str, int]],
     ) -> dict[tuple[int, str], dict[str, Any]]:
-        """Combine the batch's observed traits with the stored ones (read only for members that have any)."""
+        """Combine the batch's observed traits with the stored ones (read only for members that have any).
+
+        A value that does not fit its trait's configured type is not applied (the stored value
+        stays); the latest refusal is kept as trait `$rejected:<key>` of the member, which the 360
+        view shows as `trait_rejections`."""
         if not trait_events:
             return {}
-        pids = sorted({pid for pid, _, _ in trait_events})
+        pids = sorted({pid for pid, _, _, _ in trait_events})
         traits_now = {(r.profile_id, r.key): dict(r._mapping) for r in _select_in(conn, TRAITS, pids)}
         trait_changes: dict[tuple[int, str], dict[str, Any]] = {}
         strategy = self.config.strategy
-        for pid, at, traits in trait_events:
+        types = self.config.trait_types
+        for pid, eid, at, traits in trait_events:
             for key, value in traits.items():
                 if not isinstance(key, str) or len(key) > 100 or value is None:
+                    continue
+                if key.startswith(REJECTED_PREFIX):
+                    continue  # reserved for refusals
+                kind = types.get(key)
+                if kind is not None and not accepts(kind, strategy(key), value):
+                    rkey = REJECTED_PREFIX + key
+                    refused = {"value": value, "expected": kind, "event_id": eid}
+                    current = trait_changes.get((pid, rkey)) or traits_now.get((pid, rkey))
+                    merged = combine_trait("last", current, refused, at)
+                    if merged is not current:
+                        trait_changes[(pid, rkey)] = {"profile_id": pid, "key": rkey, **merged}
                     continue
                 current = trait_changes.get((pid, key)) or traits_now.get((pid, key))
                 merged = combine_trait(strategy(key), current, value, at)

@@ -1,8 +1,8 @@
 """Reads of the unified profile: the 360 view, timeline, search, changes; consent writes.
 
 Profile data is stored per cluster member and combined here at read time: sums add,
-firsts take the minimum, lasts the maximum, traits follow their merge strategy, and for
-consent the most restrictive state per purpose and channel wins.
+firsts take the minimum, lasts the maximum, traits follow their merge strategy, and consent
+is replayed from the members' ledgers and merges (`profiles.consent`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from omnijourney.commerce import service as commerce
 from omnijourney.identity import service as identity
 from omnijourney.identity.models import IdentityLink, Profile, ProfileEvent
 from omnijourney.ingest.models import Event
-from omnijourney.profiles.config import STAGES, ProfileConfig
+from omnijourney.profiles.config import REJECTED_PREFIX, STAGES, ProfileConfig
+from omnijourney.profiles.consent import CONSENT_RESTRICTIVENESS, current_records
 from omnijourney.profiles.models import (
     ConsentRecord,
     ProfileChange,
@@ -45,9 +46,6 @@ COUNTERS = ProfileCounter.__table__
 CONSENTS = ConsentRecord.__table__
 SEARCH = ProfileSearchTerm.__table__
 CHANGES = ProfileChange.__table__
-
-#: most restrictive first: any member's denial or withdrawal beats another member's grant
-CONSENT_RESTRICTIVENESS = {"withdrawn": 2, "denied": 1, "granted": 0}
 
 
 class ProfileError(ValueError):
@@ -117,23 +115,49 @@ def _counters(conn: Connection, ids: list[int]) -> dict[str, list[dict[str, Any]
     return out
 
 
-def traits(*, conn: Connection, member_ids: list[int], config: ProfileConfig) -> dict[str, Any]:
+def _trait_states(conn: Connection, member_ids: list[int]) -> dict[str, list[dict[str, Any]]]:
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in conn.execute(_TRAITS, {"ids": member_ids}):
         by_key[r.key].append({"value": r.value, "observed_at": r.observed_at, "first_observed_at": r.first_observed_at})
-    return {key: merge_member_traits(config.strategy(key), states)["value"] for key, states in sorted(by_key.items())}
+    return by_key
 
 
-def consents(*, conn: Connection, member_ids: list[int]) -> list[dict[str, Any]]:
-    """Current consent per purpose x channel: each member's latest record, then the most restrictive."""
-    latest: dict[tuple[int, str, str], Any] = {}
-    for r in conn.execute(_CONSENTS, {"ids": member_ids}):
-        latest[(r.profile_id, r.purpose, r.channel)] = r
-    current: dict[tuple[str, str], Any] = {}
-    for (_, purpose, channel), r in latest.items():
-        have = current.get((purpose, channel))
-        if have is None or CONSENT_RESTRICTIVENESS[r.status] > CONSENT_RESTRICTIVENESS[have.status]:
-            current[(purpose, channel)] = r
+def _combine_traits(by_key: dict[str, list[dict[str, Any]]], config: ProfileConfig) -> dict[str, Any]:
+    return {
+        key: merge_member_traits(config.strategy(key), states)["value"]
+        for key, states in sorted(by_key.items())
+        if not key.startswith(REJECTED_PREFIX)
+    }
+
+
+def _rejections(by_key: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The latest refused value of each typed trait (what was sent, the type expected, the event, when)."""
+    out = {}
+    for key, states in sorted(by_key.items()):
+        if key.startswith(REJECTED_PREFIX):
+            latest = merge_member_traits("last", states)
+            out[key.removeprefix(REJECTED_PREFIX)] = {**latest["value"], "at": latest["observed_at"]}
+    return out
+
+
+def traits(*, conn: Connection, member_ids: list[int], config: ProfileConfig) -> dict[str, Any]:
+    return _combine_traits(_trait_states(conn, member_ids), config)
+
+
+def consents(
+    *, conn: Connection, member_ids: list[int], merges: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Current consent per purpose x channel (`profiles.consent`): each member's latest record, the
+    most restrictive at each merge, and any later record superseding it. Pass the cluster's
+    `identity.merges` when already read."""
+    records = conn.execute(_CONSENTS, {"ids": member_ids}).all()
+    if not records:
+        return []
+    if merges is None:
+        # merges only matter when two members have records: one member's latest record is current anyway
+        several = len({r.profile_id for r in records}) > 1
+        merges = identity.merges(conn=conn, member_ids=member_ids) if several else []
+    current = current_records(records, merges, member_ids)
     return [
         {
             "purpose": p,
@@ -177,6 +201,8 @@ def record_consent(
             evidence=evidence,
         )
     )
+    # polling integrations (`GET /api/profiles/changes`) see API consents as they see processed ones
+    conn.execute(sa.insert(CHANGES).values(profile_id=profile_id, changed_at=utcnow()))
 
 
 def lifecycle_stage(stats: dict[str, Any] | None, config: ProfileConfig) -> str | None:
@@ -221,15 +247,18 @@ def profile_360(
         conn=conn, member_ids=member_ids, now=utcnow(), carts=active_carts
     )
     computed["loyalty"] = commerce.loyalty_summary(conn=conn, member_ids=member_ids)
+    merges = identity.merges(conn=conn, member_ids=member_ids)
+    trait_states = _trait_states(conn, member_ids)
     return {
         "id": root,
         "requested_id": profile_id,
         "merged_ids": [m for m in member_ids if m != root],
         "identifiers": identity.identifiers(conn=conn, member_ids=member_ids),
-        "merges": identity.merges(conn=conn, member_ids=member_ids),
-        "traits": traits(conn=conn, member_ids=member_ids, config=config),
+        "merges": merges,
+        "traits": _combine_traits(trait_states, config),
+        "trait_rejections": _rejections(trait_states),
         "computed": computed,
-        "consents": consents(conn=conn, member_ids=member_ids),
+        "consents": consents(conn=conn, member_ids=member_ids, merges=merges),
     }
 
 
@@ -531,7 +560,7 @@ def summaries(
             stats[root_of[r.profile_id]].append(r)
     out = []
     for root in root_ids:
-        t = {key: merge_member_traits(config.strategy(key), states)["value"] for key, states in by_root[root].items()}
+        t = _combine_traits(by_root[root], config)
         combined = _combine_stats(stats[root])
         ids_of = links[root]
         out.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from datetime import datetime
@@ -45,6 +46,38 @@ def combine_trait(strategy: Strategy, current: dict[str, Any] | None, value: Any
     if not added:
         return current
     return {"value": items + added, "observed_at": max(at, current["observed_at"]), "first_observed_at": first_at}
+
+
+def fits(kind: str, value: Any) -> bool:
+    """Whether `value` (as JSON gave it) is of trait type `kind`; no coercion: "42" is not a number."""
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "list":
+        return isinstance(value, list)
+    if kind == "datetime":
+        if not isinstance(value, str):
+            return False
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return False
+        return True
+    raise ValueError(f"unknown trait type {kind!r}")
+
+
+def accepts(kind: str | None, strategy: Strategy, value: Any) -> bool:
+    """Whether a trait typed `kind` takes `value`: a union also takes a list of that type."""
+    if kind is None:
+        return True
+    if strategy == "union" and kind != "list" and isinstance(value, list):
+        return all(fits(kind, v) for v in value)
+    return fits(kind, value)
 
 
 def merge_member_traits(strategy: Strategy, states: list[dict[str, Any]]) -> dict[str, Any]:
