@@ -7,10 +7,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from omnijourney.app import create_app
@@ -18,7 +21,7 @@ from omnijourney.engage import service as engage
 from omnijourney.engage.schemas import SegmentIn
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
-from omnijourney.web import segments, service, workspace
+from omnijourney.web import service
 from omnijourney.web import views as web_views
 from tests.commerce.helpers import bearer
 from tests.conftest import LiveServer, World, wait_for
@@ -178,6 +181,25 @@ def test_state_changes_without_a_valid_csrf_token_change_nothing(shop: Shop, bro
 
 # ------------------------------------------------------------------ roles on every route
 
+#: the dashboard's JSON / CSV data routes (/console/dashboard/data/{name}); the role test asks them for a format
+#: that does not exist, so an allowed role passes the role check and gets a 422 without running the analysis
+DASHBOARD_DATA = (
+    "lake",
+    "funnel",
+    "stages",
+    "cross-channel",
+    "click-and-collect",
+    "multi-channel",
+    "revenue",
+    "service",
+    "attribution",
+    "gaps",
+    "stage-kpis",
+    "retention",
+    "lifecycle",
+    "paths",
+    "golden-paths",
+)
 GET_ROUTES = {
     "/console": ("admin", "marketer", "agent", "store_staff"),
     "/console/": ("admin", "marketer", "agent", "store_staff"),
@@ -191,6 +213,10 @@ GET_ROUTES = {
     "/console/workspace/{conversation_id}": ("admin", "agent"),
     "/console/segments": ("admin", "marketer"),
     "/console/segments/{key}/export.csv": ("admin", "marketer"),
+    "/console/journeys": ("admin", "marketer"),
+    "/console/dashboard": ("admin", "marketer"),
+    "/console/dashboard/": ("admin", "marketer"),
+    **{f"/console/dashboard/data/{name}": ("admin", "marketer") for name in DASHBOARD_DATA},
 }
 POST_ROUTES = {
     "/console/logout": ("admin", "marketer", "agent", "store_staff"),
@@ -207,18 +233,40 @@ POST_ROUTES = {
     "/console/workspace/{conversation_id}/resolve": ("admin", "agent"),
     "/console/workspace/calls": ("admin", "agent"),
     "/console/segments": ("admin", "marketer"),
+    "/console/dashboard/refresh": ("admin", "marketer"),
 }
-#: open to anyone: the login form and the stylesheet/script
-PUBLIC = {"/console/login", "/console/static/{name}"}
+#: open to anyone: the login form, the console's and the dashboard's stylesheets and scripts
+PUBLIC = {
+    ("/console/login", "GET"),
+    ("/console/login", "POST"),
+    ("/console/static/{name}", "GET"),
+    ("/console/dashboard/assets/{name}", "GET"),
+}
 STREAM = "/console/customers/{profile_id}/stream"
 
 
 def test_the_role_table_covers_every_console_route() -> None:
-    routes = [*web_views.router.routes, *workspace.router.routes, *segments.router.routes]
-    declared = {(r.path, m) for r in routes for m in r.methods}  # type: ignore[attr-defined]
-    covered = {(p, "GET") for p in GET_ROUTES} | {(p, "POST") for p in POST_ROUTES} | {(STREAM, "GET")}
-    covered |= {(p, m) for p in PUBLIC for m in ("GET", "POST")}
-    assert {(p.replace(":int", ""), m) for p, m in declared} <= covered
+    """Every route the console installs in the app (whatever router it comes from) is in the role table,
+    and the table names no route that does not exist."""
+    included: list[APIRouter] = []
+
+    class Recording(FastAPI):
+        def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
+            included.append(router)
+            super().include_router(router, **kwargs)
+
+    web_views.install(Recording())
+    declared = {
+        (r.path.replace(":int", ""), m)
+        for router in included
+        for r in router.routes
+        if isinstance(r, APIRoute)
+        for m in r.methods
+    }
+    covered = {(p, "GET") for p in GET_ROUTES} | {(p, "POST") for p in POST_ROUTES} | {(STREAM, "GET")} | PUBLIC
+    assert declared - covered == set(), "console routes missing from the role table"
+    assert covered - declared == set(), "role-table routes the console does not have"
+    assert {"/console/dashboard/data/golden-paths", "/console/journeys"} <= {p for p, _ in declared}
 
 
 @pytest.mark.parametrize("role", [None, "admin", "marketer", "agent", "store_staff"])
@@ -253,9 +301,12 @@ def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser
 
     csrf = csrf_of(c.get("/console/search").text) if role else "none"
     for path, allowed in GET_ROUTES.items():
-        r = c.get(url(path), follow_redirects=False)
+        analysis = path.startswith("/console/dashboard/data/") and not path.endswith("/lake")
+        r = c.get(url(path), params={"format": "nope"} if analysis else None, follow_redirects=False)
         if role is None:
             assert r.status_code == 303 and r.headers["location"].startswith("/console/login"), path
+        elif role in allowed and analysis:
+            assert r.status_code == 422, (path, role, r.status_code)  # past the role check, refused the format
         elif role in allowed:
             assert r.status_code in (200, 303), (path, r.status_code)
             if r.status_code == 303:
