@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -23,9 +24,22 @@ from omnijourney.store import db
 from omnijourney.store.base import utcnow
 from omnijourney.web import service
 from omnijourney.web import views as web_views
-from tests.commerce.helpers import bearer
+from tests.commerce.helpers import PRODUCTS, bearer
 from tests.conftest import LiveServer, World, wait_for
-from tests.web.helpers import CARD, EMAIL, PASSWORD, PHONE, STORE, USERS, Shop, build_shop, create_users, csrf_of, login
+from tests.web.helpers import (
+    CARD,
+    EMAIL,
+    PASSWORD,
+    PHONE,
+    STORE,
+    USERS,
+    Shop,
+    build_shop,
+    create_users,
+    csrf_of,
+    login,
+    processed,
+)
 
 pytestmark = pytest.mark.server
 
@@ -370,20 +384,62 @@ def test_search_by_order_number(shop: Shop, browser_for) -> None:
     assert "No customer matches" in c.get("/console/search", params={"q": "zz-nobody"}).text
 
 
-def test_customer_360_shows_who_orders_cart_suggestions_and_timeline(shop: Shop, browser_for) -> None:
+def section(html: str, testid: str) -> str:
+    """The inner HTML of the element marked `data-testid=testid` (up to its tag's first closing tag)."""
+    at = html.find(f'data-testid="{testid}"')
+    assert at >= 0, testid
+    tag = re.match(r"<(\w+)", html[html.rindex("<", 0, at) :])
+    assert tag is not None
+    return html[html.index(">", at) + 1 : html.index(f"</{tag.group(1)}>", at)]
+
+
+def test_customer_360_shows_who_orders_cart_suggestions_and_timeline(
+    shop: Shop, browser_for, client: httpx.Client, world: World
+) -> None:
+    # what the 360 must also show: a consent, points, an open cart, an accessory of the browsed shoe
+    admin, agent = bearer(world.admin_token), bearer(world.agent_token)
+    laces = {"sku": "LACES-1", "name": "Spare laces", "category": "care", "prices": {"CZK": "79.00"}}
+    browsed = {**next(p for p in PRODUCTS if p["sku"] == "SHOE-43")}
+    browsed["related"] = [*browsed["related"], {"sku": "LACES-1", "kind": "accessory"}]
+    for products in ([laces], [browsed]):
+        r = client.post("/api/commerce/products", json={"products": products}, headers=admin)
+        assert r.status_code == 200, r.text
+    cart = client.post("/api/commerce/carts", json={"profile_id": shop.profile_id}, headers=agent).json()
+    r = client.post(f"/api/commerce/carts/{cart['id']}/items", json={"sku": "SOCK-1", "quantity": 2}, headers=agent)
+    assert r.status_code == 200, r.text
+    consent = {"purpose": "marketing", "channel": "email", "status": "granted"}
+    r = client.post(
+        "/v1/track",
+        auth=(world.web_key, ""),
+        json={"userId": "user-jana", "event": "Consent Updated", "properties": consent},
+    )
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: processed(client, world), timeout=20)
+
     c = browser_for("agent")
     r = c.get(f"/console/customers/{shop.profile_id}")
     assert r.status_code == 200
     html = r.text
     assert "Jana Nováková" in html
+    assert section(html, "lifecycle-stage") == "purchase"  # one order: bought, not yet retained
+    assert section(html, "pref-preferred-channel") == "web"
+    loyalty = section(html, "loyalty")
+    assert loyalty.startswith("249 points · basic")  # 1 point per 10 CZK of the 2490 CZK shoe
+    consents = section(html, "consents")
+    assert "granted" in consents and "marketing · email" in consents
+    cart_html = section(html, "cart")
+    assert "2\N{MULTIPLICATION SIGN} Merino socks" in cart_html and "SOCK-1" in cart_html and "SHOE-42" not in cart_html
     for value in (CARD, PHONE, EMAIL, "user-jana"):
         assert value in html
     assert "by pos" in html  # provenance: which source linked the identifier
     assert "Shoe size" in html and "38" in html
     assert shop.order_ref in html and "click and collect at store-praha-1" in html and "placed" in html
     # accessories of the bought shoe; the bought shoe itself is never suggested
-    suggestions = html.split('data-testid="suggestions"')[1].split("</ul>")[0]
+    suggestions = section(html, "suggestions")
     assert "Merino socks" in suggestions and "Waterproofing spray" in suggestions
+    # and of what she only browsed (SHOE-43), after those of what she bought
+    assert "Spare laces" in suggestions and "accessory for SHOE-43 (browsed)" in suggestions
+    assert suggestions.index("Spare laces") > suggestions.index("Waterproofing spray")
     assert "SHOE-42" not in suggestions.replace("for SHOE-42", "")
     assert "Product Viewed" in html and "Identify" in html.replace("identify", "Identify")
     assert 'aria-label="web"' in html and 'aria-label="store"' in html  # channel icons, labelled
