@@ -84,6 +84,7 @@ def test_store_staff_mark_the_pickup_ready_then_picked_up(page: Any, demo: Demo)
     shot(page, "04-store-pickups")
     row.get_by_role("button", name="Mark ready").click()
     page.get_by_role("status").filter(has_text=f"order {ref} is ready for pickup").wait_for()
+    assert page.locator(f"[data-testid=pickups-due] tr[data-order='{ref}']").count() == 1  # ready: due today
     page.locator(f"tr[data-order='{ref}']").get_by_role("button", name="Picked up").click()
     page.get_by_role("status").filter(has_text=f"order {ref} is picked up").wait_for()
     assert page.locator(f"tr[data-order='{ref}']").count() == 0
