@@ -25,6 +25,7 @@ from omnijourney.config import IngestLimits, Settings
 from omnijourney.demo import runner
 from omnijourney.demo.world import JUNK_BIRTHDAY, JUNK_EMAIL, JUNK_PHONE, DemoWorld, build_world
 from omnijourney.engage import service as engage_service
+from omnijourney.identity.normalise import normalise_phone
 from omnijourney.ingest.schemas import ValidMessage, validate_message
 from omnijourney.ingest.spec import CHANNELS
 from omnijourney.pipeline import service as pipeline_service
@@ -176,7 +177,10 @@ def test_sources_catalog_locations_and_customers(world: DemoWorld) -> None:
     cards = [c.loyalty_card for c in people if c.loyalty_card]
     assert len(set(cards)) == len(cards) and len(cards) > 100
     assert all(re.fullmatch(r"LC\d{10}", card) for card in cards)
-    assert all(re.fullmatch(r"\+(420[67]\d{8}|48[5-8]\d{8})", c.phone) for c in people)
+    assert all(re.fullmatch(r"\+(420\d{9}|48\d{9})", c.phone) for c in people)
+    # every demo phone is a valid number (ingestion links only those), hero included
+    assert all(normalise_phone(c.phone, c.country) == c.phone for c in people)
+    assert all(c.phone.startswith("+420" if c.country == "CZ" else "+48") for c in people)
     assert {c.country for c in people} == {"CZ", "PL"}
     assert all(c.preferred_store.startswith("store-") for c in people)
     assert len({c.persona for c in people}) == 5
@@ -393,6 +397,15 @@ def test_golden_path_customer(world: DemoWorld) -> None:
     anonymous_ids = {m["anonymousId"] for m in mine if "anonymousId" in m}
     clicks = [m for m in tracks(world, "ads", "Ad Clicked") if m["anonymousId"] in anonymous_ids]
     assert clicks and clicks[0]["context"]["campaign"]["source"] == "instagram"
+    # yesterday's chat (the transcript the agent reads on the 360 page): started and resolved the day before
+    yesterday = (world.anchor - timedelta(days=1)).date()
+    chats = [m for m in mine if m.get("event") == "Conversation Started" and ts(m).date() == yesterday]
+    assert len(chats) == 1 and chats[0]["properties"]["topic"] == "product_setup"
+    conv = chats[0]["properties"]["conversation_id"]
+    said = [m["properties"] for m in mine if m.get("event") == "Message Sent"]
+    said = [p for p in said if p["conversation_id"] == conv]
+    assert [p["author"] for p in said] == ["customer", "bot", "agent", "customer", "agent"]
+    assert "Forerunner 265" in said[0]["text"]
 
 
 # --------------------------------------------------------------------------- the runner

@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ class Demo:
     server: LiveServer
     credentials: dict[str, Any]
     hero: Any
+    #: the demo world's anchor (today 00:00 UTC): its stories happen before it
+    anchor: datetime
 
     @property
     def url(self) -> str:
@@ -75,7 +78,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     engine = db.create_engine(settings.database_url, sqlite_synchronous="NORMAL")
     server = start_server(create_app(settings, engine=engine, migrate_db=False), engine)
     try:
-        yield Demo(server, credentials, hero)
+        yield Demo(server, credentials, hero, anchor)
     finally:
         server.stop()
         engine.dispose()

@@ -3,6 +3,7 @@ loaded by the demo (`run_demo`, through the HTTP API), on SQLite. Screenshots go
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,24 +17,38 @@ pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 def test_agent_finds_the_customer_by_loyalty_card_and_sees_new_events_live(page: Any, demo: Demo) -> None:
     hero = demo.hero
     log_in(page, demo, "agent")
-    # by e-mail first (the demo hero's phone is not linked as an identifier; phone search is in the HTTP tests)
-    page.get_by_label("E-mail, phone, loyalty card, name or order number").fill(hero.email)
+    search = page.get_by_label("E-mail, phone, loyalty card, name or order number")
+    # by loyalty card first
+    search.fill(hero.loyalty_card)
     page.get_by_role("button", name="Search").click()
     page.locator("[data-testid=results]").get_by_role("link", name=hero.name).wait_for()
-    # then by loyalty card
-    page.get_by_label("E-mail, phone, loyalty card, name or order number").fill(hero.loyalty_card)
+    shot(page, "01-search-by-loyalty-card")
+    # then by phone, typed as a person says it ("+420 777 123 456")
+    national = hero.phone.removeprefix("+420")
+    search.fill(f"+420 {national[:3]} {national[3:6]} {national[6:]}")
     page.get_by_role("button", name="Search").click()
     results = page.locator("[data-testid=results]")
     results.wait_for()
-    shot(page, "01-search-by-loyalty-card")
+    shot(page, "01b-search-by-phone")
     results.get_by_role("link", name=hero.name).click()
     page.wait_for_selector("[data-testid=customer-name]")
     assert page.locator("[data-testid=customer-name]").inner_text() == hero.name
-    assert hero.loyalty_card in page.locator("[data-testid=identifiers]").inner_text()
+    identifiers = page.locator("[data-testid=identifiers]").inner_text()
+    assert hero.loyalty_card in identifiers and hero.phone in identifiers  # the phone is linked too
     orders = page.locator("[data-testid=orders]").inner_text()
     assert "click and collect at store-praha-1" in orders  # today's order, waiting at Praha
     assert page.locator("[data-testid=suggestions] li").count() >= 1
     assert page.locator("#timeline li.event").count() >= 10
+    # yesterday's chat is listed and its transcript expands in place
+    yesterday = f"{demo.anchor - timedelta(days=1):%Y-%m-%d}"
+    chat = page.locator("[data-testid=conversations] > li", has_text="product setup").filter(has_text=yesterday)
+    assert chat.count() == 1
+    transcript = chat.locator("[data-testid=transcript]")
+    assert not transcript.is_visible()
+    chat.locator("summary").click()
+    transcript.wait_for(state="visible")
+    text = transcript.inner_text()
+    assert "Forerunner 265" in text and "Přidat zařízení" in text  # her question and the agent's answer
     page.wait_for_selector("[data-live-status]:has-text('live')")
     shot(page, "02-customer-360")
 
@@ -69,6 +84,7 @@ def test_store_staff_mark_the_pickup_ready_then_picked_up(page: Any, demo: Demo)
     shot(page, "04-store-pickups")
     row.get_by_role("button", name="Mark ready").click()
     page.get_by_role("status").filter(has_text=f"order {ref} is ready for pickup").wait_for()
+    assert page.locator(f"[data-testid=pickups-due] tr[data-order='{ref}']").count() == 1  # ready: due today
     page.locator(f"tr[data-order='{ref}']").get_by_role("button", name="Picked up").click()
     page.get_by_role("status").filter(has_text=f"order {ref} is picked up").wait_for()
     assert page.locator(f"tr[data-order='{ref}']").count() == 0

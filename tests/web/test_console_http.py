@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from omnijourney.app import create_app
@@ -18,11 +22,24 @@ from omnijourney.engage import service as engage
 from omnijourney.engage.schemas import SegmentIn
 from omnijourney.store import db
 from omnijourney.store.base import utcnow
-from omnijourney.web import segments, service, workspace
+from omnijourney.web import service
 from omnijourney.web import views as web_views
-from tests.commerce.helpers import bearer
+from tests.commerce.helpers import PRODUCTS, bearer
 from tests.conftest import LiveServer, World, wait_for
-from tests.web.helpers import CARD, EMAIL, PASSWORD, PHONE, STORE, USERS, Shop, build_shop, create_users, csrf_of, login
+from tests.web.helpers import (
+    CARD,
+    EMAIL,
+    PASSWORD,
+    PHONE,
+    STORE,
+    USERS,
+    Shop,
+    build_shop,
+    create_users,
+    csrf_of,
+    login,
+    processed,
+)
 
 pytestmark = pytest.mark.server
 
@@ -178,6 +195,25 @@ def test_state_changes_without_a_valid_csrf_token_change_nothing(shop: Shop, bro
 
 # ------------------------------------------------------------------ roles on every route
 
+#: the dashboard's JSON / CSV data routes (/console/dashboard/data/{name}); the role test asks them for a format
+#: that does not exist, so an allowed role passes the role check and gets a 422 without running the analysis
+DASHBOARD_DATA = (
+    "lake",
+    "funnel",
+    "stages",
+    "cross-channel",
+    "click-and-collect",
+    "multi-channel",
+    "revenue",
+    "service",
+    "attribution",
+    "gaps",
+    "stage-kpis",
+    "retention",
+    "lifecycle",
+    "paths",
+    "golden-paths",
+)
 GET_ROUTES = {
     "/console": ("admin", "marketer", "agent", "store_staff"),
     "/console/": ("admin", "marketer", "agent", "store_staff"),
@@ -191,6 +227,10 @@ GET_ROUTES = {
     "/console/workspace/{conversation_id}": ("admin", "agent"),
     "/console/segments": ("admin", "marketer"),
     "/console/segments/{key}/export.csv": ("admin", "marketer"),
+    "/console/journeys": ("admin", "marketer"),
+    "/console/dashboard": ("admin", "marketer"),
+    "/console/dashboard/": ("admin", "marketer"),
+    **{f"/console/dashboard/data/{name}": ("admin", "marketer") for name in DASHBOARD_DATA},
 }
 POST_ROUTES = {
     "/console/logout": ("admin", "marketer", "agent", "store_staff"),
@@ -207,18 +247,40 @@ POST_ROUTES = {
     "/console/workspace/{conversation_id}/resolve": ("admin", "agent"),
     "/console/workspace/calls": ("admin", "agent"),
     "/console/segments": ("admin", "marketer"),
+    "/console/dashboard/refresh": ("admin", "marketer"),
 }
-#: open to anyone: the login form and the stylesheet/script
-PUBLIC = {"/console/login", "/console/static/{name}"}
+#: open to anyone: the login form, the console's and the dashboard's stylesheets and scripts
+PUBLIC = {
+    ("/console/login", "GET"),
+    ("/console/login", "POST"),
+    ("/console/static/{name}", "GET"),
+    ("/console/dashboard/assets/{name}", "GET"),
+}
 STREAM = "/console/customers/{profile_id}/stream"
 
 
 def test_the_role_table_covers_every_console_route() -> None:
-    routes = [*web_views.router.routes, *workspace.router.routes, *segments.router.routes]
-    declared = {(r.path, m) for r in routes for m in r.methods}  # type: ignore[attr-defined]
-    covered = {(p, "GET") for p in GET_ROUTES} | {(p, "POST") for p in POST_ROUTES} | {(STREAM, "GET")}
-    covered |= {(p, m) for p in PUBLIC for m in ("GET", "POST")}
-    assert {(p.replace(":int", ""), m) for p, m in declared} <= covered
+    """Every route the console installs in the app (whatever router it comes from) is in the role table,
+    and the table names no route that does not exist."""
+    included: list[APIRouter] = []
+
+    class Recording(FastAPI):
+        def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
+            included.append(router)
+            super().include_router(router, **kwargs)
+
+    web_views.install(Recording())
+    declared = {
+        (r.path.replace(":int", ""), m)
+        for router in included
+        for r in router.routes
+        if isinstance(r, APIRoute)
+        for m in r.methods
+    }
+    covered = {(p, "GET") for p in GET_ROUTES} | {(p, "POST") for p in POST_ROUTES} | {(STREAM, "GET")} | PUBLIC
+    assert declared - covered == set(), "console routes missing from the role table"
+    assert covered - declared == set(), "role-table routes the console does not have"
+    assert {"/console/dashboard/data/golden-paths", "/console/journeys"} <= {p for p, _ in declared}
 
 
 @pytest.mark.parametrize("role", [None, "admin", "marketer", "agent", "store_staff"])
@@ -253,9 +315,12 @@ def test_roles_are_enforced_on_every_route(role: str | None, shop: Shop, browser
 
     csrf = csrf_of(c.get("/console/search").text) if role else "none"
     for path, allowed in GET_ROUTES.items():
-        r = c.get(url(path), follow_redirects=False)
+        analysis = path.startswith("/console/dashboard/data/") and not path.endswith("/lake")
+        r = c.get(url(path), params={"format": "nope"} if analysis else None, follow_redirects=False)
         if role is None:
             assert r.status_code == 303 and r.headers["location"].startswith("/console/login"), path
+        elif role in allowed and analysis:
+            assert r.status_code == 422, (path, role, r.status_code)  # past the role check, refused the format
         elif role in allowed:
             assert r.status_code in (200, 303), (path, r.status_code)
             if r.status_code == 303:
@@ -319,12 +384,51 @@ def test_search_by_order_number(shop: Shop, browser_for) -> None:
     assert "No customer matches" in c.get("/console/search", params={"q": "zz-nobody"}).text
 
 
-def test_customer_360_shows_who_orders_cart_suggestions_and_timeline(shop: Shop, browser_for) -> None:
+def section(html: str, testid: str) -> str:
+    """The inner HTML of the element marked `data-testid=testid` (up to its tag's first closing tag)."""
+    at = html.find(f'data-testid="{testid}"')
+    assert at >= 0, testid
+    tag = re.match(r"<(\w+)", html[html.rindex("<", 0, at) :])
+    assert tag is not None
+    return html[html.index(">", at) + 1 : html.index(f"</{tag.group(1)}>", at)]
+
+
+def test_customer_360_shows_who_orders_cart_suggestions_and_timeline(
+    shop: Shop, browser_for, client: httpx.Client, world: World
+) -> None:
+    # what the 360 must also show: a consent, points, an open cart, an accessory of the browsed shoe
+    admin, agent = bearer(world.admin_token), bearer(world.agent_token)
+    laces = {"sku": "LACES-1", "name": "Spare laces", "category": "care", "prices": {"CZK": "79.00"}}
+    browsed = {**next(p for p in PRODUCTS if p["sku"] == "SHOE-43")}
+    browsed["related"] = [*browsed["related"], {"sku": "LACES-1", "kind": "accessory"}]
+    for products in ([laces], [browsed]):
+        r = client.post("/api/commerce/products", json={"products": products}, headers=admin)
+        assert r.status_code == 200, r.text
+    cart = client.post("/api/commerce/carts", json={"profile_id": shop.profile_id}, headers=agent).json()
+    r = client.post(f"/api/commerce/carts/{cart['id']}/items", json={"sku": "SOCK-1", "quantity": 2}, headers=agent)
+    assert r.status_code == 200, r.text
+    consent = {"purpose": "marketing", "channel": "email", "status": "granted"}
+    r = client.post(
+        "/v1/track",
+        auth=(world.web_key, ""),
+        json={"userId": "user-jana", "event": "Consent Updated", "properties": consent},
+    )
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: processed(client, world), timeout=20)
+
     c = browser_for("agent")
     r = c.get(f"/console/customers/{shop.profile_id}")
     assert r.status_code == 200
     html = r.text
     assert "Jana Nováková" in html
+    assert section(html, "lifecycle-stage") == "purchase"  # one order: bought, not yet retained
+    assert section(html, "pref-preferred-channel") == "web"
+    loyalty = section(html, "loyalty")
+    assert loyalty.startswith("249 points · basic")  # 1 point per 10 CZK of the 2490 CZK shoe
+    consents = section(html, "consents")
+    assert "granted" in consents and "marketing · email" in consents
+    cart_html = section(html, "cart")
+    assert "2\N{MULTIPLICATION SIGN} Merino socks" in cart_html and "SOCK-1" in cart_html and "SHOE-42" not in cart_html
     for value in (CARD, PHONE, EMAIL, "user-jana"):
         assert value in html
     assert "by pos" in html  # provenance: which source linked the identifier
@@ -333,8 +437,11 @@ def test_customer_360_shows_who_orders_cart_suggestions_and_timeline(shop: Shop,
     assert "birthday: <code>31.02.1990</code>" in refused and "is not a datetime" in refused
     assert shop.order_ref in html and "click and collect at store-praha-1" in html and "placed" in html
     # accessories of the bought shoe; the bought shoe itself is never suggested
-    suggestions = html.split('data-testid="suggestions"')[1].split("</ul>")[0]
+    suggestions = section(html, "suggestions")
     assert "Merino socks" in suggestions and "Waterproofing spray" in suggestions
+    # and of what she only browsed (SHOE-43), after those of what she bought
+    assert "Spare laces" in suggestions and "accessory for SHOE-43 (browsed)" in suggestions
+    assert suggestions.index("Spare laces") > suggestions.index("Waterproofing spray")
     assert "SHOE-42" not in suggestions.replace("for SHOE-42", "")
     assert "Product Viewed" in html and "Identify" in html.replace("identify", "Identify")
     assert 'aria-label="web"' in html and 'aria-label="store"' in html  # channel icons, labelled

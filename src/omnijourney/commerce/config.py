@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -114,6 +116,39 @@ class LoyaltyRules(BaseModel):
         return name
 
 
+class PickupRules(BaseModel):
+    """When a click & collect order is promised: orders carry no pickup date, so the promise is the time
+    it was placed plus the store's preparation time (what the store page's "due today" is based on)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: hours between placing an order and its promised pickup, and per store where it differs
+    preparation_hours: float = Field(default=2, ge=0, le=24 * 30)
+    by_store: dict[str, float] = Field(default_factory=dict)
+    #: the IANA time zone whose calendar day "today" is
+    timezone: str = "UTC"
+
+    @field_validator("by_store")
+    @classmethod
+    def _hours(cls, v: dict[str, float]) -> dict[str, float]:
+        for store, hours in v.items():
+            if not 0 <= hours <= 24 * 30:
+                raise ValueError(f"{store}: preparation hours must be between 0 and 720")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{v!r} is not an IANA time zone") from exc
+        return v
+
+    def preparation(self, store: str | None) -> timedelta:
+        return timedelta(hours=self.by_store.get(store or "", self.preparation_hours))
+
+
 class CommerceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -123,6 +158,7 @@ class CommerceConfig(BaseModel):
     loyalty: LoyaltyRules = Field(default_factory=LoyaltyRules)
     #: where returns by mail are received when the request names no location (a warehouse's code)
     returns_location: str | None = Field(default=None, min_length=1, max_length=64)
+    pickup: PickupRules = Field(default_factory=PickupRules)
 
     @field_validator("default_currency")
     @classmethod

@@ -472,6 +472,22 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
+#: mobile prefixes where every number of the remaining seven digits is valid (checked by tests/demo with
+#: `phonenumbers.is_valid_number`), so each demo phone is linked as an identifier
+_MOBILE_PREFIXES = {
+    "CZ": ("+42072", "+42073", "+42077", "+42079"),
+    "PL": ("+4850", "+4851", "+4853", "+4857", "+4860", "+4866", "+4869", "+4872", "+4873", "+4878", "+4879", "+4888"),
+}
+
+
+def _phone(country: str, seed: int, index: int) -> str:
+    """A valid mobile number, unique per index by construction (7_654_321 is coprime with the modulus:
+    unique for the first 40 M customers of a seed in CZ, 120 M in PL)."""
+    prefixes = _MOBILE_PREFIXES[country]
+    n = (seed * 1_009 + index * 7_654_321 + 12_345) % (len(prefixes) * 10**7)
+    return f"{prefixes[n // 10**7]}{n % 10**7:07d}"
+
+
 def _make_customer(seed: int, index: int, rng: random.Random, persona: str | None = None) -> Customer:
     country = "CZ" if rng.random() < 0.72 else "PL"
     gender = "f" if rng.random() < 0.52 else "m"
@@ -484,9 +500,8 @@ def _make_customer(seed: int, index: int, rng: random.Random, persona: str | Non
     a, b = _ascii(first).lower(), _ascii(last).lower()
     local = rng.choice((f"{a}.{b}{index}", f"{a}{b[0]}{index}", f"{b}.{a}.{index}", f"{a[0]}{b}{index}"))
     email = f"{local}@{rng.choice(_EMAIL_DOMAINS[country])}"
-    # unique by construction: the multipliers are coprime with the moduli
-    digits = (seed * 1_009 + index * 7_654_321 + 12_345) % 10**8
-    phone = f"+420{rng.choice('67')}{digits:08d}" if country == "CZ" else f"+48{rng.choice('5678')}{digits:08d}"
+    rng.choice("67" if country == "CZ" else "5678")  # drawn as before: the rest of the world stays the same
+    phone = _phone(country, seed, index)
     card = f"LC{(seed * 7_919 + index * 104_729 + 3_000_000_019) % 10**10:010d}"
     member = rng.random() < _LOYALTY_SHARE.get(persona, 0.0)
     return Customer(
@@ -575,7 +590,7 @@ def build_world(*, customers: int, seed: int, anchor: datetime) -> DemoWorld:
         persona = _forced_persona(index, customers)
         customer = _make_customer(seed, index, rng, persona)
         if index == 0:
-            customer = _hero(customer)
+            customer = _hero(customer, seed)
         if index % 41 == 7 and customer.loyalty_card is None:  # the junk-phone store visit needs a card
             customer = _with_card(customer, seed)
         people.append(customer)
@@ -611,7 +626,7 @@ def _tablet_pair(index: int, customers: int) -> tuple[int, int] | None:
     return first, first + 1
 
 
-def _hero(c: Customer) -> Customer:
+def _hero(c: Customer, seed: int) -> Customer:
     from dataclasses import replace
 
     email = f"jana.novakova{c.index}@seznam.cz"
@@ -623,7 +638,7 @@ def _hero(c: Customer) -> Customer:
         country="CZ",
         city="Praha",
         preferred_store="store-praha-1",
-        phone="+420" + c.phone[-9:] if c.country == "CZ" else "+4206" + c.phone[-8:],
+        phone=_phone("CZ", seed, c.index),
         shoe_size=38,
         clothing_size="S",
         email_opt_in=True,
@@ -808,6 +823,13 @@ _CHAT: dict[str, dict[str, tuple[str, str, str, str, str]]] = {
             "Děkuji, a hodí se k tomu nějaké doplňky?",
             "Posílám tipy na doplňky, které se k vašemu nákupu hodí. Hezký den!",
         ),
+        "product_setup": (
+            "Dobrý den, jak spáruji {product} z nákupu {order_id} s telefonem?",
+            "Dobrý den, jsem virtuální asistent. Přepojuji vás na kolegu, který vám to vysvětlí.",
+            "Dobrý den, v aplikaci výrobce zvolte Přidat zařízení a potvrďte kód na displeji.",
+            "Funguje to, děkuji. Vydrží baterie celý maraton?",
+            "Ano, s GPS vydrží přes 20 hodin. Hodně štěstí na maratonu!",
+        ),
     },
     "pl": {
         "where_is_my_order": (
@@ -838,6 +860,13 @@ _CHAT: dict[str, dict[str, tuple[str, str, str, str, str]]] = {
             "Dziękuję, a jakie akcesoria pasują?",
             "Wysyłam propozycje akcesoriów do Twojego zakupu. Miłego dnia!",
         ),
+        "product_setup": (
+            "Dzień dobry, jak sparować {product} z zakupu {order_id} z telefonem?",
+            "Dzień dobry, jestem wirtualnym asystentem. Łączę z konsultantem, który to wyjaśni.",
+            "Dzień dobry, w aplikacji producenta wybierz Dodaj urządzenie i potwierdź kod na ekranie.",
+            "Działa, dziękuję. Czy bateria wytrzyma cały maraton?",
+            "Tak, z GPS ponad 20 godzin. Powodzenia na maratonie!",
+        ),
     },
 }
 _CALL_NOTES = {
@@ -845,6 +874,7 @@ _CALL_NOTES = {
     "pickup_question": "Customer asks about picking up order {order_id}.",
     "size_exchange": "Customer wants to exchange a size from order {order_id}.",
     "product_question": "Customer has a question about a product from order {order_id}.",
+    "product_setup": "Customer needs help setting up a product from order {order_id}.",
 }
 _RETURN_REASONS = ("wrong_size", "changed_mind", "damaged", "not_as_described", "found_cheaper")
 
@@ -2242,8 +2272,9 @@ class _Life:
         An Instagram ad, running shoes put in a cart on her phone, the same cart on the
         desktop after login, click & collect at store-praha-1 where staff offer matching
         accessories and she takes insoles, a chat with support about the shoes, a
-        personalised e-mail with accessories she clicks, and three days before the anchor a
-        store visit where she buys a watch and the bottle from the e-mail.
+        personalised e-mail with accessories she clicks, three days before the anchor a
+        store visit where she buys a watch and the bottle from the e-mail, and yesterday a chat
+        about pairing the watch (today's click & collect order is placed by `demo.console`).
         """
         by_code = {p.sku.removeprefix("HZ-"): p for p in self.w.catalog}
         ad = next(a for a in AD_CAMPAIGNS if a.campaign_id == "ig-run-season")
@@ -2268,11 +2299,16 @@ class _Life:
                     campaign, self.at_hour(self.day_offset(campaign.days_before), 6, 8), allow_click=False
                 )
         with self.forcing():
-            self.store_visit(
+            watch = self.store_visit(
                 self.at_hour(self.day_offset(3), 14, 16),
                 store_id="store-praha-1",
                 products=[by_code["SW-FR265"], by_code["BT-SFLK"]],
             )
+        assert watch is not None
+        # yesterday evening: a chat about setting up the watch (the transcript an agent reads today)
+        self.support_chat(
+            watch, self.at_hour(self.day_offset(1), 16, 18), topic="product_setup", satisfied=True, call=False
+        )
 
     def lost_context_story(self) -> None:
         """Customer 1: an online order, a chat that does not settle it, a call the next day."""

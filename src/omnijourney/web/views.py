@@ -26,6 +26,7 @@ from omnijourney.access import service as access
 from omnijourney.access.service import ROLES, AccessError
 from omnijourney.commerce import service as commerce
 from omnijourney.commerce.config import CommerceConfig, load_commerce_config
+from omnijourney.commerce.pickups import pickup_board
 from omnijourney.commerce.service import CommerceError
 from omnijourney.engage import tasks as staff_tasks
 from omnijourney.ingest.spec import CHANNELS
@@ -570,6 +571,7 @@ def store(
         "code": code,
         "locations": locations,
         "pickups": pickups,
+        "board": pickup_board(pickups, now=utcnow(), rules=_cfg().pickup),
         "tasks": tasks,
         "find": find,
         "found": found,
