@@ -67,6 +67,7 @@ __all__ = [
     "prepare_database",
     "prepare_processed",
     "prepared_sqlite",
+    "read_world",
     "tree_cpu_seconds",
 ]
 
@@ -766,6 +767,31 @@ def drive_readers(target: Callable[..., None], port: int, token: str, emails: li
         merged["failed"] += r["failed"]
         merged["errors"].extend(r["errors"])
     return merged
+
+
+def read_world(
+    backend: str, args: Any, workdir: Path, name: str, say: Callable[[str], None]
+) -> tuple[str, GraphStats, PgServer | None]:
+    """The processed database a read benchmark measures: `--database-url` as it is, a kept SQLite
+    world (`--keep-dir`), or a fresh one (SQLite in `workdir`, or a PostgreSQL database `name`).
+    Returns its URL, its graph figures and the PostgreSQL server started for it (close it after)."""
+    if args.database_url:
+        say("measuring the processed database at --database-url (kept; migrated to the current head)")
+        return args.database_url, graph_stats_of(args.database_url), None
+    size = {"profiles": args.profiles, "events": args.events, "seed": args.seed, "batch": args.batch}
+    if backend == "sqlite" and args.keep_dir:
+        url, stats = prepared_sqlite(Path(args.keep_dir), **size, say=say)
+        return url, stats, None
+    pg = None
+    if backend == "sqlite":
+        url = f"sqlite:///{workdir / (name + '.db')}"
+    else:
+        say("starting PostgreSQL" if not args.pg_url else "using the PostgreSQL server at --pg-url")
+        pg = PgServer(args.pg_url)
+        url = pg.fresh_database(name)
+    say(f"preparing {args.events:,} events for {args.profiles:,} people (load and process; not timed)")
+    _, stats, _ = prepare_processed(url, **size, say=say)
+    return url, stats, pg
 
 
 def prepared_sqlite(

@@ -57,12 +57,10 @@ from benchmarks._common import (
     Server,
     add_think_argument,
     drive_readers,
-    graph_stats_of,
     known_emails,
     make_console,
     percentile,
-    prepare_processed,
-    prepared_sqlite,
+    read_world,
     tree_cpu_seconds,
 )
 
@@ -356,30 +354,7 @@ def run_backend(backend: str, args: argparse.Namespace, say: Any) -> ReadResult:
     pg: PgServer | None = None
     server: Server | None = None
     try:
-        if args.database_url:
-            url = args.database_url
-            say("measuring the processed database at --database-url (kept; migrated to the current head)")
-            stats = graph_stats_of(url)
-        elif backend == "sqlite" and args.keep_dir:
-            url, stats = prepared_sqlite(
-                Path(args.keep_dir),
-                profiles=args.profiles,
-                events=args.events,
-                seed=args.seed,
-                batch=args.batch,
-                say=say,
-            )
-        else:
-            if backend == "sqlite":
-                url = f"sqlite:///{workdir / 'console.db'}"
-            else:
-                say("starting PostgreSQL" if not args.pg_url else "using the PostgreSQL server at --pg-url")
-                pg = PgServer(args.pg_url)
-                url = pg.fresh_database("oj_bench_console")
-            say(f"preparing {args.events:,} events for {args.profiles:,} people (load and process; not timed)")
-            _, stats, _ = prepare_processed(
-                url, profiles=args.profiles, events=args.events, seed=args.seed, batch=args.batch, say=say
-            )
+        url, stats, pg = read_world(backend, args, workdir, "oj_bench_console", say)
         result.customers, result.events = stats.clusters, stats.events
         _console_user(url)
         emails = known_emails(url, args.sample, args.seed)
