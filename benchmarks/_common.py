@@ -56,6 +56,7 @@ __all__ = [
     "Server",
     "World",
     "add_think_argument",
+    "add_world_arguments",
     "drive_readers",
     "free_port",
     "graph_stats",
@@ -702,6 +703,23 @@ class Pauses:
     def __call__(self) -> None:
         if self._rate:
             time.sleep(self._rng.expovariate(self._rate))
+
+
+def add_world_arguments(parser: Any) -> None:
+    """`--keep-dir` and `--database-url`: where a read benchmark's processed world comes from (`read_world`)."""
+    parser.add_argument(
+        "--keep-dir",
+        default=None,
+        help="keep the prepared SQLite world in this directory and reuse it in later runs\n"
+        "of the same --profiles, --events and --seed (console.py and profile_read.py share them;\n"
+        "preparing 1 M people takes hours)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="measure this already prepared and processed database instead (SQLite or PostgreSQL;\n"
+        "nothing is dropped; --profiles/--events are then only labels; use with --backend)",
+    )
 
 
 def add_think_argument(parser: Any) -> None:

@@ -56,6 +56,7 @@ from benchmarks._common import (
     PgServer,
     Server,
     add_think_argument,
+    add_world_arguments,
     drive_readers,
     known_emails,
     make_console,
@@ -415,18 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=200,
         help="requests of each page, one at a time, for the server CPU per request (0: skip; default 200)",
     )
-    p.add_argument(
-        "--keep-dir",
-        default=None,
-        help="keep the prepared SQLite world in this directory and reuse it in later runs\n"
-        "of the same --profiles, --events and --seed (preparing 1 M people takes hours)",
-    )
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="measure this already prepared and processed database instead (SQLite or PostgreSQL;\n"
-        "nothing is dropped; --profiles/--events are then only labels; use with --backend)",
-    )
+    add_world_arguments(p)
     add_think_argument(p)
     p.add_argument("--timeline-limit", type=int, default=30, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")

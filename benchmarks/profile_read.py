@@ -42,6 +42,7 @@ from benchmarks._common import (
     PgServer,
     Server,
     add_think_argument,
+    add_world_arguments,
     drive_readers,
     known_emails,
     make_console,
@@ -291,18 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--client-procs", type=int, default=2, help="processes the reader threads are spread over (default 2)"
     )
     p.add_argument("--workers", type=int, default=1, help="API server processes (serve --workers; default 1)")
-    p.add_argument(
-        "--keep-dir",
-        default=None,
-        help="keep the prepared SQLite world in this directory and reuse it in later runs\n"
-        "of the same --profiles, --events and --seed (shared with console.py)",
-    )
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="measure this already prepared and processed database instead (SQLite or PostgreSQL;\n"
-        "nothing is dropped; --profiles/--events are then only labels; use with --backend)",
-    )
+    add_world_arguments(p)
     add_think_argument(p)
     p.add_argument("--timeline-limit", type=int, default=50, help="timeline page size (default 50, the API's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed sequences per reader before the clock starts")

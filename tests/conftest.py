@@ -175,6 +175,11 @@ class World:
 
 @pytest.fixture
 def world(engine: sa.Engine) -> World:
+    return make_world(engine)
+
+
+def make_world(engine: sa.Engine) -> World:
+    """Two sources (web, untrusted with an allowed origin; pos, trusted) and a token per role."""
     with db.write(engine) as conn:
         web = access.create_source(conn=conn, name="web", channel="web", allowed_origins=["https://shop.example"])
         pos = access.create_source(conn=conn, name="pos", channel="store", trusted=True)

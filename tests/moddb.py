@@ -16,11 +16,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from omnijourney.access import service as access
 from omnijourney.app import create_app
 from omnijourney.config import IngestLimits, Settings
 from omnijourney.store import db
-from tests.conftest import LiveServer, World, start_server
+from tests.conftest import LiveServer, World, make_world, start_server
 
 _counter = itertools.count()
 
@@ -74,16 +73,4 @@ def mod_client(mod_server: LiveServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def mod_world(mod_engine: sa.Engine) -> World:
-    with db.write(mod_engine) as conn:
-        web = access.create_source(conn=conn, name="web", channel="web", allowed_origins=["https://shop.example"])
-        pos = access.create_source(conn=conn, name="pos", channel="store", trusted=True)
-        tokens = {role: access.create_token(conn=conn, role=role) for role in ("admin", "marketer", "agent")}
-    return World(
-        web_key=web.write_key,
-        pos_key=pos.write_key,
-        admin_token=tokens["admin"],
-        marketer_token=tokens["marketer"],
-        agent_token=tokens["agent"],
-        web_source_id=web.id,
-        pos_source_id=pos.id,
-    )
+    return make_world(mod_engine)
