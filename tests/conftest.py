@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -87,22 +88,32 @@ def pg_template(pg_admin_url: str) -> str:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database per test, on each backend."""
+    with fresh_database(request, tmp_path, "oj_test") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_database(request: pytest.FixtureRequest, directory: Path, prefix: str) -> Iterator[str]:
+    """A migrated database copied from the backend's template (`request.param`): a SQLite file in
+    `directory`, or a PostgreSQL database named `prefix_...`, dropped afterwards."""
     if request.param == "sqlite":
         template = request.getfixturevalue("sqlite_template")
-        path = tmp_path / "omnijourney.db"
+        path = directory / "omnijourney.db"
         shutil.copy(template, path)
         yield f"sqlite:///{path}"
         return
     admin_url = request.getfixturevalue("pg_admin_url")
     template = request.getfixturevalue("pg_template")
-    name = f"oj_test_{os.getpid()}_{next(_counter)}"
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {template}")
-    yield admin_url.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
 
 
 @pytest.fixture

@@ -7,9 +7,6 @@ fixtures into a test module: `from tests.moddb import mod_client, mod_engine, mo
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
 from collections.abc import Iterator
 
 import httpx
@@ -19,28 +16,13 @@ import sqlalchemy as sa
 from omnijourney.app import create_app
 from omnijourney.config import IngestLimits, Settings
 from omnijourney.store import db
-from tests.conftest import LiveServer, World, make_world, start_server
-
-_counter = itertools.count()
+from tests.conftest import LiveServer, World, fresh_database, make_world, start_server
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def mod_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("moddb") / "omnijourney.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        yield f"sqlite:///{path}"
-        return
-    admin_url = request.getfixturevalue("pg_admin_url")
-    template = request.getfixturevalue("pg_template")
-    name = f"oj_mod_{os.getpid()}_{next(_counter)}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {template}")
-    yield admin_url.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
+    with fresh_database(request, tmp_path_factory.mktemp("moddb"), "oj_mod") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
